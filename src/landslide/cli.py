@@ -1,0 +1,74 @@
+"""``train`` and ``predict``: compose, instantiate, run. The thin entry points call these."""
+
+from __future__ import annotations
+
+import logging
+import os
+import warnings
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+log = logging.getLogger(__name__)
+CONFIG_DIR = os.environ.get("LANDSLIDE_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
+
+
+def _quiet_third_parties() -> None:
+    """Silence, at their source, warnings that do not concern the user."""
+    warnings.filterwarnings("ignore", message=".*does not have many workers.*", module="lightning")
+    warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
+    warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
+    for name in ("codecarbon",):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def print_config(cfg: DictConfig) -> None:
+    """The composed config as a rich tree."""
+    from rich import print as rprint
+    from rich.syntax import Syntax
+    from rich.tree import Tree
+
+    tree = Tree("config")
+    for key in cfg:
+        branch = tree.add(str(key))
+        value = cfg[key]
+        text = OmegaConf.to_yaml(value, resolve=True) if isinstance(value, DictConfig) else str(value)
+        branch.add(Syntax(text, "yaml"))
+    rprint(tree)
+
+
+def train(cfg: DictConfig) -> float | None:
+    """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
+    import lightning as L
+
+    from landslide.training.cv import run_cv
+
+    _quiet_third_parties()
+    if cfg.get("print_config", True):
+        print_config(cfg)
+    L.seed_everything(int(cfg.seed), workers=True)
+    summary = run_cv(cfg)
+    value = summary.get(cfg.get("optimized_metric", "oof_f1"))
+    return None if value is None else float(value)
+
+
+def predict(cfg: DictConfig) -> dict:
+    """Predict a test set with a training run's fold ensemble."""
+    from landslide.inference.ensemble import predict_run
+
+    _quiet_third_parties()
+    return predict_run(
+        cfg.run_dir, cfg.get("out"), cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
+        bool(cfg.tta), str(cfg.device),
+    )
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def train_entry(cfg: DictConfig) -> float | None:
+    return train(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+def predict_entry(cfg: DictConfig) -> dict:
+    return predict(cfg)

@@ -1,0 +1,80 @@
+"""Whole-batch augmentation on the device and the 8 dihedral test-time views.
+
+Every function returns a new tensor: the source (the cached, device-resident data) is never modified.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+
+def dihedral_view(x: Tensor, k: int) -> Tensor:
+    """View ``k`` (0-7) of the dihedral group on the last two axes: flips (none, h, v, both) x (no rotation, 90)."""
+    flip_dims = ((), (-1,), (-2,), (-2, -1))[k % 4]
+    out = x.flip(flip_dims) if flip_dims else x
+    return torch.rot90(out, 1, (-2, -1)) if k >= 4 else out
+
+
+def tta_views(x: Tensor) -> Tensor:
+    """(8, n, c, h, w): all 8 dihedral views of a batch, for test-time augmentation."""
+    return torch.stack([dihedral_view(x, k) for k in range(8)])
+
+
+class BatchAugment(nn.Module):
+    """Random flips, 90-degree rotations and patch erasing applied per sample to a whole batch at once.
+
+    Erased patches take ``fill`` (per-channel values, normally the training means) so that after
+    normalisation they read as zero.
+    """
+
+    def __init__(
+        self,
+        flip: bool = True,
+        rotate: bool = True,
+        erase_p: float = 0.5,
+        erase_scale: tuple[float, float] = (0.02, 0.15),
+    ) -> None:
+        super().__init__()
+        self.flip = flip
+        self.rotate = rotate
+        self.erase_p = erase_p
+        self.erase_scale = tuple(erase_scale)
+        self.register_buffer("fill", torch.zeros(0), persistent=False)
+
+    def set_fill(self, fill: Tensor) -> None:
+        self.fill = fill.detach().clone().float()
+
+    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        n = x.shape[0]
+
+        def coin(p: float = 0.5) -> Tensor:
+            return (torch.rand(n, device=x.device, generator=generator) < p).view(n, 1, 1, 1)
+
+        if self.flip:
+            x = torch.where(coin(), x.flip(-1), x)
+            x = torch.where(coin(), x.flip(-2), x)
+        if self.rotate and x.shape[-1] == x.shape[-2]:
+            x = torch.where(coin(), x.transpose(-1, -2), x)  # with the flips: all 8 dihedral views
+        if self.erase_p > 0:
+            x = self._erase(x, coin(self.erase_p).view(n), generator)
+        return x
+
+    def _erase(self, x: Tensor, apply: Tensor, generator: torch.Generator | None) -> Tensor:
+        n, c, h, w = x.shape
+        dev = x.device
+        area = torch.empty(n, device=dev).uniform_(*self.erase_scale, generator=generator) * h * w
+        ratio = torch.exp(torch.empty(n, device=dev).uniform_(-1.1, 1.1, generator=generator))  # aspect 1/3..3
+        eh = (area * ratio).sqrt().round().clamp(1, h).long()
+        ew = (area / ratio).sqrt().round().clamp(1, w).long()
+        top = (torch.rand(n, device=dev, generator=generator) * (h - eh + 1)).long()
+        left = (torch.rand(n, device=dev, generator=generator) * (w - ew + 1)).long()
+        rows = torch.arange(h, device=dev).view(1, h, 1)
+        cols = torch.arange(w, device=dev).view(1, 1, w)
+        box = (
+            (rows >= top.view(n, 1, 1)) & (rows < (top + eh).view(n, 1, 1))
+            & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1))
+            & apply.view(n, 1, 1)
+        )
+        fill = self.fill.to(x.dtype) if self.fill.numel() == c else x.new_zeros(c)
+        return torch.where(box.unsqueeze(1), fill.view(1, c, 1, 1), x)

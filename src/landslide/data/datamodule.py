@@ -1,0 +1,275 @@
+"""LandslideDataModule: the cached release as device-resident tensors, stratified folds, batch augmentation."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from sklearn.model_selection import StratifiedKFold
+from torch import Tensor
+from torch.utils.data import DataLoader, IterableDataset
+
+from landslide.bands import band_set, bigearthnet_stats, channel_indices
+from landslide.data.augment import BatchAugment
+from landslide.data.cache import CachedRelease, load_or_build
+from landslide.data.plot import plot_sample
+from landslide.data.preprocess import channel_stats
+from landslide.data.release import ReleaseError
+from landslide.data.synthetic import generate_release
+
+log = logging.getLogger(__name__)
+
+
+class IndexBatches(IterableDataset):
+    """Yields batches of indices (not samples): the datamodule gathers them from the resident tensor."""
+
+    def __init__(self, source: str, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0,
+                 drop_last: bool = False) -> None:
+        self.source = source
+        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.seed = seed
+        self.drop_last = drop_last and len(self.indices) > batch_size
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        n = len(self.indices)
+        return n // self.batch_size if self.drop_last else -(-n // self.batch_size)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        order = self.indices
+        if self.shuffle:
+            gen = torch.Generator().manual_seed(self.seed + self.epoch)
+            order = order[torch.randperm(len(order), generator=gen)]
+            self.epoch += 1
+        for b in range(len(self)):
+            yield {"source": self.source, "index": order[b * self.batch_size : (b + 1) * self.batch_size]}
+
+
+class LandslideDataModule(L.LightningDataModule):
+    """Reads (or generates) a release, caches it, and serves folds of it as device-resident tensors.
+
+    Batches are dicts: ``x`` (n, c, 64, 64) in physical units, ``y`` (float labels, when known), ``keep`` (False
+    where the negative filter removed the image), ``index`` (row in the split). Normalisation is the model's job,
+    with statistics this module fits on the fold's training part (see :meth:`set_fold`).
+    """
+
+    def __init__(
+        self,
+        root: str | Path,
+        cache_dir: str | Path,
+        bands: str = "all",
+        num_folds: int = 10,
+        fold: int | None = None,
+        split_seed: int = 42,
+        batch_size: int = 64,
+        eval_batch_size: int = 512,
+        stats: str = "train",
+        cloud_threshold: float = 3500.0,
+        nan_policy: str = "error",
+        read_workers: int = 4,
+        synthetic: dict | None = None,
+        augment: dict | None = None,
+        device_resident: bool = True,
+        progress: bool = True,
+    ) -> None:
+        super().__init__()
+        if stats not in ("train", "bigearthnet"):
+            raise ValueError(f"data.stats must be 'train' or 'bigearthnet', got {stats!r}")
+        if nan_policy not in ("error", "fill"):
+            raise ValueError(f"data.nan_policy must be 'error' or 'fill', got {nan_policy!r}")
+        if num_folds < 2:
+            raise ValueError(f"data.num_folds must be at least 2, got {num_folds}")
+        if fold is not None and not 0 <= fold < num_folds:
+            raise ValueError(f"data.fold must be in [0, {num_folds}), got {fold}")
+        self.root = Path(root)
+        self.cache_dir = Path(cache_dir)
+        self.bands = bands
+        self.channels: tuple[str, ...] = band_set(bands)
+        self.num_folds = num_folds
+        self.fold = fold
+        self.split_seed = split_seed
+        self.batch_size = batch_size
+        self.eval_batch_size = eval_batch_size
+        self.stats = stats
+        self.cloud_threshold = cloud_threshold
+        self.nan_policy = nan_policy
+        self.read_workers = read_workers
+        self.synthetic = dict(synthetic or {})
+        self.augment = BatchAugment(**(augment or {}))
+        self.device_resident = device_resident
+        self.progress = progress
+        self.release: CachedRelease | None = None
+        self._host: dict[str, Tensor] = {}
+        self._device: dict[tuple[str, str], Tensor] = {}
+        self.train_index = np.zeros(0, np.int64)
+        self.val_index = np.zeros(0, np.int64)
+        self.predict_source = "test"
+        self.predict_index: np.ndarray | None = None
+        self.keep: dict[str, np.ndarray] = {}
+        self.norm_mean: list[float] = []
+        self.norm_std: list[float] = []
+        self.epoch_seed = split_seed
+
+    # ---------------------------------------------------------------- data on disk
+    def _is_synthetic_root(self) -> bool:
+        target = self.synthetic.get("root")
+        return bool(target) and Path(target).resolve() == self.root.resolve()
+
+    def prepare_data(self) -> None:
+        """Generate the embedded synthetic release if it is the configured root and absent; build the cache."""
+        if not (self.root / "Train.csv").is_file():
+            if self._is_synthetic_root():
+                n_train, n_test = int(self.synthetic["n_train"]), int(self.synthetic["n_test"])
+                log.info("generating the embedded synthetic release (%d train, %d test) in %s",
+                         n_train, n_test, self.root)
+                generate_release(self.root, n_train, n_test, int(self.synthetic.get("seed", 0)))
+            else:
+                raise ReleaseError(
+                    f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "
+                    "Train.csv, Test.csv, train_data/ and test_data/"
+                )
+        self._load()
+
+    def _load(self) -> CachedRelease:
+        if self.release is None:
+            self.release = load_or_build(self.root, self.cache_dir, self.cloud_threshold, self.nan_policy,
+                                         self.read_workers, self.progress)
+        return self.release
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._host:
+            return
+        release = self._load()
+        picks = channel_indices(self.channels)
+        for split in ("train", "test"):
+            images = getattr(release, split).images
+            self._host[split] = torch.from_numpy(np.ascontiguousarray(images[:, picks]))
+        self._host["labels"] = torch.from_numpy(release.train.labels.astype(np.float32))
+        self.keep = {s: np.ones(len(getattr(release, s).ids), bool) for s in ("train", "test")}
+        self.set_fold(self.fold if self.fold is not None else 0)
+
+    # ---------------------------------------------------------------- folds
+    @property
+    def labels(self) -> np.ndarray:
+        return self._load().train.labels
+
+    @property
+    def train_ids(self) -> list[str]:
+        return self._load().train.ids
+
+    @property
+    def test_ids(self) -> list[str]:
+        return self._load().test.ids
+
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stratified (train, validation) index pairs of every fold, fixed by ``split_seed``."""
+        y = self.labels
+        smallest = int(min(y.sum(), len(y) - y.sum()))
+        if smallest < self.num_folds:
+            raise ValueError(f"{self.num_folds} folds need at least that many images of each class; "
+                             f"the smaller class has {smallest}")
+        splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
+        return [(tr, va) for tr, va in splitter.split(np.zeros(len(y)), y)]
+
+    def set_fold(self, fold: int, train_keep: np.ndarray | None = None, val_keep: np.ndarray | None = None) -> None:
+        """Select fold ``fold``; train only on the training images ``train_keep`` marks (all by default).
+
+        ``val_keep`` marks the validation images the filter kept; the others count as predicted negative.
+        Normalisation statistics are fitted on the images the network trains on.
+        """
+        train_part, val_part = self.folds()[fold]
+        self.fold = fold
+        self.epoch_seed = self.split_seed + 1000 * fold
+        if train_keep is not None:
+            train_part = train_part[np.asarray(train_keep, bool)]
+        self.train_index, self.val_index = train_part, val_part
+        keep = np.ones(len(self.labels), bool)
+        if val_keep is not None:
+            keep[val_part] = np.asarray(val_keep, bool)
+        self.keep["train"] = keep
+        self.fit_stats(self.train_index)
+
+    def fit_stats(self, index: np.ndarray) -> None:
+        if self.stats == "bigearthnet":
+            self.norm_mean, self.norm_std = bigearthnet_stats(self.channels)
+        else:
+            images = self._host["train"][torch.as_tensor(np.sort(index))].numpy()
+            self.norm_mean, self.norm_std = channel_stats(images, self.channels)
+        self.augment.set_fill(torch.tensor(self.norm_mean))
+
+    def set_test_keep(self, keep: np.ndarray) -> None:
+        self.keep["test"] = np.asarray(keep, bool)
+
+    def predict_on(self, source: str, index: np.ndarray | None = None) -> None:
+        """Make ``predict_dataloader`` serve ``source`` ('train' or 'test'), optionally a subset of it."""
+        if source not in ("train", "test"):
+            raise ValueError(f"unknown split {source!r}")
+        self.predict_source, self.predict_index = source, index
+
+    # ---------------------------------------------------------------- loaders
+    def _loader(self, source: str, index: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
+        dataset = IndexBatches(source, index, batch_size, shuffle, self.epoch_seed, drop_last=shuffle)
+        return DataLoader(dataset, batch_size=None, num_workers=0)
+
+    def train_dataloader(self) -> DataLoader:
+        if len(self.train_index) == 0:
+            raise ValueError("no training images in this fold (did the filter remove everything?)")
+        return self._loader("train", self.train_index, self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("train", self.val_index, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    def predict_dataloader(self) -> DataLoader:
+        n = len(self._host[self.predict_source])
+        index = np.arange(n) if self.predict_index is None else self.predict_index
+        return self._loader(self.predict_source, index, self.eval_batch_size, shuffle=False)
+
+    # ---------------------------------------------------------------- batches
+    def resident(self, source: str, device: torch.device) -> Tensor:
+        """The whole split's tensor on ``device`` (moved once, then reused across folds)."""
+        if not self.device_resident or device.type == "cpu":
+            return self._host[source]
+        key = (source, str(device))
+        if key not in self._device:
+            self._device[key] = self._host[source].to(device, non_blocking=True)
+        return self._device[key]
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
+        if not isinstance(batch, dict) or "source" not in batch:
+            return batch
+        source, index = batch["source"], batch["index"]
+        device = index.device
+        x = self.resident(source, device)[index]
+        out: dict[str, Tensor] = {"index": index}
+        trainer = getattr(self, "trainer", None)
+        if trainer is not None and trainer.training:
+            x = self.augment(x)
+        out["x"] = x
+        keep = torch.from_numpy(self.keep[source]).to(device)[index]
+        out["keep"] = keep
+        if source == "train":
+            out["y"] = self.resident("labels", device)[index]
+        return out
+
+    def sample(self, i: int, split: str = "train") -> tuple[np.ndarray, int | None]:
+        """One sample (channels of the configured band set, physical units) and its label."""
+        image = self._host[split][i].numpy()
+        label = int(self.labels[i]) if split == "train" else None
+        return image, label
+
+    def plot(self, i: int, split: str = "train", prediction: float | None = None,
+             path: str | Path | None = None):
+        """Plot sample ``i`` of a split as a band grid (see :func:`plot_sample`)."""
+        image, label = self.sample(i, split)
+        ids = self.train_ids if split == "train" else self.test_ids
+        return plot_sample(image, self.channels, label, prediction, title=ids[i], path=path)

@@ -1,0 +1,74 @@
+"""Draw one sample as a grid of its bands, in the manner of TorchGeo's ``plot()`` methods."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+
+from landslide.bands import CHANNEL_NAMES  # noqa: E402
+
+
+def _stretch(img: np.ndarray) -> np.ndarray:
+    low, high = np.percentile(img, (2, 98))
+    return np.clip((img - low) / max(high - low, 1e-6), 0, 1)
+
+
+def plot_sample(
+    image: np.ndarray,
+    channels: tuple[str, ...] | list[str] = CHANNEL_NAMES,
+    label: int | None = None,
+    prediction: float | None = None,
+    title: str | None = None,
+    path: Path | str | None = None,
+) -> Figure:
+    """Plot a (c, 64, 64) sample in physical units: RGB, NIR, cloud mask and SAR post / pre / diff per pass.
+
+    Panels whose channels are absent from ``channels`` are skipped. Saved as PNG when ``path`` is given.
+    """
+    image = np.asarray(image, dtype=np.float32)
+    at = {name: image[i] for i, name in enumerate(channels)}
+    panels: list[tuple[str, np.ndarray, str | None]] = []
+    if all(b in at for b in ("red", "green", "blue")):
+        rgb = np.stack([at["red"], at["green"], at["blue"]], -1)
+        panels.append(("RGB", _stretch(rgb), None))
+    for name, cmap in (("nir", "magma"), ("cloud_mask", "gray")):
+        if name in at:
+            panels.append((name.replace("_", " "), at[name], cmap))
+    for orbit in ("desc", "asc"):
+        for pol in ("vv", "vh"):
+            post, pre = at.get(f"{orbit}_{pol}_post"), at.get(f"{orbit}_{pol}_pre")
+            if post is None or pre is None:
+                continue
+            panels.append((f"{orbit} {pol.upper()} post", post, "gray"))
+            panels.append((f"{orbit} {pol.upper()} pre", pre, "gray"))
+            panels.append((f"{orbit} {pol.upper()} diff", post - pre, "RdBu_r"))
+    cols = 5
+    rows = int(np.ceil(len(panels) / cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, (name, img, cmap) in zip(axes.flat, panels):
+        if cmap == "RdBu_r":
+            lim = float(np.percentile(np.abs(img), 98)) or 1.0
+            ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim)
+        else:
+            ax.imshow(img, cmap=cmap)
+        ax.set_title(name, fontsize=9)
+    parts = [title] if title else []
+    if label is not None:
+        parts.append(f"label: {label}")
+    if prediction is not None:
+        parts.append(f"prediction: {prediction:.2f}")
+    if parts:
+        fig.suptitle("   ".join(parts))
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=100)
+    return fig

@@ -1,0 +1,158 @@
+"""An XGBoost negative filter tuned to lose no positive, calibrated out-of-fold on its training data only.
+
+Threshold rule: an inner stratified K-fold on the training part gives out-of-fold scores; the threshold is the
+lowest out-of-fold score of any positive times ``1 - safety_margin``. The final booster is then fitted on the
+whole training part. Images scoring below the threshold are filtered (predicted negative).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import xgboost as xgb
+from sklearn.model_selection import StratifiedKFold
+
+from landslide.features import FEATURE_NAMES
+
+MODEL_FILE = "filter.ubj"
+META_FILE = "filter.json"
+
+
+class KeepAll:
+    """The ``filter=none`` choice: keeps every image."""
+
+    kind = "none"
+    threshold = 0.0
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> KeepAll:
+        self.fitted_on = None if index is None else np.asarray(index)
+        return self
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        return np.ones(len(features), np.float32)
+
+    def keep(self, features: np.ndarray) -> np.ndarray:
+        return np.ones(len(features), bool)
+
+    def save(self, folder: Path | str) -> None:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / META_FILE).write_text(json.dumps({"kind": self.kind}))
+
+
+class NegativeFilter:
+    """XGBoost filter with an out-of-fold threshold. ``params`` go to ``xgboost.XGBClassifier``."""
+
+    kind = "xgboost"
+
+    def __init__(self, params: dict | None = None, calibration_folds: int = 5, safety_margin: float = 0.5,
+                 seed: int = 0) -> None:
+        if not 0 <= safety_margin < 1:
+            raise ValueError(f"filter.safety_margin must be in [0, 1), got {safety_margin}")
+        if calibration_folds < 2:
+            raise ValueError(f"filter.calibration_folds must be at least 2, got {calibration_folds}")
+        self.params = {"max_depth": 5, "min_child_weight": 10, "n_estimators": 200, "tree_method": "hist",
+                       "n_jobs": 2, **dict(params or {})}
+        self.calibration_folds = calibration_folds
+        self.safety_margin = safety_margin
+        self.seed = seed
+        self.model: xgb.XGBClassifier | None = None
+        self.threshold = 0.0
+        self.calibration: dict = {}
+        self.fitted_on: np.ndarray | None = None
+
+    def _new_model(self) -> xgb.XGBClassifier:
+        return xgb.XGBClassifier(random_state=self.seed, **self.params)
+
+    def fit(self, features: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> NegativeFilter:
+        """Fit on a training part only (``index`` records which rows of the release those were)."""
+        started = time.perf_counter()
+        labels = np.asarray(labels).astype(int)
+        if features.shape[1] != len(FEATURE_NAMES):
+            raise ValueError(f"expected {len(FEATURE_NAMES)} features, got {features.shape[1]}")
+        n_pos = int(labels.sum())
+        if n_pos < self.calibration_folds:
+            raise ValueError(f"the filter needs at least {self.calibration_folds} positives, got {n_pos}")
+        oof = np.zeros(len(labels), np.float32)
+        inner = StratifiedKFold(self.calibration_folds, shuffle=True, random_state=self.seed)
+        for tr, va in inner.split(features, labels):
+            oof[va] = self._new_model().fit(features[tr], labels[tr]).predict_proba(features[va])[:, 1]
+        self.threshold = float(oof[labels == 1].min() * (1 - self.safety_margin))
+        self.model = self._new_model().fit(features, labels)
+        removed = oof < self.threshold
+        self.calibration = {
+            "oof_filtered_fraction": float(removed.mean()),
+            "oof_negatives_filtered": float(removed[labels == 0].mean()),
+            "oof_positives_lost": int(removed[labels == 1].sum()),
+            "min_positive_oof_score": float(oof[labels == 1].min()),
+            "fit_seconds": round(time.perf_counter() - started, 2),
+        }
+        self.fitted_on = None if index is None else np.asarray(index)
+        return self
+
+    def scores(self, features: np.ndarray) -> np.ndarray:
+        if self.model is None:
+            raise RuntimeError("the filter is not fitted")
+        return self.model.predict_proba(features)[:, 1].astype(np.float32)
+
+    def keep(self, features: np.ndarray) -> np.ndarray:
+        """True for the images the network should see."""
+        return self.scores(features) >= self.threshold
+
+    def save(self, folder: Path | str) -> None:
+        """XGBoost's UBJ model plus a JSON of threshold, feature names, params and calibration."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        self.model.save_model(folder / MODEL_FILE)
+        meta = {
+            "kind": self.kind,
+            "threshold": self.threshold,
+            "safety_margin": self.safety_margin,
+            "calibration_folds": self.calibration_folds,
+            "params": self.params,
+            "seed": self.seed,
+            "feature_names": list(FEATURE_NAMES),
+            "calibration": self.calibration,
+            "fitted_on": None if self.fitted_on is None else self.fitted_on.tolist(),
+        }
+        (folder / META_FILE).write_text(json.dumps(meta))
+
+    @classmethod
+    def load(cls, folder: Path | str) -> NegativeFilter:
+        folder = Path(folder)
+        meta = json.loads((folder / META_FILE).read_text())
+        if meta["feature_names"] != list(FEATURE_NAMES):
+            raise ValueError(f"{folder / META_FILE}: saved with other features than this version computes")
+        self = cls(meta["params"], meta["calibration_folds"], meta["safety_margin"], meta["seed"])
+        self.model = xgb.XGBClassifier()
+        self.model.load_model(folder / MODEL_FILE)
+        self.threshold = meta["threshold"]
+        self.calibration = meta["calibration"]
+        self.fitted_on = None if meta["fitted_on"] is None else np.asarray(meta["fitted_on"])
+        return self
+
+
+def load_filter(folder: Path | str) -> NegativeFilter | KeepAll:
+    """Load whichever filter was saved in ``folder``."""
+    path = Path(folder) / META_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no saved filter")
+    kind = json.loads(path.read_text())["kind"]
+    return KeepAll() if kind == "none" else NegativeFilter.load(folder)
+
+
+def filter_report(keep: np.ndarray, labels: np.ndarray) -> dict:
+    """Fraction filtered, positive share before and after, positives lost."""
+    keep = np.asarray(keep, bool)
+    labels = np.asarray(labels).astype(int)
+    kept = labels[keep]
+    return {
+        "n": len(labels),
+        "filtered_fraction": float(1 - keep.mean()) if len(keep) else 0.0,
+        "negatives_filtered": float((~keep)[labels == 0].mean()) if (labels == 0).any() else 0.0,
+        "positive_share_before": float(labels.mean()) if len(labels) else 0.0,
+        "positive_share_after": float(kept.mean()) if len(kept) else 0.0,
+        "positives_lost": int((~keep & (labels == 1)).sum()),
+    }

@@ -1,0 +1,1 @@
+"""Prediction: batched (test-time-augmented) probabilities and the fold ensemble."""

@@ -1,0 +1,33 @@
+"""Batched probabilities of a trained module on a resident tensor, with the 8 dihedral views."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from landslide.module import LandslideModule
+
+
+def resolve_device(device: str = "auto") -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+@torch.inference_mode()
+def predict_probs(module: LandslideModule, images: Tensor, batch_size: int = 1024, tta: bool = True,
+                  device: torch.device | str = "cpu", bf16: bool | None = None) -> np.ndarray:
+    """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units."""
+    device = torch.device(device)
+    bf16 = device.type == "cuda" if bf16 is None else bf16
+    module = module.to(device).eval()
+    out = []
+    for start in range(0, images.shape[0], batch_size):
+        x = images[start : start + batch_size].to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            probs = module.predict_proba(x, tta=tta)
+        out.append(probs.view(-1, x.shape[0]).float())
+    if not out:
+        return np.zeros((8 if tta else 1, 0), np.float32)
+    return torch.cat(out, 1).cpu().numpy()

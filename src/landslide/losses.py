@@ -1,0 +1,50 @@
+"""Binary losses on logits: weighted BCE, focal, soft F1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class WeightedBCE(nn.Module):
+    def __init__(self, pos_weight: float = 1.0) -> None:
+        super().__init__()
+        self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        return F.binary_cross_entropy_with_logits(logits, target, pos_weight=self.pos_weight)
+
+
+class FocalLoss(nn.Module):
+    """Focal loss (Lin et al.), with ``alpha`` weighting the positive class."""
+
+    def __init__(self, gamma: float = 2.0, alpha: float = 0.75) -> None:
+        super().__init__()
+        self.gamma, self.alpha = gamma, alpha
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+        p = torch.sigmoid(logits)
+        p_t = p * target + (1 - p) * (1 - target)
+        alpha_t = self.alpha * target + (1 - self.alpha) * (1 - target)
+        return (alpha_t * (1 - p_t) ** self.gamma * ce).mean()
+
+
+class SoftF1Loss(nn.Module):
+    """1 - F1 computed on probabilities (differentiable), over the batch."""
+
+    def forward(self, logits: Tensor, target: Tensor) -> Tensor:
+        p = torch.sigmoid(logits)
+        tp = (p * target).sum()
+        return 1 - 2 * tp / (p.sum() + target.sum()).clamp_min(1e-6)
+
+
+def build_loss(name: str, pos_weight: float = 1.0, focal_gamma: float = 2.0, focal_alpha: float = 0.75) -> nn.Module:
+    if name == "bce":
+        return WeightedBCE(pos_weight)
+    if name == "focal":
+        return FocalLoss(focal_gamma, focal_alpha)
+    if name == "soft_f1":
+        return SoftF1Loss()
+    raise ValueError(f"unknown loss {name!r}; choose bce, focal or soft_f1")

@@ -1,0 +1,5 @@
+"""Plain ``nn.Module`` networks. They take (n, c, 64, 64) normalised tensors and know nothing about files."""
+
+from landslide.models.fpn import MultiModalCNN, MultiModalFPN
+
+__all__ = ["MultiModalCNN", "MultiModalFPN"]

@@ -1,0 +1,1 @@
+"""The cross-validated two-stage training loop."""

@@ -1,0 +1,190 @@
+"""The fold loop: for each fold, fit the filter on the training part, train the network on what it keeps,
+predict the whole validation part with the two-stage pipeline, and write the run's summary.
+
+A run directory holds ``folds/fold_<k>/`` (``model.ckpt``, ``filter.*``, ``result.json``), ``oof_predictions.csv``
+and ``cv_summary.json``; it is the contract with prediction. Finished folds (those with ``result.json``) are
+skipped when the same run directory is used again, and an interrupted fold resumes from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import pandas as pd
+import torch
+from hydra.utils import instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf
+
+from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory
+from landslide.data.datamodule import LandslideDataModule
+from landslide.filter.negative import filter_report
+from landslide.inference.predictor import predict_probs
+from landslide.metrics import f1_at, f1_optimal_threshold
+from landslide.module import LandslideModule
+from landslide.training.loggers import build_loggers, finish_loggers
+from landslide.training.stage1 import release_features
+from landslide.training.summary import print_summary, summarise
+
+log = logging.getLogger(__name__)
+
+
+def build_datamodule(cfg: DictConfig) -> LandslideDataModule:
+    dm: LandslideDataModule = instantiate(cfg.data)
+    dm.prepare_data()
+    dm.setup()
+    return dm
+
+
+def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
+    """The LightningModule for the current fold, with the fold's band set and statistics."""
+    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
+    model_cfg.pop("_target_", None)
+    return LandslideModule(channels=list(dm.channels), norm_mean=dm.norm_mean, norm_std=dm.norm_std, **model_cfg)
+
+
+def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
+    callbacks: list[Callback] = []
+    for _, entry in (cfg.get("callbacks") or {}).items():
+        if entry is None or "_target_" not in entry:
+            continue
+        extra: dict[str, Any] = {}
+        if entry["_target_"].endswith("ModelCheckpoint"):
+            extra["dirpath"] = str(fold_dir / "checkpoints")
+        if entry["_target_"].endswith("EnergyCallback"):
+            extra["output_dir"] = str(fold_dir)
+        callbacks.append(instantiate(entry, **extra))
+    callbacks.append(MetricHistory())
+    return callbacks
+
+
+def _find(callbacks: list[Callback], kind: type) -> Any:
+    return next((c for c in callbacks if isinstance(c, kind)), None)
+
+
+def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path) -> dict:
+    """Filter, train and validate one fold; save its artefacts; return its result."""
+    started = time.perf_counter()
+    labels = dm.labels
+    train_part, val_part = dm.folds()[fold]
+    filt = instantiate(cfg.filter)
+    filt.fit(feats[train_part], labels[train_part], index=train_part)
+    filt.save(fold_dir)
+    keep_train = filt.keep(feats[train_part])
+    keep_val = filt.keep(feats[val_part])
+    result: dict[str, Any] = {
+        "fold": fold,
+        "filter": {
+            "kind": filt.kind,
+            "threshold": float(filt.threshold),
+            "train": filter_report(keep_train, labels[train_part]),
+            "val": filter_report(keep_val, labels[val_part]),
+            "calibration": getattr(filt, "calibration", {}),
+        },
+    }
+    if cfg.get("stage", "all") == "filter":
+        result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        return result
+
+    L.seed_everything(int(cfg.seed) + fold, workers=True)
+    dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
+    module = build_module(cfg, dm)
+    callbacks = build_callbacks(cfg, fold_dir)
+    loggers = build_loggers(cfg, fold, fold_dir)
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                     default_root_dir=str(fold_dir))
+    last = fold_dir / "checkpoints" / "last.ckpt"
+    try:
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+    finally:
+        finish_loggers(loggers)
+    if trainer.interrupted:
+        raise KeyboardInterrupt(f"fold {fold} was interrupted; run again with the same run directory to resume")
+
+    checkpoint = _find(callbacks, ModelCheckpoint)
+    selection = cfg.get("epoch_selection", "last")
+    model_path = fold_dir / "model.ckpt"
+    if selection == "best" and checkpoint is not None and checkpoint.best_model_path:
+        log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
+                    fold)
+        shutil.copyfile(checkpoint.best_model_path, model_path)
+        module = LandslideModule.load_from_checkpoint(model_path, map_location="cpu")
+    else:
+        trainer.save_checkpoint(model_path, weights_only=True)
+
+    # the whole pipeline on the whole validation part: filtered images are predicted negative
+    device = trainer.strategy.root_device
+    views = predict_probs(module, dm.resident("train", torch.device("cpu"))[torch.as_tensor(val_part)],
+                          cfg.data.eval_batch_size, tta=bool(cfg.get("tta", True)), device=device)
+    prob = views.mean(0) * keep_val
+    threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
+    energy = _find(callbacks, EnergyCallback)
+    history = _find(callbacks, MetricHistory)
+    result.update({
+        "n_val": len(val_part),
+        "f1_at_0.5": f1_at(prob, labels[val_part], 0.5),
+        "f1_at_threshold": best_f1,
+        "threshold": threshold,
+        "epochs": int(trainer.current_epoch),
+        "epoch_selection": selection,
+        "energy_wh": energy.wh if energy else None,
+        "history": history.history if history else [],
+        "wall_seconds": round(time.perf_counter() - started, 2),
+        "oof": {"index": val_part.tolist(), "prob": prob.tolist(), "keep": keep_val.tolist()},
+    })
+    return result
+
+
+def run_cv(cfg: DictConfig) -> dict:
+    """Train every fold (or ``data.fold`` only) and write ``cv_summary.json`` and ``oof_predictions.csv``."""
+    out = Path(cfg.paths.output_dir)
+    started = time.perf_counter()
+    tracker = EnergyTracker(out, "landslide-cv", cfg.get("energy", {}).get("country_iso_code", "USA"),
+                            enabled=bool(cfg.get("energy", {}).get("enabled", True)))
+    tracker.start()
+    try:
+        dm = build_datamodule(cfg)
+        feats, _ = release_features(dm.release)
+        folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
+        results = []
+        for fold in folds:
+            fold_dir = out / "folds" / f"fold_{fold}"
+            done = fold_dir / "result.json"
+            if done.is_file():
+                log.info("fold %d already finished; skipping it", fold)
+                results.append(json.loads(done.read_text()))
+                continue
+            fold_dir.mkdir(parents=True, exist_ok=True)
+            log.info("fold %d/%d", fold + 1, dm.num_folds)
+            result = train_fold(cfg, dm, fold, feats, fold_dir)
+            done.write_text(json.dumps(result))
+            results.append(result)
+    finally:
+        run_wh = tracker.stop()
+    summary = summarise(cfg, dm, results, time.perf_counter() - started, run_wh)
+    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+    if summary.get("oof_f1") is not None:
+        write_oof(out / "oof_predictions.csv", dm, results)
+    print_summary(summary)
+    return summary
+
+
+def write_oof(path: Path, dm: LandslideDataModule, results: list[dict]) -> None:
+    rows = []
+    for r in results:
+        oof = r["oof"]
+        rows.append(pd.DataFrame({
+            "ID": [dm.train_ids[i] for i in oof["index"]],
+            "label": dm.labels[oof["index"]],
+            "prob": np.round(oof["prob"], 6),
+            "filtered": ~np.asarray(oof["keep"], bool),
+            "fold": r["fold"],
+        }))
+    pd.concat(rows).to_csv(path, index=False)

@@ -1,0 +1,81 @@
+"""The cross-validation summary: out-of-fold metrics, per-fold metrics, filter figures, time and energy."""
+
+from __future__ import annotations
+
+import numpy as np
+from omegaconf import DictConfig
+from rich.console import Console
+from rich.table import Table
+
+from landslide.metrics import f1_at, f1_optimal_threshold
+
+
+def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: float) -> dict:
+    labels = dm.labels
+    filt_val = [r["filter"]["val"] for r in results]
+    summary: dict = {
+        "name": cfg.get("name"),
+        "stage": cfg.get("stage", "all"),
+        "num_folds": dm.num_folds,
+        "folds_run": [r["fold"] for r in results],
+        "bands": dm.bands,
+        "model": cfg.model.net._target_.rsplit(".", 1)[-1],
+        "filter": results[0]["filter"]["kind"] if results else None,
+        "filtered_fraction": float(np.mean([f["filtered_fraction"] for f in filt_val])) if filt_val else 0.0,
+        "train_filtered_fraction": float(np.mean([r["filter"]["train"]["filtered_fraction"] for r in results]))
+        if results else 0.0,
+        "negatives_filtered": float(np.mean([f["negatives_filtered"] for f in filt_val])) if filt_val else 0.0,
+        "positives_lost": int(sum(f["positives_lost"] for f in filt_val)),
+        "positives_total": int(sum(round(f["positive_share_before"] * f["n"]) for f in filt_val)),
+        "wall_seconds": round(wall, 2),
+        "energy_wh": round(run_wh, 6),
+        "folds": [],
+    }
+    trained = [r for r in results if "oof" in r]
+    for r in results:
+        row = {k: v for k, v in r.items() if k != "oof"}
+        summary["folds"].append(row)
+    if trained:
+        index = np.concatenate([r["oof"]["index"] for r in trained])
+        prob = np.concatenate([r["oof"]["prob"] for r in trained])
+        y = labels[index]
+        threshold, best = f1_optimal_threshold(prob, y)
+        f1s = [r["f1_at_threshold"] for r in trained]
+        summary.update({
+            "f1_mean": float(np.mean(f1s)),
+            "f1_std": float(np.std(f1s)),
+            "f1_at_0.5_mean": float(np.mean([r["f1_at_0.5"] for r in trained])),
+            "oof_f1": best,
+            "oof_threshold": threshold,
+            "oof_f1_at_0.5": f1_at(prob, y, 0.5),
+            "epochs": [r["epochs"] for r in trained],
+            "fold_energy_wh": float(sum(r["energy_wh"] or 0 for r in trained)),
+            "notes": "f1_mean/f1_std: per-fold F1 at each fold's own out-of-fold optimal threshold; oof_f1: F1 of "
+                     "all out-of-fold predictions at the single threshold oof_threshold; *_at_0.5: at 0.5. All are "
+                     "the two-stage pipeline on whole validation folds (filtered images count as negative).",
+        })
+    else:
+        summary["oof_f1"] = None
+    return summary
+
+
+def print_summary(summary: dict) -> None:
+    table = Table(title=f"cross-validation: {summary.get('name')}")
+    for col in ("fold", "filtered", "pos. lost", "F1@0.5", "F1@thr", "thr", "epochs", "s", "Wh"):
+        table.add_column(col, justify="right")
+    for f in summary["folds"]:
+        fv = f["filter"]["val"]
+        table.add_row(
+            str(f["fold"]), f"{fv['filtered_fraction']:.1%}", str(fv["positives_lost"]),
+            f"{f.get('f1_at_0.5', float('nan')):.3f}", f"{f.get('f1_at_threshold', float('nan')):.3f}",
+            f"{f.get('threshold', float('nan')):.3f}", str(f.get("epochs", "-")), f"{f['wall_seconds']:.0f}",
+            f"{(f.get('energy_wh') or 0):.3f}",
+        )
+    console = Console()
+    console.print(table)
+    if summary.get("oof_f1") is not None:
+        console.print(
+            f"out-of-fold F1 {summary['oof_f1']:.4f} at threshold {summary['oof_threshold']:.3f} "
+            f"(F1 at 0.5: {summary['oof_f1_at_0.5']:.4f}); per-fold F1 {summary['f1_mean']:.4f} "
+            f"± {summary['f1_std']:.4f}; {summary['wall_seconds']:.0f} s, {summary['energy_wh']:.3f} Wh"
+        )
