@@ -19,8 +19,14 @@ def _quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", message=".*does not have many workers.*", module="lightning")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
-    for name in ("codecarbon",):
-        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning.pytorch.utilities._pytree")
+    logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    # Lightning prints through its own handler and through Hydra's: keep Hydra's (it also writes the run's log)
+    for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
+        logger = logging.getLogger(name)
+        for handler in list(logger.handlers):
+            logger.removeHandler(handler)
+        logger.propagate = True
 
 
 def print_config(cfg: DictConfig) -> None:

@@ -7,13 +7,13 @@ from lightning.pytorch.callbacks import Callback
 
 
 class MetricHistory(Callback):
-    """Records ``val/*`` metrics at the end of each validation epoch (outside the sanity check)."""
+    """Records ``val/*`` metrics after each validation run (outside the sanity check), once the module logged them."""
 
     def __init__(self, prefix: str = "val/") -> None:
         self.prefix = prefix
         self.history: list[dict[str, float]] = []
 
-    def on_validation_epoch_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.sanity_checking:
             return
         row = {"epoch": trainer.current_epoch}

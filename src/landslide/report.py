@@ -1,0 +1,105 @@
+"""Compare approaches from a multirun folder: validation F1 per epoch (mean over folds) and a table of final
+CV metrics, wall time and energy. ``python -m landslide.report <multirun dir> [--out DIR]``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+COLUMNS = {
+    "name": "approach",
+    "oof_f1": "OOF F1",
+    "oof_threshold": "OOF threshold",
+    "f1_mean": "fold F1 mean",
+    "f1_std": "fold F1 std",
+    "oof_f1_at_0.5": "OOF F1 @0.5",
+    "filtered_fraction": "filtered",
+    "positives_lost": "positives lost",
+    "wall_seconds": "wall s",
+    "energy_wh": "energy Wh",
+}
+
+
+def collect(folder: Path | str) -> list[dict]:
+    """Every ``cv_summary.json`` below ``folder`` that trained a network."""
+    summaries = []
+    for path in sorted(Path(folder).rglob("cv_summary.json")):
+        summary = json.loads(path.read_text())
+        if summary.get("oof_f1") is not None:
+            summary["path"] = str(path.parent)
+            summaries.append(summary)
+    if not summaries:
+        raise FileNotFoundError(f"{folder}: no cv_summary.json of a trained run below it")
+    return summaries
+
+
+def f1_curve(summary: dict, key: str = "val/f1") -> np.ndarray:
+    """Validation F1 per epoch, averaged over the folds that reached each epoch."""
+    rows = [[h.get(key, np.nan) for h in f.get("history", [])] for f in summary["folds"]]
+    longest = max((len(r) for r in rows), default=0)
+    padded = np.full((len(rows), longest), np.nan)
+    for i, r in enumerate(rows):
+        padded[i, : len(r)] = r
+    return np.nanmean(padded, axis=0) if longest else np.zeros(0)
+
+
+def table(summaries: list[dict]) -> pd.DataFrame:
+    frame = pd.DataFrame([{k: s.get(k) for k in COLUMNS} for s in summaries]).rename(columns=COLUMNS)
+    return frame.sort_values("OOF F1", ascending=False).reset_index(drop=True)
+
+
+def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]:
+    """Write ``f1_curves.png``, ``table.md`` and ``table.png`` and return their paths."""
+    summaries = collect(folder)
+    out = Path(out) if out else Path(folder) / "report"
+    out.mkdir(parents=True, exist_ok=True)
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for s in summaries:
+        curve = f1_curve(s)
+        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o" if len(curve) < 15 else None, label=s["name"])
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation F1 (mean over folds, threshold 0.5)")
+    ax.set_title("Validation F1 per approach")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    curves = out / "f1_curves.png"
+    fig.savefig(curves, dpi=110)
+    plt.close(fig)
+
+    frame = table(summaries)
+    markdown = out / "table.md"
+    markdown.write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n")
+    fig, ax = plt.subplots(figsize=(min(2 + 1.3 * len(frame.columns), 16), 0.6 + 0.4 * len(frame)))
+    ax.axis("off")
+    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
+    ax.table(cellText=cells, colLabels=list(frame.columns), loc="center").auto_set_font_size(True)
+    fig.tight_layout()
+    table_png = out / "table.png"
+    fig.savefig(table_png, dpi=110)
+    plt.close(fig)
+    return {"curves": curves, "table_md": markdown, "table_png": table_png}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("folder", type=Path, help="a multirun folder (or any folder holding training runs)")
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: <folder>/report)")
+    args = parser.parse_args(argv)
+    paths = render(args.folder, args.out)
+    print(paths["table_md"].read_text())
+    for p in paths.values():
+        print(f"wrote {p}")
+
+
+if __name__ == "__main__":
+    main()
