@@ -155,7 +155,7 @@ class LandslideModule(L.LightningModule):
         cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
         optimizer = cls(groups, lr=hp.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = int(round(hp.warmup_fraction * total))
+        warmup = round(hp.warmup_fraction * total)
 
         def factor(step: int) -> float:
             if step < warmup:

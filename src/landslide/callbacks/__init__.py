@@ -1,6 +1,6 @@
 """Lightning callbacks that Lightning itself lacks: energy measurement and a per-epoch metric history."""
 
-from landslide.callbacks.energy import EnergyTracker, EnergyCallback
+from landslide.callbacks.energy import EnergyCallback, EnergyTracker
 from landslide.callbacks.history import MetricHistory
 
 __all__ = ["EnergyCallback", "EnergyTracker", "MetricHistory"]

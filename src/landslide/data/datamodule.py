@@ -10,7 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from sklearn.model_selection import StratifiedKFold
+from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
@@ -68,6 +68,7 @@ class LandslideDataModule(L.LightningDataModule):
         num_folds: int = 10,
         fold: int | None = None,
         split_seed: int = 42,
+        holdout_fraction: float = 0.0,
         batch_size: int = 64,
         eval_batch_size: int = 512,
         stats: str = "train",
@@ -95,6 +96,9 @@ class LandslideDataModule(L.LightningDataModule):
         self.num_folds = num_folds
         self.fold = fold
         self.split_seed = split_seed
+        if not 0 <= holdout_fraction < 1:
+            raise ValueError(f"data.holdout_fraction must be in [0, 1), got {holdout_fraction}")
+        self.holdout_fraction = holdout_fraction
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.stats = stats
@@ -168,15 +172,26 @@ class LandslideDataModule(L.LightningDataModule):
     def test_ids(self) -> list[str]:
         return self._load().test.ids
 
-    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
-        """Stratified (train, validation) index pairs of every fold, fixed by ``split_seed``."""
+    @property
+    def holdout_index(self) -> np.ndarray:
+        """Training rows set aside from every fold (``holdout_fraction``), stratified and fixed by ``split_seed``."""
         y = self.labels
-        smallest = int(min(y.sum(), len(y) - y.sum()))
+        if self.holdout_fraction == 0:
+            return np.zeros(0, np.int64)
+        splitter = StratifiedShuffleSplit(1, test_size=self.holdout_fraction, random_state=self.split_seed)
+        return np.sort(next(splitter.split(np.zeros(len(y)), y))[1])
+
+    def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Stratified (train, validation) index pairs of every fold, fixed by ``split_seed``; held-out rows
+        (``holdout_fraction``) are in none of them."""
+        y = self.labels
+        rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
+        smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
         if smallest < self.num_folds:
             raise ValueError(f"{self.num_folds} folds need at least that many images of each class; "
                              f"the smaller class has {smallest}")
         splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
-        return [(tr, va) for tr, va in splitter.split(np.zeros(len(y)), y)]
+        return [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
 
     def set_fold(self, fold: int, train_keep: np.ndarray | None = None, val_keep: np.ndarray | None = None) -> None:
         """Select fold ``fold``; train only on the training images ``train_keep`` marks (all by default).

@@ -7,11 +7,11 @@ from pathlib import Path
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
 
-from landslide.bands import CHANNEL_NAMES  # noqa: E402
+from landslide.bands import CHANNEL_NAMES
 
 
 def _stretch(img: np.ndarray) -> np.ndarray:

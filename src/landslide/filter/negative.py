@@ -1,7 +1,8 @@
 """An XGBoost negative filter tuned to lose no positive, calibrated out-of-fold on its training data only.
 
-Threshold rule: an inner stratified K-fold on the training part gives out-of-fold scores; the threshold is the
-lowest out-of-fold score of any positive times ``1 - safety_margin``. The final booster is then fitted on the
+Threshold rule: an inner stratified K-fold on the training part gives out-of-fold scores; the threshold lies
+``safety_margin`` below the lowest out-of-fold score of any positive, in log-odds (so the margin means the same
+whether scores sit near 0.01 or 0.3). The final booster is then fitted on the
 whole training part. Images scoring below the threshold are filtered (predicted negative).
 """
 
@@ -49,8 +50,8 @@ class NegativeFilter:
 
     def __init__(self, params: dict | None = None, calibration_folds: int = 5, safety_margin: float = 0.5,
                  seed: int = 0) -> None:
-        if not 0 <= safety_margin < 1:
-            raise ValueError(f"filter.safety_margin must be in [0, 1), got {safety_margin}")
+        if safety_margin < 0:
+            raise ValueError(f"filter.safety_margin must be >= 0 (log-odds), got {safety_margin}")
         if calibration_folds < 2:
             raise ValueError(f"filter.calibration_folds must be at least 2, got {calibration_folds}")
         self.params = {"max_depth": 5, "min_child_weight": 10, "n_estimators": 200, "tree_method": "hist",
@@ -79,7 +80,8 @@ class NegativeFilter:
         inner = StratifiedKFold(self.calibration_folds, shuffle=True, random_state=self.seed)
         for tr, va in inner.split(features, labels):
             oof[va] = self._new_model().fit(features[tr], labels[tr]).predict_proba(features[va])[:, 1]
-        self.threshold = float(oof[labels == 1].min() * (1 - self.safety_margin))
+        lowest = float(np.clip(oof[labels == 1].min(), 1e-7, 1 - 1e-7))
+        self.threshold = float(1 / (1 + np.exp(-(np.log(lowest / (1 - lowest)) - self.safety_margin))))
         self.model = self._new_model().fit(features, labels)
         removed = oof < self.threshold
         self.calibration = {

@@ -27,7 +27,7 @@ from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory
 from landslide.data.datamodule import LandslideDataModule
 from landslide.filter.negative import filter_report
 from landslide.inference.predictor import predict_probs
-from landslide.metrics import f1_at, f1_optimal_threshold
+from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
 from landslide.training.loggers import build_loggers, finish_loggers
 from landslide.training.stage1 import release_features
@@ -96,6 +96,15 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     L.seed_everything(int(cfg.seed) + fold, workers=True)
     dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
     module = build_module(cfg, dm)
+    if cfg.get("init_weights"):
+        state = torch.load(cfg.init_weights, map_location="cpu", weights_only=False)["state_dict"]
+        weights = {k: v for k, v in state.items() if k.startswith("net.")}
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+        missing = [k for k in missing if k.startswith("net.")]
+        if missing or unexpected or not weights:
+            raise ValueError(f"init_weights={cfg.init_weights} does not fit this model: missing {missing[:5]}, "
+                             f"unexpected {unexpected[:5]}")
+        log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
     callbacks = build_callbacks(cfg, fold_dir)
     loggers = build_loggers(cfg, fold, fold_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
@@ -125,6 +134,12 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
                           cfg.data.eval_batch_size, tta=bool(cfg.get("tta", True)), device=device)
     prob = views.mean(0) * keep_val
     threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
+    holdout = dm.holdout_index
+    if len(holdout):
+        hold_views = predict_probs(module, dm.resident("train", torch.device("cpu"))[torch.as_tensor(holdout)],
+                                   cfg.data.eval_batch_size, tta=bool(cfg.get("tta", True)), device=device)
+        hold_prob = calibrate(torch.from_numpy(hold_views.mean(0)), threshold).numpy() * filt.keep(feats[holdout])
+        result["holdout"] = {"index": holdout.tolist(), "prob": hold_prob.tolist()}
     energy = _find(callbacks, EnergyCallback)
     history = _find(callbacks, MetricHistory)
     result.update({

@@ -33,7 +33,7 @@ def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: flo
     }
     trained = [r for r in results if "oof" in r]
     for r in results:
-        row = {k: v for k, v in r.items() if k != "oof"}
+        row = {k: v for k, v in r.items() if k not in ("oof", "holdout")}
         summary["folds"].append(row)
     if trained:
         index = np.concatenate([r["oof"]["index"] for r in trained])
@@ -54,6 +54,12 @@ def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: flo
                      "all out-of-fold predictions at the single threshold oof_threshold; *_at_0.5: at 0.5. All are "
                      "the two-stage pipeline on whole validation folds (filtered images count as negative).",
         })
+        held = [r["holdout"] for r in trained if "holdout" in r]
+        if held:
+            # the fold ensemble on rows no fold trained or validated on: unbiased even after a search on oof_f1
+            hold_prob = np.mean([h["prob"] for h in held], axis=0)
+            summary["holdout_n"] = len(held[0]["index"])
+            summary["holdout_f1"] = f1_at(hold_prob, labels[held[0]["index"]], 0.5)
     else:
         summary["oof_f1"] = None
     return summary

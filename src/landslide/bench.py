@@ -1,0 +1,217 @@
+"""Throughput and energy benchmark: ``python -m landslide.bench [--device auto] [--full]``.
+
+In one run, on the same data and model, it measures
+(a) a reference-style training loop: batch 32, per-sample augmentation in Python, fp32, deterministic kernels and a
+    host copy of the predictions every step;
+(b) the framework's own training path: ``lightning.Trainer.fit`` with ``LandslideDataModule`` and
+    ``LandslideModule`` as ``train.py`` builds them (device-resident data, whole-batch augmentation, bf16 autocast,
+    channels-last and ``torch.compile`` on a GPU);
+(c) ensemble prediction: K models x 8 test-time views;
+and with ``--full`` (d) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy).
+Sizes scale down on a CPU; every figure printed is measured in this run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import lightning as L
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from lightning.pytorch.callbacks import Callback
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader, Dataset
+
+from landslide.cli import CONFIG_DIR, _quiet_third_parties
+from landslide.data.synthetic import generate_release
+from landslide.inference.predictor import predict_probs
+from landslide.training.cv import build_datamodule, build_module
+
+
+class PerSampleDataset(Dataset):
+    """The reference's data path: one sample at a time, augmented with numpy in Python."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, seed: int = 0) -> None:
+        self.images, self.labels = images, labels
+        self.rng = np.random.default_rng(seed)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self.images[i].numpy().copy()
+        if self.rng.random() < 0.5:
+            x = x[:, :, ::-1]
+        if self.rng.random() < 0.5:
+            x = x[:, ::-1, :]
+        x = np.rot90(x, int(self.rng.integers(4)), axes=(1, 2))
+        if self.rng.random() < 0.5:  # patch erasing
+            h, w = self.rng.integers(4, 20, 2)
+            top, left = self.rng.integers(0, 64 - h), self.rng.integers(0, 64 - w)
+            x[:, top : top + h, left : left + w] = 0
+        return torch.from_numpy(np.ascontiguousarray(x)), self.labels[i]
+
+
+def reference_loop(module, images, labels, device, seconds: float, batch_size: int = 32) -> dict:
+    """Images/s of the reference-style loop (fp32, deterministic, host sync each step)."""
+    torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
+    module = module.to(device).train()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, weight_decay=1e-4)
+    loader = DataLoader(PerSampleDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True)
+    seen, steps, started, warm = 0, 0, None, 3
+    while True:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            logits = module(x)
+            loss = module.criterion(logits, y)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            # the reference copied predictions and the loss to the host every step (a device sync)
+            host_predictions = torch.sigmoid(logits.detach()).cpu().numpy()
+            host_loss = loss.item()
+            del host_predictions, host_loss
+            steps += 1
+            if steps == warm:
+                started = time.perf_counter()
+            elif steps > warm:
+                seen += x.shape[0]
+                if time.perf_counter() - started > seconds:
+                    torch.backends.cudnn.deterministic = False
+                    return {"images_per_s": seen / (time.perf_counter() - started), "batch_size": batch_size}
+
+
+class EpochTimer(Callback):
+    """Wall time of each training epoch (validation disabled), synchronised with the device."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+        self.images: list[int] = []
+
+    def on_train_epoch_start(self, trainer, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self._start, self._n = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._n += batch["x"].shape[0]
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        self.times.append(time.perf_counter() - self._start)
+        self.images.append(self._n)
+
+
+def framework_path(cfg, dm, epochs: int) -> dict:
+    """Images/s of ``Trainer.fit`` as train.py runs it, over the epochs after the first (warm-up, compilation)."""
+    dm.set_fold(0)
+    module = build_module(cfg, dm)
+    timer = EpochTimer()
+    trainer = L.Trainer(**{k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if k != "_target_"},
+                        callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        limit_val_batches=0)
+    trainer.fit_loop.max_epochs = epochs
+    trainer.fit(module, datamodule=dm)
+    measured = slice(1, None) if len(timer.times) > 1 else slice(None)
+    rate = sum(timer.images[measured]) / sum(timer.times[measured])
+    return {"images_per_s": rate, "batch_size": dm.batch_size, "epochs": len(timer.times), "module": module}
+
+
+def prediction(module, images, device, models: int, batch_size: int) -> dict:
+    """Images/s of ``models`` x 8-view prediction (one module reused K times, as the ensemble runs them)."""
+    predict_probs(module, images[:batch_size], batch_size, True, device)  # warm-up
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    started = time.perf_counter()
+    for _ in range(models):
+        predict_probs(module, images, batch_size, True, device)
+    elapsed = time.perf_counter() - started
+    return {"images_per_s": len(images) / elapsed, "seconds": elapsed, "models": models, "n": len(images)}
+
+
+def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
+    """The whole recipe through train.py; wall time and energy from its cv_summary.json."""
+    run_dir = out / "full_recipe"
+    cmd = [sys.executable, str(Path(CONFIG_DIR).parent / "train.py"), f"data.root={root}",
+           f"hydra.run.dir={run_dir}", "print_config=false", *overrides]
+    started = time.perf_counter()
+    subprocess.run(cmd, check=True)
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    return {"wall_s": time.perf_counter() - started, "energy_wh": summary["energy_wh"], "oof_f1": summary["oof_f1"],
+            "overrides": overrides}
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    parser.add_argument("--n-train", type=int, default=None, help="images to train on (default: 7147 GPU, 600 CPU)")
+    parser.add_argument("--n-test", type=int, default=None, help="images to predict (default: 5398 GPU, 300 CPU)")
+    parser.add_argument("--seconds", type=float, default=None, help="time budget of the reference loop")
+    parser.add_argument("--epochs", type=int, default=None, help="epochs of the framework path (first = warm-up)")
+    parser.add_argument("--models", type=int, default=10, help="ensemble size for the prediction figure")
+    parser.add_argument("--full", action="store_true", help="also run the full recipe through train.py")
+    parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
+    parser.add_argument("--data-root", type=Path, default=None, help="an existing release to use")
+    parser.add_argument("--out", type=Path, default=Path("logs/bench"), help="folder for bench.json")
+    args = parser.parse_args(argv)
+    _quiet_third_parties()
+
+    cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
+    device = torch.device("cuda" if cuda else "cpu")
+    n_train = args.n_train or (7147 if cuda else 600)
+    n_test = args.n_test or (5398 if cuda else 300)
+    seconds = args.seconds or (20.0 if cuda else 15.0)
+    epochs = args.epochs or (6 if cuda else 3)
+    args.out.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix="landslide-bench-"))
+    root = args.data_root or tmp / "release"
+    if args.data_root is None:
+        generate_release(root, n_train, n_test, seed=0)
+    path_overrides = (["trainer=gpu", "model.compile=true", "model.channels_last=true", "data.batch_size=1024",
+                       "data.eval_batch_size=4096"] if cuda else ["trainer=cpu", "data.batch_size=64"])
+    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
+                                          "paths.output_dir=" + str(args.out), *path_overrides])
+    dm = build_datamodule(cfg)
+    images, labels = dm._host["train"], dm._host["labels"]
+
+    reference_module = build_module(cfg, dm)
+    reference_module.hparams.channels_last = False
+    ref = reference_loop(reference_module, images, labels, device, seconds)
+    ours = framework_path(cfg, dm, epochs)
+    module = ours.pop("module")
+    pred = prediction(module, dm.resident("test", device), device, args.models, int(cfg.data.eval_batch_size))
+    result = {
+        "machine": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "
+        f"{torch.get_num_threads()} threads)",
+        "n_train": len(images), "n_test": pred["n"],
+        "reference_loop_images_per_s": round(ref["images_per_s"], 1),
+        "framework_images_per_s": round(ours["images_per_s"], 1),
+        "speedup": round(ours["images_per_s"] / ref["images_per_s"], 2),
+        "framework_batch_size": ours["batch_size"],
+        "prediction_images_per_s": round(pred["images_per_s"], 1),
+        "prediction_seconds": round(pred["seconds"], 3),
+        "prediction_models": args.models,
+        "overrides": path_overrides,
+    }
+    if args.full:
+        overrides = args.full_overrides if args.full_overrides is not None else (
+            path_overrides if cuda else ["trainer=cpu", "data.num_folds=2", "trainer.max_epochs=1"])
+        result["full_recipe"] = full_recipe(root, overrides, args.out)
+    (args.out / "bench.json").write_text(json.dumps(result, indent=2))
+    for key, value in result.items():
+        print(f"{key:32s} {value}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

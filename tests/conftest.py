@@ -1,0 +1,57 @@
+"""Shared fixtures: tiny generated releases, and helpers to write broken ones."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from landslide.data.synthetic import generate_release
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def tiny_release(tmp_path_factory) -> Path:
+    """A generated release: 120 train and 40 test patches."""
+    root = tmp_path_factory.mktemp("release")
+    generate_release(root, 120, 40, seed=3, workers=1)
+    return root
+
+
+@pytest.fixture()
+def release_copy(tiny_release, tmp_path) -> Path:
+    """A private copy of the tiny release that a test may break."""
+    dst = tmp_path / "release"
+    shutil.copytree(tiny_release, dst)
+    return dst
+
+
+def write_release(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0) -> tuple[list[str], list[str]]:
+    """A minimal valid release of random patches (half positive); returns the train and test IDs."""
+    rng = np.random.default_rng(seed)
+    (root / "train_data").mkdir(parents=True, exist_ok=True)
+    (root / "test_data").mkdir(parents=True, exist_ok=True)
+    train_ids = [f"T{i:03d}" for i in range(n_train)]
+    test_ids = [f"S{i:03d}" for i in range(n_test)]
+    for folder, ids in (("train_data", train_ids), ("test_data", test_ids)):
+        for i in ids:
+            np.save(root / folder / f"{i}.npy", rng.normal(size=(64, 64, 12)))
+    pd.DataFrame({"ID": train_ids, "label": [i % 2 for i in range(n_train)]}).to_csv(root / "Train.csv", index=False)
+    pd.DataFrame({"ID": test_ids}).to_csv(root / "Test.csv", index=False)
+    return train_ids, test_ids
+
+
+@pytest.fixture()
+def project_env(tmp_path) -> dict[str, str]:
+    """Environment for running train.py / predict.py with data and logs under a temporary root."""
+    env = dict(os.environ)
+    env["LANDSLIDE_ROOT"] = str(tmp_path)
+    env["WANDB_MODE"] = "offline"
+    env["WANDB_SILENT"] = "true"
+    env["PYTHONWARNINGS"] = "ignore"
+    return env

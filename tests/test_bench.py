@@ -1,0 +1,15 @@
+"""A smoke test of the benchmark at CI size (figures are printed, never asserted against a time)."""
+
+import json
+
+from landslide.bench import main
+
+
+def test_bench_runs_and_reports_both_paths(tmp_path, capsys):
+    result = main(["--device", "cpu", "--n-train", "96", "--n-test", "32", "--seconds", "1", "--epochs", "2",
+                   "--models", "2", "--out", str(tmp_path)])
+    saved = json.loads((tmp_path / "bench.json").read_text())
+    assert saved["reference_loop_images_per_s"] > 0 and saved["framework_images_per_s"] > 0
+    assert saved["speedup"] == round(saved["framework_images_per_s"] / saved["reference_loop_images_per_s"], 2)
+    assert result["prediction_models"] == 2
+    assert "framework_images_per_s" in capsys.readouterr().out

@@ -1,0 +1,57 @@
+"""Every config group composes, and the entry points answer --help and --cfg job."""
+
+import subprocess
+import sys
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+
+from conftest import REPO
+
+CONFIGS = str(REPO / "configs")
+GROUP_CHOICES = [
+    [], ["model=mm_cnn"], ["filter=none"], ["trainer=cpu"], ["trainer=gpu"], ["logger=tensorboard"],
+    ["logger=wandb"], ["logger=many"], ["callbacks=none"], ["debug=tiny"], ["debug=fast"],
+    ["experiment=reference"], ["experiment=final"], ["experiment=no_fpn"], ["experiment=no_filter"],
+    ["experiment=only_sar"], ["experiment=only_optical"], ["data.bands=sar", "data.fold=3", "seed=7"],
+]
+
+
+@pytest.mark.parametrize("overrides", GROUP_CHOICES, ids=lambda o: ",".join(o) or "default")
+def test_train_config_composes(overrides, tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDSLIDE_ROOT", str(tmp_path))
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=False)
+    assert cfg.data.root and cfg.model.net._target_.startswith("landslide.models")
+    dm = instantiate(cfg.data)  # constructing checks the data options without reading anything
+    assert dm.num_folds == cfg.data.num_folds
+    filt = instantiate(cfg.filter)
+    assert hasattr(filt, "keep")
+
+
+def test_experiment_presets_change_what_they_say():
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        ref = compose("train", overrides=["experiment=reference"])
+        no_fpn = compose("train", overrides=["experiment=no_fpn"])
+        no_filter = compose("train", overrides=["experiment=no_filter"])
+    assert (ref.trainer.max_epochs, ref.data.batch_size, ref.model.lr, ref.data.num_folds) == (100, 32, 1e-3, 10)
+    assert no_fpn.model.net._target_.endswith("MultiModalCNN") and no_fpn.name == "no_fpn"
+    assert no_filter.filter._target_.endswith("KeepAll")
+
+
+def test_predict_config_composes():
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("predict", overrides=["run_dir=/some/run", "data.root=/other"])
+    assert cfg.run_dir == "/some/run" and cfg.data.root == "/other" and cfg.tta
+
+
+@pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
+def test_train_py_answers(args, project_env):
+    done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=project_env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    if "--cfg" in args:
+        assert "num_folds: 10" in done.stdout and "MultiModalFPN" in done.stdout
+    else:
+        assert "experiment" in done.stdout and "hparams_search" in done.stdout

@@ -1,0 +1,77 @@
+import numpy as np
+import pytest
+import torch
+
+from landslide.data.augment import BatchAugment, dihedral_view, tta_views
+from landslide.data.datamodule import LandslideDataModule
+
+
+@pytest.fixture()
+def dm(tiny_release, tmp_path):
+    module = LandslideDataModule(tiny_release, tmp_path / "cache", num_folds=3, batch_size=16, progress=False)
+    module.prepare_data()
+    module.setup()
+    return module
+
+
+def test_folds_are_stratified_disjoint_and_covering(dm):
+    y = dm.labels
+    folds = dm.folds()
+    vals = np.concatenate([va for _, va in folds])
+    assert sorted(vals.tolist()) == list(range(len(y)))
+    for tr, va in folds:
+        assert not set(tr) & set(va)
+        assert abs(y[va].mean() - y.mean()) < 0.06
+    assert all(np.array_equal(a[1], b[1]) for a, b in zip(folds, dm.folds()))  # fixed by split_seed
+
+
+def test_set_fold_with_a_filter_mask_and_stats(dm):
+    tr, va = dm.folds()[1]
+    keep = np.arange(len(tr)) % 2 == 0
+    dm.set_fold(1, train_keep=keep, val_keep=np.zeros(len(va), bool))
+    assert np.array_equal(dm.train_index, tr[keep]) and np.array_equal(dm.val_index, va)
+    expected = dm._host["train"][torch.as_tensor(np.sort(tr[keep]))][:, 1].double().mean()
+    assert dm.norm_mean[1] == pytest.approx(float(expected), rel=1e-4)
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
+    assert batch["x"].shape[1:] == (13, 64, 64) and not batch["keep"].any()
+
+
+def test_train_batches_cover_the_fold_and_reshuffle(dm):
+    loader = dm.train_dataloader()
+    first = torch.cat([b["index"] for b in loader])
+    second = torch.cat([b["index"] for b in loader])
+    assert len(first) == len(loader) * 16
+    assert set(first.tolist()) <= set(dm.train_index.tolist())
+    assert not torch.equal(first, second)
+
+
+def test_augmentation_leaves_the_source_unchanged():
+    x = torch.randn(32, 13, 64, 64)
+    before = x.clone()
+    aug = BatchAugment(erase_p=1.0)
+    aug.set_fill(torch.full((13,), 7.0))
+    out = aug(x, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(x, before)
+    assert not torch.equal(out, x)
+    assert (out == 7.0).any()  # erased patches take the fill value
+
+
+def test_tta_views_are_the_dihedral_group():
+    x = torch.arange(16.0).view(1, 1, 4, 4)
+    views = tta_views(x)
+    assert views.shape == (8, 1, 1, 4, 4)
+    assert len({tuple(v.flatten().tolist()) for v in views}) == 8
+    assert torch.equal(dihedral_view(x, 3), torch.rot90(x, 2, (-2, -1)))
+
+
+def test_plot_writes_a_png(dm, tmp_path):
+    path = tmp_path / "sample.png"
+    dm.plot(0, prediction=0.7, path=path)
+    assert path.stat().st_size > 10_000
+
+
+def test_bad_configuration_is_rejected(tiny_release, tmp_path):
+    with pytest.raises(ValueError, match="data.stats"):
+        LandslideDataModule(tiny_release, tmp_path, stats="imagenet")
+    with pytest.raises(ValueError, match="data.fold"):
+        LandslideDataModule(tiny_release, tmp_path, num_folds=3, fold=3)

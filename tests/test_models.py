@@ -1,0 +1,110 @@
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from conftest import REPO
+from landslide.bands import band_set
+from landslide.data.datamodule import LandslideDataModule
+from landslide.models import MultiModalCNN, MultiModalFPN
+from landslide.module import LandslideModule
+
+NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml").net)
+        for name in ("mm_fpn", "mm_cnn")}
+
+
+def _module(net: str = "mm_fpn", bands: str = "all", **kw) -> LandslideModule:
+    channels = list(band_set(bands))
+    return LandslideModule(NETS[net], channels, [0.0] * len(channels), [1.0] * len(channels), **kw)
+
+
+@pytest.mark.parametrize("cls", [MultiModalFPN, MultiModalCNN])
+def test_default_has_fewer_than_a_million_parameters(cls):
+    net = cls(band_set("all"))
+    assert 300_000 < sum(p.numel() for p in net.parameters()) < 1_000_000
+
+
+@pytest.mark.parametrize("bands", ["all", "sar", "optical", "sar_desc"])
+@pytest.mark.parametrize("cls", [MultiModalFPN, MultiModalCNN])
+def test_forward_shapes_for_every_band_set(cls, bands):
+    channels = band_set(bands)
+    net = cls(channels)
+    assert net(torch.randn(3, len(channels), 64, 64)).shape == (3,)
+    assert ("optical" in net.encoder.views) == ("red" in channels)
+
+
+def test_sar_branch_is_shared_between_passes():
+    net = MultiModalFPN(band_set("all"))
+    assert net.encoder.views == ["optical", "sar_desc", "sar_asc"]
+    assert sum(1 for n, _ in net.named_modules() if n.endswith("sar")) == 1
+
+
+def test_statistics_mismatch_raises():
+    with pytest.raises(ValueError, match="do not match the band set"):
+        LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13)
+
+
+def test_a_few_steps_overfit_a_tiny_batch():
+    torch.manual_seed(0)
+    module = _module()
+    x = torch.randn(16, 13, 64, 64)
+    y = torch.tensor([0.0, 1.0] * 8)
+    opt = torch.optim.Adam(module.parameters(), lr=3e-3)
+    losses = []
+    for _ in range(30):
+        loss = module.criterion(module(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.25 * losses[0]
+
+
+@pytest.mark.parametrize("loss", ["focal", "soft_f1"])
+def test_other_losses_train(loss):
+    module = _module(loss=loss)
+    out = module.criterion(module(torch.randn(4, 13, 64, 64)), torch.tensor([0.0, 1.0, 0.0, 1.0]))
+    out.backward()
+    assert out.item() > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_dm(tmp_path_factory):
+    from landslide.data.synthetic import generate_release
+
+    root = tmp_path_factory.mktemp("mrel")
+    generate_release(root, 60, 10, seed=5, workers=1)
+    return root
+
+
+@pytest.mark.parametrize(("net", "bands"), [("mm_fpn", "all"), ("mm_fpn", "sar"), ("mm_fpn", "optical"),
+                                            ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical")])
+def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands):
+    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", bands=bands, num_folds=2, batch_size=8, progress=False)
+    dm.prepare_data()
+    dm.setup()
+    module = LandslideModule(NETS[net], list(dm.channels), dm.norm_mean, dm.norm_std)
+    trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
+                        enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    assert "val/f1" in trainer.callback_metrics and "train/loss" in trainer.callback_metrics
+
+
+def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
+    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", num_folds=2, batch_size=8, progress=False)
+    dm.prepare_data()
+    dm.setup()
+    module = LandslideModule(NETS["mm_fpn"], list(dm.channels), dm.norm_mean, dm.norm_std)
+    trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
+                        enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=dm)
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path, weights_only=True)
+    again = LandslideModule.load_from_checkpoint(path, map_location="cpu")
+    assert again.channels == list(dm.channels)
+    assert np.allclose(again.mean.flatten().tolist(), dm.norm_mean)
+    x = dm._host["test"][:6]
+    module.eval()
+    again.eval()
+    assert torch.equal(module.predict_proba(x), again.predict_proba(x))

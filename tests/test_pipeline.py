@@ -1,0 +1,133 @@
+"""End to end through the entry points, as a user runs them (tiny data, 2 folds)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+
+def run(script: str, *args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=600)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def train(env: dict, run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+    return run("train.py", "debug=tiny", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *overrides, env=env,
+               check=check)
+
+
+def test_train_then_predict(project_env, tmp_path):
+    run_dir = tmp_path / "run"
+    train(project_env, run_dir)
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    for key in ("f1_mean", "f1_std", "oof_f1", "oof_threshold", "filtered_fraction", "positives_lost", "folds",
+                "wall_seconds", "energy_wh", "epochs"):
+        assert key in summary
+    assert summary["epochs"] == [2, 2] and len(summary["folds"]) == 2 and summary["energy_wh"] > 0
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    train_ids = pd.read_csv(tmp_path / "data" / "tiny" / "Train.csv")["ID"]
+    assert sorted(oof["ID"]) == sorted(train_ids) and set(oof["fold"]) == {0, 1}
+    for fold in (0, 1):  # each fold's filter was fitted on its training part only
+        meta = json.loads((run_dir / "folds" / f"fold_{fold}" / "filter.json").read_text())
+        val_ids = set(oof.loc[oof["fold"] == fold, "ID"])
+        fitted = {train_ids[i] for i in meta["fitted_on"]}
+        assert fitted and not fitted & val_ids and len(fitted) + len(val_ids) == len(train_ids)
+
+    run("predict.py", f"run_dir={run_dir}", f"out={tmp_path / 'pred'}", env=project_env)
+    sub = pd.read_csv(tmp_path / "pred" / "submission.csv")
+    test_ids = pd.read_csv(tmp_path / "data" / "tiny" / "Test.csv")["ID"]
+    assert sub["ID"].tolist() == test_ids.tolist()
+    assert sub["label"].dtype.kind == "i" and set(sub["label"]) <= {0, 1}
+    pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")
+    assert {"ID", "prob", "std", "filtered", "fold_0", "fold_1"} <= set(pred.columns)
+    assert (sub.loc[pred["filtered"], "label"] == 0).all()
+
+    # the same seed on CPU gives identical predictions
+    run("predict.py", f"run_dir={run_dir}", f"out={tmp_path / 'pred2'}", env=project_env)
+    assert (tmp_path / "pred" / "predictions.csv").read_text() == (tmp_path / "pred2" / "predictions.csv").read_text()
+    again = tmp_path / "again"
+    train(project_env, again)
+    assert (again / "oof_predictions.csv").read_text() == (run_dir / "oof_predictions.csv").read_text()
+
+    # a run missing a fold's checkpoint gives a clear error
+    (run_dir / "folds" / "fold_1" / "model.ckpt").unlink()
+    done = run("predict.py", f"run_dir={run_dir}", env=project_env, check=False)
+    assert done.returncode != 0 and "fold_1/model.ckpt: missing" in done.stderr
+
+
+def test_filter_stage_alone(project_env, tmp_path):
+    run_dir = tmp_path / "filter_only"
+    run("train.py", "debug=tiny", "stage=filter", f"hydra.run.dir={run_dir}", env=project_env)
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    assert summary["stage"] == "filter" and summary["oof_f1"] is None
+    assert not (run_dir / "folds" / "fold_0" / "model.ckpt").exists()
+    assert (run_dir / "folds" / "fold_0" / "filter.ubj").is_file()
+
+
+def test_resume_skips_finished_folds(project_env, tmp_path):
+    run_dir = tmp_path / "resumable"
+    train(project_env, run_dir, "data.fold=0")
+    done0 = run_dir / "folds" / "fold_0" / "result.json"
+    stamp = done0.stat().st_mtime_ns
+    assert not (run_dir / "folds" / "fold_1").exists()
+    out = train(project_env, run_dir)
+    assert "fold 0 already finished" in out.stdout + out.stderr
+    assert done0.stat().st_mtime_ns == stamp
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    assert summary["folds_run"] == [0, 1]
+
+
+def test_ablation_multirun_and_report(project_env, tmp_path):
+    sweep = tmp_path / "sweep"
+    run("train.py", "-m", "experiment=final,only_sar", "debug=tiny", f"hydra.sweep.dir={sweep}", env=project_env)
+    done = subprocess.run([sys.executable, "-m", "landslide.report", str(sweep)], cwd=REPO, env=project_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "only_sar" in done.stdout and "final" in done.stdout
+    for name in ("f1_curves.png", "table.png", "table.md"):
+        assert (sweep / "report" / name).stat().st_size > 0
+
+
+def test_bad_release_stops_with_one_line_naming_the_file(project_env, tmp_path):
+    import numpy as np
+
+    from landslide.data.synthetic import generate_release
+
+    root = tmp_path / "bad"
+    generate_release(root, 20, 4, seed=0, workers=1)
+    victim = sorted((root / "train_data").glob("*.npy"))[0]
+    np.save(victim, np.zeros((64, 64, 11)))
+    done = run("train.py", "debug=tiny", f"data.root={root}", env=project_env, check=False)
+    assert done.returncode != 0
+    lines = [line for line in done.stderr.splitlines() if "ReleaseError" in line or str(victim) in line]
+    assert any(str(victim) in line and "(64, 64, 11)" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_default_main_job(project_env, tmp_path):
+    """The README's main job on the embedded data (minutes on 2 cores)."""
+    run("train.py", f"hydra.run.dir={tmp_path / 'main'}", env=project_env)
+    assert json.loads((tmp_path / "main" / "cv_summary.json").read_text())["oof_f1"] > 0.5
+
+
+def test_submission_refuses_missing_or_duplicated_ids(tmp_path):
+    from landslide.inference.ensemble import write_submission
+
+    expected = ["a", "b", "c"]
+    with pytest.raises(ValueError, match=r"1 missing ID\(s\) \['c'\]"):
+        write_submission(tmp_path / "s.csv", ["a", "b"], [0, 1], expected)
+    with pytest.raises(ValueError, match=r"1 duplicated \['b'\]"):
+        write_submission(tmp_path / "s.csv", ["a", "b", "b", "c"], [0, 1, 1, 0], expected)
+    assert not (tmp_path / "s.csv").exists()
+    write_submission(tmp_path / "s.csv", expected, [0, 1, 0], expected)
+    assert (tmp_path / "s.csv").read_text().splitlines() == ["ID,label", "a,0", "b,1", "c,0"]
