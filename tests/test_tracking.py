@@ -9,9 +9,8 @@ import sys
 
 import pytest
 
-from landslide.callbacks.energy import EnergyTracker
-
 from conftest import REPO
+from landslide.callbacks.energy import EnergyTracker
 
 
 def run_train(env: dict, *args: str) -> subprocess.CompletedProcess:
@@ -26,7 +25,7 @@ def test_each_logger_leaves_its_files(project_env, tmp_path, logger):
     run_dir = tmp_path / "run"
     # a fast-dev-run-sized job (fast_dev_run itself replaces loggers with a dummy, so limit the batches instead)
     run_train(project_env, "debug=tiny", f"logger={logger}", f"hydra.run.dir={run_dir}",
-              "trainer.limit_train_batches=2", "trainer.limit_val_batches=1")
+              "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1")
     if logger == "csv":
         metrics = (run_dir / "csv" / "fold_0" / "metrics.csv").read_text()
         assert "val/f1" in metrics and "energy/wh" in metrics

@@ -11,6 +11,16 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 log = logging.getLogger(__name__)
+
+def _ensure_dir(path: str) -> str:
+    """Config resolver ``${ensure_dir:...}``: the folder, created if missing (e.g. for the Optuna storage)."""
+    Path(path).mkdir(parents=True, exist_ok=True)
+    return path
+
+
+if not OmegaConf.has_resolver("ensure_dir"):
+    OmegaConf.register_new_resolver("ensure_dir", _ensure_dir)
+
 CONFIG_DIR = os.environ.get("LANDSLIDE_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
 
 

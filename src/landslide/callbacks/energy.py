@@ -33,17 +33,18 @@ class EnergyTracker:
         if not self.enabled or self._tracker is not None:
             return
         from codecarbon import OfflineEmissionsTracker
+        from codecarbon.output_methods.base_output import OutputMethod
 
         self.output_dir.mkdir(parents=True, exist_ok=True)
-        for name in ("codecarbon",):  # CodeCarbon's own warnings about unknown CPUs are not the user's concern
-            logging.getLogger(name).setLevel(logging.ERROR)
+        # CodeCarbon's warnings about unknown CPUs and missing RAPL files are not the user's concern
+        logging.getLogger("codecarbon").setLevel(logging.ERROR)
         self._tracker = OfflineEmissionsTracker(
             project_name=self.project_name,
             country_iso_code=self.country_iso_code,
             output_dir=str(self.output_dir),
             measure_power_secs=self.measure_power_secs,
             log_level="error",
-            save_to_file=True,
+            output_methods=[OutputMethod.CSV],
             allow_multiple_runs=True,
         )
         self._tracker.start()
