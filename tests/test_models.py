@@ -108,3 +108,14 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
     module.eval()
     again.eval()
     assert torch.equal(module.predict_proba(x), again.predict_proba(x))
+
+
+def test_tta_of_a_symmetric_input_gives_identical_views():
+    module = _module().eval()
+    x = torch.randn(2, 13, 64, 64)
+    x = x + x.flip(-1)
+    x = x + x.flip(-2)
+    x = x + x.transpose(-1, -2)  # invariant under all 8 dihedral views
+    views = module.predict_proba(x, tta=True)
+    assert views.shape == (8, 2)
+    assert torch.allclose(views, views[:1].expand_as(views), atol=1e-6)

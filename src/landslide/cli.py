@@ -24,6 +24,10 @@ if not OmegaConf.has_resolver("ensure_dir"):
 CONFIG_DIR = os.environ.get("LANDSLIDE_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
 
 
+def _drop_advertisements(record: logging.LogRecord) -> bool:
+    return "litlogger" not in record.getMessage()
+
+
 def _quiet_third_parties() -> None:
     """Silence, at their source, warnings that do not concern the user."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*", module="lightning")
@@ -32,6 +36,7 @@ def _quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning.pytorch.utilities._pytree")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     # Lightning prints through its own handler and through Hydra's: keep Hydra's (it also writes the run's log)
+    logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
         logger = logging.getLogger(name)
         for handler in list(logger.handlers):

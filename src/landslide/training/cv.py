@@ -29,7 +29,7 @@ from landslide.filter.negative import filter_report
 from landslide.inference.predictor import predict_probs
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
-from landslide.training.loggers import build_loggers, finish_loggers
+from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
 from landslide.training.stage1 import release_features
 from landslide.training.summary import print_summary, summarise
 
@@ -110,8 +110,17 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
+    figures = fold_dir / "figures"
+    if loggers and cfg.get("log_figures", True):
+        positive = int(dm.val_index[np.argmax(labels[dm.val_index])])
+        log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=figures)
+    history = None
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+        history = _find(callbacks, MetricHistory)
+        if loggers and cfg.get("log_figures", True) and history and history.history:
+            figure = f1_curve_figure(history.history, f"{cfg.name}, fold {fold}")
+            log_figure(loggers, "curves/val_f1", figure, step=trainer.global_step, folder=figures)
     finally:
         finish_loggers(loggers)
     if trainer.interrupted:
@@ -141,7 +150,6 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
         hold_prob = calibrate(torch.from_numpy(hold_views.mean(0)), threshold).numpy() * filt.keep(feats[holdout])
         result["holdout"] = {"index": holdout.tolist(), "prob": hold_prob.tolist()}
     energy = _find(callbacks, EnergyCallback)
-    history = _find(callbacks, MetricHistory)
     result.update({
         "n_val": len(val_part),
         "f1_at_0.5": f1_at(prob, labels[val_part], 0.5),

@@ -43,3 +43,40 @@ def finish_loggers(loggers: list[Logger]) -> None:
             import wandb
 
             wandb.finish()
+
+
+def log_figure(loggers: list[Logger], key: str, figure, step: int = 0, folder: Path | None = None) -> None:
+    """Send a matplotlib figure through each logger's image API (W&B images, TensorBoard figures); loggers
+    without one (CSV) get a PNG in ``folder``."""
+    import matplotlib.pyplot as plt
+
+    saved = False
+    for logger in loggers:
+        kind = type(logger).__name__
+        if kind == "WandbLogger":
+            logger.log_image(key=key, images=[figure], step=step)
+        elif kind == "TensorBoardLogger":
+            logger.experiment.add_figure(key, figure, global_step=step, close=False)
+        elif folder is not None and not saved:
+            folder.mkdir(parents=True, exist_ok=True)
+            figure.savefig(folder / f"{key.replace('/', '_')}.png", dpi=90)
+            saved = True
+    plt.close(figure)
+
+
+def f1_curve_figure(history: list[dict], title: str):
+    """Validation F1 (at 0.5 and at the best threshold) per epoch of one fold."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    epochs = [h["epoch"] + 1 for h in history]
+    for key, label in (("val/f1", "F1 at 0.5"), ("val/f1_best", "F1 at best threshold")):
+        ax.plot(epochs, [h.get(key, float("nan")) for h in history], label=label)
+    ax.set(xlabel="epoch", ylabel="validation F1", title=title, ylim=(0, 1.02))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    return fig
