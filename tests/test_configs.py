@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -55,3 +56,12 @@ def test_train_py_answers(args, project_env):
         assert "num_folds: 10" in done.stdout and "MultiModalFPN" in done.stdout
     else:
         assert "experiment" in done.stdout and "hparams_search" in done.stdout
+
+
+def test_console_script_is_installed(project_env):
+    script = Path(sys.executable).with_name("landslide-train")
+    assert script.is_file(), "pip install -e . should install the landslide-train console script"
+    done = subprocess.run([str(script), "--cfg", "job", "data.bands=sar"], cwd=REPO, env=project_env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "bands: sar" in done.stdout

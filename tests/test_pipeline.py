@@ -62,7 +62,8 @@ def test_train_then_predict(project_env, tmp_path):
     # a run missing a fold's checkpoint gives a clear error
     (run_dir / "folds" / "fold_1" / "model.ckpt").unlink()
     done = run("predict.py", f"run_dir={run_dir}", env=project_env, check=False)
-    assert done.returncode != 0 and "fold_1/model.ckpt: missing" in done.stderr
+    assert done.returncode == 2 and "fold_1/model.ckpt: missing" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
 
 
 def test_filter_stage_alone(project_env, tmp_path):
@@ -108,9 +109,10 @@ def test_bad_release_stops_with_one_line_naming_the_file(project_env, tmp_path):
     victim = sorted((root / "train_data").glob("*.npy"))[0]
     np.save(victim, np.zeros((64, 64, 11)))
     done = run("train.py", "debug=tiny", f"data.root={root}", env=project_env, check=False)
-    assert done.returncode != 0
-    lines = [line for line in done.stderr.splitlines() if "ReleaseError" in line or str(victim) in line]
-    assert any(str(victim) in line and "(64, 64, 11)" in line for line in lines)
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output
+    lines = [line for line in output.splitlines() if str(victim) in line]
+    assert len(lines) == 1 and "(64, 64, 11)" in lines[0]
 
 
 @pytest.mark.slow

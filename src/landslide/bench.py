@@ -26,6 +26,7 @@ import lightning as L
 import numpy as np
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader, Dataset
@@ -116,10 +117,8 @@ def framework_path(cfg, dm, epochs: int) -> dict:
     dm.set_fold(0)
     module = build_module(cfg, dm)
     timer = EpochTimer()
-    trainer = L.Trainer(**{k: v for k, v in OmegaConf.to_container(cfg.trainer).items() if k != "_target_"},
-                        callbacks=[timer], logger=False, enable_checkpointing=False, enable_progress_bar=False,
-                        limit_val_batches=0)
-    trainer.fit_loop.max_epochs = epochs
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
+                                     enable_progress_bar=False, limit_val_batches=0, max_epochs=epochs)
     trainer.fit(module, datamodule=dm)
     measured = slice(1, None) if len(timer.times) > 1 else slice(None)
     rate = sum(timer.images[measured]) / sum(timer.times[measured])
@@ -158,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seconds", type=float, default=None, help="time budget of the reference loop")
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the framework path (first = warm-up)")
     parser.add_argument("--models", type=int, default=10, help="ensemble size for the prediction figure")
+    parser.add_argument("--compile", type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
+                        help="torch.compile the framework path (default: on GPU yes, on CPU no)")
     parser.add_argument("--full", action="store_true", help="also run the full recipe through train.py")
     parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
     parser.add_argument("--data-root", type=Path, default=None, help="an existing release to use")
@@ -177,16 +178,19 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_root is None:
         generate_release(root, n_train, n_test, seed=0)
     path_overrides = (["trainer=gpu", "model.compile=true", "model.channels_last=true", "data.batch_size=1024",
-                       "data.eval_batch_size=4096"] if cuda else ["trainer=cpu", "data.batch_size=64"])
+                       "data.eval_batch_size=4096"] if cuda else ["trainer=cpu", "data.batch_size=128"])
+    if args.compile is not None:
+        path_overrides.append(f"model.compile={str(args.compile).lower()}")
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
                                           "paths.output_dir=" + str(args.out), *path_overrides])
     dm = build_datamodule(cfg)
     images, labels = dm._host["train"], dm._host["labels"]
 
-    reference_module = build_module(cfg, dm)
-    reference_module.hparams.channels_last = False
-    ref = reference_loop(reference_module, images, labels, device, seconds)
+    reference_cfg = cfg.copy()
+    reference_cfg.model.channels_last = False
+    reference_cfg.model.compile = False
+    ref = reference_loop(build_module(reference_cfg, dm), images, labels, device, seconds)
     ours = framework_path(cfg, dm, epochs)
     module = ours.pop("module")
     pred = prediction(module, dm.resident("test", device), device, args.models, int(cfg.data.eval_batch_size))
@@ -198,10 +202,12 @@ def main(argv: list[str] | None = None) -> dict:
         "framework_images_per_s": round(ours["images_per_s"], 1),
         "speedup": round(ours["images_per_s"] / ref["images_per_s"], 2),
         "framework_batch_size": ours["batch_size"],
+        # test images fully predicted per second, each through every model and all 8 views
         "prediction_images_per_s": round(pred["images_per_s"], 1),
         "prediction_seconds": round(pred["seconds"], 3),
         "prediction_models": args.models,
         "overrides": path_overrides,
+        "precision": OmegaConf.select(cfg, "trainer.precision"),
     }
     if args.full:
         overrides = args.full_overrides if args.full_overrides is not None else (

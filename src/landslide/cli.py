@@ -5,6 +5,8 @@ from __future__ import annotations
 import logging
 import os
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
@@ -18,8 +20,17 @@ def _ensure_dir(path: str) -> str:
     return path
 
 
-if not OmegaConf.has_resolver("ensure_dir"):
-    OmegaConf.register_new_resolver("ensure_dir", _ensure_dir)
+def register_resolvers() -> None:
+    """``${ensure_dir:PATH}`` and ``${best_precision:ACCELERATOR}`` for the configs."""
+    from landslide.hardware import best_precision
+
+    if not OmegaConf.has_resolver("ensure_dir"):
+        OmegaConf.register_new_resolver("ensure_dir", _ensure_dir)
+    if not OmegaConf.has_resolver("best_precision"):
+        OmegaConf.register_new_resolver("best_precision", best_precision)
+
+
+register_resolvers()
 
 CONFIG_DIR = os.environ.get("LANDSLIDE_CONFIG_DIR", str(Path(__file__).resolve().parents[2] / "configs"))
 
@@ -59,6 +70,20 @@ def print_config(cfg: DictConfig) -> None:
     rprint(tree)
 
 
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Bad input (a broken release, an incomplete run directory) ends the run with one line naming the problem,
+    not a traceback."""
+    from landslide.data.release import ReleaseError
+    from landslide.inference.ensemble import RunError
+
+    try:
+        yield
+    except (ReleaseError, RunError) as err:
+        log.error("%s", err)
+        raise SystemExit(2) from None
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
     import lightning as L
@@ -69,7 +94,8 @@ def train(cfg: DictConfig) -> float | None:
     if cfg.get("print_config", True):
         print_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    summary = run_cv(cfg)
+    with user_errors():
+        summary = run_cv(cfg)
     value = summary.get(cfg.get("optimized_metric", "oof_f1"))
     return None if value is None else float(value)
 
@@ -79,10 +105,11 @@ def predict(cfg: DictConfig) -> dict:
     from landslide.inference.ensemble import predict_run
 
     _quiet_third_parties()
-    return predict_run(
-        cfg.run_dir, cfg.get("out"), cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
-        bool(cfg.tta), str(cfg.device),
-    )
+    with user_errors():
+        return predict_run(
+            cfg.run_dir, cfg.get("out"), cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
+            bool(cfg.tta), str(cfg.device),
+        )
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -209,6 +209,7 @@ class LandslideDataModule(L.LightningDataModule):
         if val_keep is not None:
             keep[val_part] = np.asarray(val_keep, bool)
         self.keep["train"] = keep
+        self._device = {k: v for k, v in self._device.items() if not k[0].startswith("keep_")}
         self.fit_stats(self.train_index)
 
     def fit_stats(self, index: np.ndarray) -> None:
@@ -218,9 +219,6 @@ class LandslideDataModule(L.LightningDataModule):
             images = self._host["train"][torch.as_tensor(np.sort(index))].numpy()
             self.norm_mean, self.norm_std = channel_stats(images, self.channels)
         self.augment.set_fill(torch.tensor(self.norm_mean))
-
-    def set_test_keep(self, keep: np.ndarray) -> None:
-        self.keep["test"] = np.asarray(keep, bool)
 
     def predict_on(self, source: str, index: np.ndarray | None = None) -> None:
         """Make ``predict_dataloader`` serve ``source`` ('train' or 'test'), optionally a subset of it."""
@@ -259,6 +257,13 @@ class LandslideDataModule(L.LightningDataModule):
             self._device[key] = self._host[source].to(device, non_blocking=True)
         return self._device[key]
 
+    def _keep_on(self, source: str, device: torch.device) -> Tensor:
+        """The split's filter mask on ``device``, moved once per fold rather than once per batch."""
+        key = (f"keep_{source}", str(device))
+        if key not in self._device:
+            self._device[key] = torch.from_numpy(self.keep[source]).to(device)
+        return self._device[key]
+
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         if not isinstance(batch, dict) or "source" not in batch:
             return batch
@@ -270,8 +275,7 @@ class LandslideDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             x = self.augment(x)
         out["x"] = x
-        keep = torch.from_numpy(self.keep[source]).to(device)[index]
-        out["keep"] = keep
+        out["keep"] = self._keep_on(source, device)[index]
         if source == "train":
             out["y"] = self.resident("labels", device)[index]
         return out

@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landslide.hardware import bf16_supported
 from landslide.module import LandslideModule
 
 
@@ -18,9 +19,11 @@ def resolve_device(device: str = "auto") -> torch.device:
 @torch.inference_mode()
 def predict_probs(module: LandslideModule, images: Tensor, batch_size: int = 1024, tta: bool = True,
                   device: torch.device | str = "cpu", bf16: bool | None = None) -> np.ndarray:
-    """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units."""
+    """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units.
+
+    ``bf16=None`` uses bf16 autocast where the device runs it fast (see :func:`bf16_supported`)."""
     device = torch.device(device)
-    bf16 = device.type == "cuda" if bf16 is None else bf16
+    bf16 = bf16_supported(device.type) if bf16 is None else bf16
     module = module.to(device).eval()
     out = []
     for start in range(0, images.shape[0], batch_size):

@@ -69,96 +69,115 @@ def _find(callbacks: list[Callback], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
-def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path) -> dict:
-    """Filter, train and validate one fold; save its artefacts; return its result."""
-    started = time.perf_counter()
-    labels = dm.labels
-    train_part, val_part = dm.folds()[fold]
+def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, train_part: np.ndarray,
+                    val_part: np.ndarray, fold_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, dict]:
+    """Fit the fold's filter on its training part only, save it, and report what it keeps on both parts."""
     filt = instantiate(cfg.filter)
     filt.fit(feats[train_part], labels[train_part], index=train_part)
     filt.save(fold_dir)
     keep_train = filt.keep(feats[train_part])
     keep_val = filt.keep(feats[val_part])
-    result: dict[str, Any] = {
-        "fold": fold,
-        "filter": {
-            "kind": filt.kind,
-            "threshold": float(filt.threshold),
-            "train": filter_report(keep_train, labels[train_part]),
-            "val": filter_report(keep_val, labels[val_part]),
-            "calibration": getattr(filt, "calibration", {}),
-        },
+    report = {
+        "kind": filt.kind,
+        "threshold": float(filt.threshold),
+        "train": filter_report(keep_train, labels[train_part]),
+        "val": filter_report(keep_val, labels[val_part]),
+        "calibration": getattr(filt, "calibration", {}),
     }
-    if cfg.get("stage", "all") == "filter":
-        result["wall_seconds"] = round(time.perf_counter() - started, 2)
-        return result
+    return filt, keep_train, keep_val, report
 
-    L.seed_everything(int(cfg.seed) + fold, workers=True)
-    dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
+
+def load_initial_weights(module: LandslideModule, path: str) -> None:
+    """Fine-tuning: the network weights of a checkpoint (the optimiser starts fresh)."""
+    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
+    weights = {k: v for k, v in state.items() if k.startswith("net.")}
+    missing, unexpected = module.load_state_dict(weights, strict=False)
+    missing = [k for k in missing if k.startswith("net.")]
+    if missing or unexpected or not weights:
+        raise ValueError(f"init_weights={path} does not fit this model: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+
+
+def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_dir: Path
+                     ) -> tuple[LandslideModule, L.Trainer, list[Callback]]:
+    """Train the fold's network (resuming from ``checkpoints/last.ckpt`` if present) and save ``model.ckpt``."""
     module = build_module(cfg, dm)
     if cfg.get("init_weights"):
-        state = torch.load(cfg.init_weights, map_location="cpu", weights_only=False)["state_dict"]
-        weights = {k: v for k, v in state.items() if k.startswith("net.")}
-        missing, unexpected = module.load_state_dict(weights, strict=False)
-        missing = [k for k in missing if k.startswith("net.")]
-        if missing or unexpected or not weights:
-            raise ValueError(f"init_weights={cfg.init_weights} does not fit this model: missing {missing[:5]}, "
-                             f"unexpected {unexpected[:5]}")
+        load_initial_weights(module, cfg.init_weights)
         log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
     callbacks = build_callbacks(cfg, fold_dir)
     loggers = build_loggers(cfg, fold, fold_dir)
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
-    figures = fold_dir / "figures"
-    if loggers and cfg.get("log_figures", True):
-        positive = int(dm.val_index[np.argmax(labels[dm.val_index])])
-        log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=figures)
-    history = None
+    figures = cfg.get("log_figures", True) and bool(loggers)
+    if figures:
+        positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
+        log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=fold_dir / "figures")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
         history = _find(callbacks, MetricHistory)
-        if loggers and cfg.get("log_figures", True) and history and history.history:
+        if figures and history.history:
             figure = f1_curve_figure(history.history, f"{cfg.name}, fold {fold}")
-            log_figure(loggers, "curves/val_f1", figure, step=trainer.global_step, folder=figures)
+            log_figure(loggers, "curves/val_f1", figure, step=trainer.global_step, folder=fold_dir / "figures")
     finally:
         finish_loggers(loggers)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"fold {fold} was interrupted; run again with the same run directory to resume")
 
     checkpoint = _find(callbacks, ModelCheckpoint)
-    selection = cfg.get("epoch_selection", "last")
     model_path = fold_dir / "model.ckpt"
-    if selection == "best" and checkpoint is not None and checkpoint.best_model_path:
+    if cfg.get("epoch_selection", "last") == "best" and checkpoint is not None and checkpoint.best_model_path:
         log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
                     fold)
         shutil.copyfile(checkpoint.best_model_path, model_path)
         module = LandslideModule.load_from_checkpoint(model_path, map_location="cpu")
     else:
         trainer.save_checkpoint(model_path, weights_only=True)
+    return module, trainer, callbacks
+
+
+def network_probs(cfg: DictConfig, module: LandslideModule, dm: LandslideDataModule, index: np.ndarray,
+                  device: torch.device) -> np.ndarray:
+    """Mean probability over the test-time views of training rows ``index``."""
+    images = dm.resident("train", torch.device("cpu"))[torch.as_tensor(index)]
+    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.get("tta", True)), device).mean(0)
+
+
+def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path) -> dict:
+    """Filter, train and score one fold; save its artefacts; return its result."""
+    started = time.perf_counter()
+    labels = dm.labels
+    train_part, val_part = dm.folds()[fold]
+    filt, keep_train, keep_val, report = fit_fold_filter(cfg, feats, labels, train_part, val_part, fold_dir)
+    result: dict[str, Any] = {"fold": fold, "filter": report}
+    if cfg.get("stage", "all") == "filter":
+        result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        return result
+
+    L.seed_everything(int(cfg.seed) + fold, workers=True)
+    dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
+    module, trainer, callbacks = fit_fold_network(cfg, dm, fold, fold_dir)
 
     # the whole pipeline on the whole validation part: filtered images are predicted negative
     device = trainer.strategy.root_device
-    views = predict_probs(module, dm.resident("train", torch.device("cpu"))[torch.as_tensor(val_part)],
-                          cfg.data.eval_batch_size, tta=bool(cfg.get("tta", True)), device=device)
-    prob = views.mean(0) * keep_val
+    prob = network_probs(cfg, module, dm, val_part, device) * keep_val
     threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
     holdout = dm.holdout_index
     if len(holdout):
-        hold_views = predict_probs(module, dm.resident("train", torch.device("cpu"))[torch.as_tensor(holdout)],
-                                   cfg.data.eval_batch_size, tta=bool(cfg.get("tta", True)), device=device)
-        hold_prob = calibrate(torch.from_numpy(hold_views.mean(0)), threshold).numpy() * filt.keep(feats[holdout])
-        result["holdout"] = {"index": holdout.tolist(), "prob": hold_prob.tolist()}
+        hold_prob = calibrate(torch.from_numpy(network_probs(cfg, module, dm, holdout, device)), threshold).numpy()
+        result["holdout"] = {"index": holdout.tolist(), "prob": (hold_prob * filt.keep(feats[holdout])).tolist()}
     energy = _find(callbacks, EnergyCallback)
+    history = _find(callbacks, MetricHistory)
     result.update({
         "n_val": len(val_part),
         "f1_at_0.5": f1_at(prob, labels[val_part], 0.5),
         "f1_at_threshold": best_f1,
         "threshold": threshold,
         "epochs": int(trainer.current_epoch),
-        "epoch_selection": selection,
+        "epoch_selection": cfg.get("epoch_selection", "last"),
         "energy_wh": energy.wh if energy else None,
-        "history": history.history if history else [],
+        "history": history.history,
         "wall_seconds": round(time.perf_counter() - started, 2),
         "oof": {"index": val_part.tolist(), "prob": prob.tolist(), "keep": keep_val.tolist()},
     })

@@ -69,13 +69,15 @@ def print_summary(summary: dict) -> None:
     table = Table(title=f"cross-validation: {summary.get('name')}")
     for col in ("fold", "filtered", "pos. lost", "F1@0.5", "F1@thr", "thr", "epochs", "s", "Wh"):
         table.add_column(col, justify="right")
+    def fmt(value: float | None, spec: str) -> str:
+        return "-" if value is None else format(value, spec)
+
     for f in summary["folds"]:
         fv = f["filter"]["val"]
         table.add_row(
             str(f["fold"]), f"{fv['filtered_fraction']:.1%}", str(fv["positives_lost"]),
-            f"{f.get('f1_at_0.5', float('nan')):.3f}", f"{f.get('f1_at_threshold', float('nan')):.3f}",
-            f"{f.get('threshold', float('nan')):.3f}", str(f.get("epochs", "-")), f"{f['wall_seconds']:.0f}",
-            f"{(f.get('energy_wh') or 0):.3f}",
+            fmt(f.get("f1_at_0.5"), ".3f"), fmt(f.get("f1_at_threshold"), ".3f"), fmt(f.get("threshold"), ".3f"),
+            fmt(f.get("epochs"), "d"), f"{f['wall_seconds']:.0f}", fmt(f.get("energy_wh"), ".3f"),
         )
     console = Console()
     console.print(table)
