@@ -133,3 +133,16 @@ def test_submission_refuses_missing_or_duplicated_ids(tmp_path):
     assert not (tmp_path / "s.csv").exists()
     write_submission(tmp_path / "s.csv", expected, [0, 1, 0], expected)
     assert (tmp_path / "s.csv").read_text().splitlines() == ["ID,label", "a,0", "b,1", "c,0"]
+
+
+def test_fine_tuning_and_best_epoch_selection(project_env, tmp_path):
+    first = tmp_path / "first"
+    out = train(project_env, first, "data.fold=0", "epoch_selection=best")
+    assert "optimistically biased" in out.stdout + out.stderr
+    result = json.loads((first / "folds" / "fold_0" / "result.json").read_text())
+    assert result["epoch_selection"] == "best"
+    weights = first / "folds" / "fold_0" / "model.ckpt"
+    out = train(project_env, tmp_path / "tuned", "data.fold=1", f"init_weights={weights}")
+    assert "fold 1 starts from the weights of" in out.stdout + out.stderr
+    bad = train(project_env, tmp_path / "bad", "data.fold=1", "model=mm_cnn", f"init_weights={weights}", check=False)
+    assert bad.returncode != 0 and "does not fit this model" in bad.stdout + bad.stderr

@@ -38,6 +38,7 @@ def test_each_logger_leaves_its_files(project_env, tmp_path, logger):
         assert len(runs) == 2  # one W&B run per fold, each finished
         assert all(list(r.glob("run-*.wandb")) for r in runs)
         assert all(len(list((r / "files" / "media" / "images").rglob("*.png"))) == 2 for r in runs)  # grid, curve
+        assert (run_dir / "wandb_group").read_text().startswith("final-")
         ids = {(run_dir / "folds" / f"fold_{k}" / "wandb_id").read_text() for k in (0, 1)}
         assert all(any(i in r.name for r in runs) for i in ids)
 

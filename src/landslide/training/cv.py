@@ -91,7 +91,10 @@ def load_initial_weights(module: LandslideModule, path: str) -> None:
     """Fine-tuning: the network weights of a checkpoint (the optimiser starts fresh)."""
     state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
     weights = {k: v for k, v in state.items() if k.startswith("net.")}
-    missing, unexpected = module.load_state_dict(weights, strict=False)
+    try:
+        missing, unexpected = module.load_state_dict(weights, strict=False)
+    except RuntimeError as err:  # shapes differ
+        raise ValueError(f"init_weights={path} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if k.startswith("net.")]
     if missing or unexpected or not weights:
         raise ValueError(f"init_weights={path} does not fit this model: missing {missing[:5]}, "

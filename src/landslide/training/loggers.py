@@ -11,9 +11,20 @@ from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 
+def _remembered(path: Path, value: str | None) -> str | None:
+    """The value stored in ``path`` by an earlier (interrupted) run, else ``value``, stored for the next one."""
+    if path.is_file():
+        return path.read_text().strip()
+    if value is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(str(value))
+    return value
+
+
 def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
-    """One logger per configured entry, versioned by fold. W&B runs of one CV run share a group and keep their
-    run id in ``fold_dir/wandb_id`` so that a resumed fold continues the same W&B run."""
+    """One logger per configured entry, versioned by fold. W&B runs of one CV run share a group (kept in the run's
+    ``wandb_group``) and each keeps its run id in ``fold_dir/wandb_id``, so a resumed run continues the same W&B
+    runs in the same group."""
     loggers: list[Logger] = []
     for _, entry in (cfg.get("logger") or {}).items():
         if entry is None or "_target_" not in entry:
@@ -21,11 +32,9 @@ def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
         target = entry["_target_"]
         extra: dict[str, Any] = {}
         if target.endswith("WandbLogger"):
-            id_file = fold_dir / "wandb_id"
-            run_id = id_file.read_text().strip() if id_file.is_file() else uuid.uuid4().hex[:12]
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            id_file.write_text(run_id)
-            extra = {"name": f"{cfg.name}-fold{fold}", "id": run_id, "resume": "allow"}
+            extra = {"name": f"{cfg.name}-fold{fold}", "id": _remembered(fold_dir / "wandb_id", uuid.uuid4().hex[:12]),
+                     "group": _remembered(fold_dir.parent.parent / "wandb_group", entry.get("group")),
+                     "resume": "allow"}
         elif target.endswith(("CSVLogger", "TensorBoardLogger")):
             extra = {"version": f"fold_{fold}"}
         logger = instantiate(entry, **extra)
