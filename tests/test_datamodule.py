@@ -30,7 +30,7 @@ def test_set_fold_with_a_filter_mask_and_stats(dm):
     keep = np.arange(len(tr)) % 2 == 0
     dm.set_fold(1, train_keep=keep, val_keep=np.zeros(len(va), bool))
     assert np.array_equal(dm.train_index, tr[keep]) and np.array_equal(dm.val_index, va)
-    expected = dm._host["train"][torch.as_tensor(np.sort(tr[keep]))][:, 1].double().mean()
+    expected = dm.gather("train", np.sort(tr[keep]))[:, 1].double().mean()
     assert dm.norm_mean[1] == pytest.approx(float(expected), rel=1e-4)
     batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
     assert batch["x"].shape[1:] == (13, 64, 64) and not batch["keep"].any()
@@ -75,3 +75,18 @@ def test_bad_configuration_is_rejected(tiny_release, tmp_path):
         LandslideDataModule(tiny_release, tmp_path, stats="imagenet")
     with pytest.raises(ValueError, match="data.fold"):
         LandslideDataModule(tiny_release, tmp_path, num_folds=3, fold=3)
+
+
+def test_band_sets_are_gathered_from_the_cached_channels(tiny_release, tmp_path):
+    from landslide.bands import band_set, channel_indices
+
+    sar = LandslideDataModule(tiny_release, tmp_path / "cache", bands="sar", num_folds=3, progress=False)
+    sar.prepare_data()
+    sar.setup()
+    full = torch.from_numpy(np.array(sar.release.train.images[[4, 7]]))
+    x = sar.gather("train", [4, 7])
+    assert x.shape == (2, 8, 64, 64)
+    assert torch.equal(x, full[:, channel_indices(band_set("sar"))])
+    batch = sar.on_after_batch_transfer(next(iter(sar.val_dataloader())))
+    assert batch["x"].shape[1] == 8
+    assert len(sar.norm_mean) == 8

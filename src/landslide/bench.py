@@ -185,7 +185,7 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
                                           "paths.output_dir=" + str(args.out), *path_overrides])
     dm = build_datamodule(cfg)
-    images, labels = dm._host["train"], dm._host["labels"]
+    images, labels = dm.gather("train"), dm.labels_tensor
 
     reference_cfg = cfg.copy()
     reference_cfg.model.channels_last = False
@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> dict:
     ref = reference_loop(build_module(reference_cfg, dm), images, labels, device, seconds)
     ours = framework_path(cfg, dm, epochs)
     module = ours.pop("module")
-    pred = prediction(module, dm.resident("test", device), device, args.models, int(cfg.data.eval_batch_size))
+    pred = prediction(module, dm.gather("test", device=device), device, args.models, int(cfg.data.eval_batch_size))
     result = {
         "machine": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "
         f"{torch.get_num_threads()} threads)",

@@ -66,7 +66,7 @@ def cache_key(train: SplitIndex, test: SplitIndex, cloud_threshold: float, nan_p
 
 def _open(folder: Path, split: str, labels: bool) -> CachedSplit:
     ids = (folder / f"{split}_ids.txt").read_text().split("\n")
-    images = np.load(folder / f"{split}.npy", mmap_mode="r")
+    images = np.load(folder / f"{split}.npy", mmap_mode="c")  # copy-on-write: the file is never modified
     y = np.load(folder / "train_labels.npy") if labels else None
     return CachedSplit(ids, images, y)
 

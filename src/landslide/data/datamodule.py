@@ -112,6 +112,7 @@ class LandslideDataModule(L.LightningDataModule):
         self.release: CachedRelease | None = None
         self._host: dict[str, Tensor] = {}
         self._device: dict[tuple[str, str], Tensor] = {}
+        self._picks = torch.zeros(0, dtype=torch.long)
         self.train_index = np.zeros(0, np.int64)
         self.val_index = np.zeros(0, np.int64)
         self.predict_source = "test"
@@ -151,11 +152,11 @@ class LandslideDataModule(L.LightningDataModule):
         if self._host:
             return
         release = self._load()
-        picks = channel_indices(self.channels)
         for split in ("train", "test"):
-            images = getattr(release, split).images
-            self._host[split] = torch.from_numpy(np.ascontiguousarray(images[:, picks]))
+            # the cache's memory map, copy-on-write: nothing is read until a batch or a device copy needs it
+            self._host[split] = torch.from_numpy(getattr(release, split).images)
         self._host["labels"] = torch.from_numpy(release.train.labels.astype(np.float32))
+        self._picks = torch.tensor(channel_indices(self.channels), dtype=torch.long)
         self.keep = {s: np.ones(len(getattr(release, s).ids), bool) for s in ("train", "test")}
         self.set_fold(self.fold if self.fold is not None else 0)
 
@@ -163,6 +164,10 @@ class LandslideDataModule(L.LightningDataModule):
     @property
     def labels(self) -> np.ndarray:
         return self._load().train.labels
+
+    @property
+    def labels_tensor(self) -> Tensor:
+        return self._host["labels"]
 
     @property
     def train_ids(self) -> list[str]:
@@ -216,7 +221,7 @@ class LandslideDataModule(L.LightningDataModule):
         if self.stats == "bigearthnet":
             self.norm_mean, self.norm_std = bigearthnet_stats(self.channels)
         else:
-            images = self._host["train"][torch.as_tensor(np.sort(index))].numpy()
+            images = self.gather("train", np.sort(index)).numpy()
             self.norm_mean, self.norm_std = channel_stats(images, self.channels)
         self.augment.set_fill(torch.tensor(self.norm_mean))
 
@@ -249,13 +254,25 @@ class LandslideDataModule(L.LightningDataModule):
 
     # ---------------------------------------------------------------- batches
     def resident(self, source: str, device: torch.device) -> Tensor:
-        """The whole split's tensor on ``device`` (moved once, then reused across folds)."""
+        """The whole split's tensor (all 13 channels) on ``device``, moved once and reused across folds."""
         if not self.device_resident or device.type == "cpu":
             return self._host[source]
         key = (source, str(device))
         if key not in self._device:
             self._device[key] = self._host[source].to(device, non_blocking=True)
         return self._device[key]
+
+    def gather(self, source: str, index: np.ndarray | Tensor | None = None,
+               device: torch.device | str = "cpu") -> Tensor:
+        """Rows ``index`` (all by default) of a split, in the configured band set's channels, on ``device``."""
+        device = torch.device(device)
+        images = self.resident(source, device)
+        if index is not None:
+            images = images[torch.as_tensor(index, device=images.device)]
+        picks = self._picks.to(images.device)
+        if len(picks) != images.shape[1] or not bool((picks == torch.arange(len(picks), device=picks.device)).all()):
+            images = images.index_select(1, picks)
+        return images.to(device)
 
     def _keep_on(self, source: str, device: torch.device) -> Tensor:
         """The split's filter mask on ``device``, moved once per fold rather than once per batch."""
@@ -269,7 +286,7 @@ class LandslideDataModule(L.LightningDataModule):
             return batch
         source, index = batch["source"], batch["index"]
         device = index.device
-        x = self.resident(source, device)[index]
+        x = self.gather(source, index, device)
         out: dict[str, Tensor] = {"index": index}
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
@@ -282,7 +299,7 @@ class LandslideDataModule(L.LightningDataModule):
 
     def sample(self, i: int, split: str = "train") -> tuple[np.ndarray, int | None]:
         """One sample (channels of the configured band set, physical units) and its label."""
-        image = self._host[split][i].numpy()
+        image = self.gather(split, [i])[0].numpy()
         label = int(self.labels[i]) if split == "train" else None
         return image, label
 

@@ -86,7 +86,7 @@ def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: s
     dm.setup()
     _, test_feats = release_features(dm.release)
     dev = resolve_device(device)
-    images = dm.resident("test", dev)
+    images = dm.gather("test", device=dev)
     per_fold, keeps = [], []
     for fold_dir, fold in zip(fold_dirs, summary["folds"]):
         module = LandslideModule.load_from_checkpoint(fold_dir / "model.ckpt", map_location=dev)

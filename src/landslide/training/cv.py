@@ -143,7 +143,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
 def network_probs(cfg: DictConfig, module: LandslideModule, dm: LandslideDataModule, index: np.ndarray,
                   device: torch.device) -> np.ndarray:
     """Mean probability over the test-time views of training rows ``index``."""
-    images = dm.resident("train", torch.device("cpu"))[torch.as_tensor(index)]
+    images = dm.gather("train", index)
     return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.get("tta", True)), device).mean(0)
 
 
