@@ -14,7 +14,7 @@ from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
-from landslide.bands import band_set, bigearthnet_stats, channel_indices
+from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_indices
 from landslide.data.augment import BatchAugment
 from landslide.data.cache import CachedRelease, load_or_build
 from landslide.data.plot import plot_sample
@@ -112,7 +112,7 @@ class LandslideDataModule(L.LightningDataModule):
         self.release: CachedRelease | None = None
         self._host: dict[str, Tensor] = {}
         self._device: dict[tuple[str, str], Tensor] = {}
-        self._picks = torch.zeros(0, dtype=torch.long)
+        self._picks: Tensor | None = None
         self.train_index = np.zeros(0, np.int64)
         self.val_index = np.zeros(0, np.int64)
         self.predict_source = "test"
@@ -156,7 +156,9 @@ class LandslideDataModule(L.LightningDataModule):
             # the cache's memory map, copy-on-write: nothing is read until a batch or a device copy needs it
             self._host[split] = torch.from_numpy(getattr(release, split).images)
         self._host["labels"] = torch.from_numpy(release.train.labels.astype(np.float32))
-        self._picks = torch.tensor(channel_indices(self.channels), dtype=torch.long)
+        picks = channel_indices(self.channels)
+        # the band set's channels, or None when it is all of them in order (no selection needed)
+        self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks, dtype=torch.long)
         self.keep = {s: np.ones(len(getattr(release, s).ids), bool) for s in ("train", "test")}
         self.set_fold(self.fold if self.fold is not None else 0)
 
@@ -269,9 +271,11 @@ class LandslideDataModule(L.LightningDataModule):
         images = self.resident(source, device)
         if index is not None:
             images = images[torch.as_tensor(index, device=images.device)]
-        picks = self._picks.to(images.device)
-        if len(picks) != images.shape[1] or not bool((picks == torch.arange(len(picks), device=picks.device)).all()):
-            images = images.index_select(1, picks)
+        if self._picks is not None:
+            key = ("picks", str(images.device))
+            if key not in self._device:
+                self._device[key] = self._picks.to(images.device)
+            images = images.index_select(1, self._device[key])
         return images.to(device)
 
     def _keep_on(self, source: str, device: torch.device) -> Tensor:
