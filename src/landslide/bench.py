@@ -185,7 +185,8 @@ def main(argv: list[str] | None = None) -> dict:
         cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
                                           "paths.output_dir=" + str(args.out), *path_overrides])
     dm = build_datamodule(cfg)
-    images, labels = dm.gather("train"), dm.labels_tensor
+    # the reference held its arrays in memory: give its loop a copy in RAM, not the cache's memory map
+    images, labels = dm.gather("train").clone(), dm.labels_tensor
 
     reference_cfg = cfg.copy()
     reference_cfg.model.channels_last = False

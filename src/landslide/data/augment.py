@@ -40,10 +40,20 @@ class BatchAugment(nn.Module):
         self.rotate = rotate
         self.erase_p = erase_p
         self.erase_scale = tuple(erase_scale)
-        self.register_buffer("fill", torch.zeros(0), persistent=False)
+        self.fill = torch.zeros(0)
+        self._fill_on: dict[tuple[str, torch.dtype], Tensor] = {}
 
     def set_fill(self, fill: Tensor) -> None:
-        self.fill = fill.detach().clone().float()
+        self.fill = fill.detach().clone().float().cpu()
+        self._fill_on = {}
+
+    def _fill(self, c: int, like: Tensor) -> Tensor:
+        """The fill values on ``like``'s device and dtype, copied there once per fold, not once per batch."""
+        key = (str(like.device), like.dtype)
+        if key not in self._fill_on:
+            fill = self.fill if self.fill.numel() == c else torch.zeros(c)
+            self._fill_on[key] = fill.to(device=like.device, dtype=like.dtype).view(1, c, 1, 1)
+        return self._fill_on[key]
 
     def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         n = x.shape[0]
@@ -76,5 +86,4 @@ class BatchAugment(nn.Module):
             & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1))
             & apply.view(n, 1, 1)
         )
-        fill = self.fill.to(x.dtype) if self.fill.numel() == c else x.new_zeros(c)
-        return torch.where(box.unsqueeze(1), fill.view(1, c, 1, 1), x)
+        return torch.where(box.unsqueeze(1), self._fill(c, x), x)
