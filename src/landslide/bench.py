@@ -178,7 +178,7 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_root is None:
         generate_release(root, n_train, n_test, seed=0)
     path_overrides = (["trainer=gpu", "model.compile=true", "model.channels_last=true", "data.batch_size=1024",
-                       "data.eval_batch_size=4096"] if cuda else ["trainer=cpu", "data.batch_size=128"])
+                       "data.eval_batch_size=4096"] if cuda else ["trainer=cpu", "data.batch_size=64"])
     if args.compile is not None:
         path_overrides.append(f"model.compile={str(args.compile).lower()}")
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
