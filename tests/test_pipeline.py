@@ -34,6 +34,7 @@ def test_train_then_predict(project_env, tmp_path):
                 "wall_seconds", "energy_wh", "epochs"):
         assert key in summary
     assert summary["epochs"] == [2, 2] and len(summary["folds"]) == 2 and summary["energy_wh"] > 0
+    assert "fold 2/2" in (run_dir / "train.log").read_text()  # the job's log stays in its run directory
     oof = pd.read_csv(run_dir / "oof_predictions.csv")
     train_ids = pd.read_csv(tmp_path / "data" / "tiny" / "Train.csv")["ID"]
     assert sorted(oof["ID"]) == sorted(train_ids) and set(oof["fold"]) == {0, 1}
