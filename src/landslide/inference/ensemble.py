@@ -111,7 +111,9 @@ def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: s
         "network_prob": np.round(network, 6),
         **{f"fold_{f['fold']}": np.round(p.mean(0), 6) for f, p in zip(summary["folds"], probs)},
     })
-    write_submission(out / "submission.csv", ids, labels, dm.release.test.ids)
+    # checked against Test.csv as it is on disk now, not against the list the predictions were made from
+    expected = pd.read_csv(dm.root / "Test.csv", dtype={"ID": str})["ID"].tolist()
+    write_submission(out / "submission.csv", ids, labels, expected)
     table.to_csv(out / "predictions.csv", index=False)
     elapsed = time.perf_counter() - started
     report = {
