@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -216,7 +216,7 @@ class LandslideDataModule(L.LightningDataModule):
         if val_keep is not None:
             keep[val_part] = np.asarray(val_keep, bool)
         self.keep["train"] = keep
-        self._device = {k: v for k, v in self._device.items() if not k[0].startswith("keep_")}
+        self._forget("keep_train")
         self.fit_stats(self.train_index)
 
     def fit_stats(self, index: np.ndarray) -> None:
@@ -255,14 +255,21 @@ class LandslideDataModule(L.LightningDataModule):
         return self._loader(self.predict_source, index, self.eval_batch_size, shuffle=False)
 
     # ---------------------------------------------------------------- batches
+    def _on_device(self, name: str, device: torch.device, make: Callable[[], Tensor]) -> Tensor:
+        """``make()`` on ``device``, moved there once and kept until :meth:`_forget` drops it."""
+        key = (name, str(device))
+        if key not in self._device:
+            self._device[key] = make().to(device, non_blocking=True)
+        return self._device[key]
+
+    def _forget(self, name: str) -> None:
+        self._device = {k: v for k, v in self._device.items() if k[0] != name}
+
     def resident(self, source: str, device: torch.device) -> Tensor:
         """The whole split's tensor (all 13 channels) on ``device``, moved once and reused across folds."""
         if not self.device_resident or device.type == "cpu":
             return self._host[source]
-        key = (source, str(device))
-        if key not in self._device:
-            self._device[key] = self._host[source].to(device, non_blocking=True)
-        return self._device[key]
+        return self._on_device(source, device, lambda: self._host[source])
 
     def gather(self, source: str, index: np.ndarray | Tensor | None = None,
                device: torch.device | str = "cpu") -> Tensor:
@@ -272,18 +279,8 @@ class LandslideDataModule(L.LightningDataModule):
         if index is not None:
             images = images[torch.as_tensor(index, device=images.device)]
         if self._picks is not None:
-            key = ("picks", str(images.device))
-            if key not in self._device:
-                self._device[key] = self._picks.to(images.device)
-            images = images.index_select(1, self._device[key])
+            images = images.index_select(1, self._on_device("picks", images.device, lambda: self._picks))
         return images.to(device)
-
-    def _keep_on(self, source: str, device: torch.device) -> Tensor:
-        """The split's filter mask on ``device``, moved once per fold rather than once per batch."""
-        key = (f"keep_{source}", str(device))
-        if key not in self._device:
-            self._device[key] = torch.from_numpy(self.keep[source]).to(device)
-        return self._device[key]
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
         if not isinstance(batch, dict) or "source" not in batch:
@@ -296,7 +293,7 @@ class LandslideDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             x = self.augment(x)
         out["x"] = x
-        out["keep"] = self._keep_on(source, device)[index]
+        out["keep"] = self._on_device(f"keep_{source}", device, lambda: torch.from_numpy(self.keep[source]))[index]
         if source == "train":
             out["y"] = self.resident("labels", device)[index]
         return out
