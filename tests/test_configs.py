@@ -65,3 +65,19 @@ def test_console_script_is_installed(project_env):
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "bands: sar" in done.stdout
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_progress_bar_follows_the_trainer_switch(enabled, tmp_path):
+    from lightning.pytorch.callbacks import ProgressBar
+
+    from landslide.cli import register_resolvers
+    from landslide.training.cv import build_callbacks
+
+    register_resolvers()
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=[f"trainer.enable_progress_bar={enabled}", "trainer.accelerator=cpu"])
+    callbacks = build_callbacks(cfg, tmp_path)
+    assert any(isinstance(c, ProgressBar) for c in callbacks) == enabled
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=str(tmp_path))
+    assert trainer.progress_bar_callback is not None if enabled else trainer.progress_bar_callback is None

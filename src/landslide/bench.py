@@ -5,10 +5,12 @@ In one run, on the same data and model, it measures
     host copy of the predictions every step;
 (b) the framework's own training path: ``lightning.Trainer.fit`` with ``LandslideDataModule`` and
     ``LandslideModule`` as ``train.py`` builds them (device-resident data, whole-batch augmentation, bf16 autocast,
-    channels-last and ``torch.compile`` on a GPU);
+    channels-last, ``torch.compile``);
 (c) ensemble prediction: K models x 8 test-time views;
-and with ``--full`` (d) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy).
-Sizes scale down on a CPU; every figure printed is measured in this run.
+with ``--bounds`` (d) the framework's bare model step (no data path, no Lightning), the ceiling of (b);
+with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy).
+The host allocator is tuned first, as ``train.py`` does, so every loop runs with it. Sizes scale down on a CPU;
+every figure printed is measured in this run.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from landslide.cli import CONFIG_DIR, _quiet_third_parties
 from landslide.data.synthetic import generate_release
+from landslide.hardware import tune_host_allocator
 from landslide.inference.predictor import predict_probs
 from landslide.training.cv import build_datamodule, build_module
 
@@ -90,6 +93,38 @@ def reference_loop(module, images, labels, device, seconds: float, batch_size: i
                     return {"images_per_s": seen / (time.perf_counter() - started), "batch_size": batch_size}
 
 
+def bare_step(module, images, labels, device, precision: str, batch_size: int, seconds: float) -> dict:
+    """Images/s of the framework's model step alone: one resident batch, no augmentation, no Lightning.
+
+    An upper bound of the training path on this machine (what is left is the data path and Lightning's loop).
+    """
+    module = module.to(device).train()
+    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
+    x, y = images[:batch_size].to(device), labels[:batch_size].to(device)
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = module.criterion(module(x).float(), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):  # warm-up and compilation
+        step()
+    seen, started = 0, _synchronized(device)
+    while _synchronized(device) - started < seconds:
+        step()
+        seen += batch_size
+    return {"images_per_s": seen / (_synchronized(device) - started), "batch_size": batch_size}
+
+
+def _synchronized(device: torch.device) -> float:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return time.perf_counter()
+
+
 class EpochTimer(Callback):
     """Wall time of each training epoch (validation disabled), synchronised with the device."""
 
@@ -128,9 +163,7 @@ def framework_path(cfg, dm, epochs: int) -> dict:
 def prediction(module, images, device, models: int, batch_size: int) -> dict:
     """Images/s of ``models`` x 8-view prediction (one module reused K times, as the ensemble runs them)."""
     predict_probs(module, images[:batch_size], batch_size, True, device)  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    started = time.perf_counter()
+    started = _synchronized(device)
     for _ in range(models):
         predict_probs(module, images, batch_size, True, device)
     elapsed = time.perf_counter() - started
@@ -158,13 +191,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--epochs", type=int, default=None, help="epochs of the framework path (first = warm-up)")
     parser.add_argument("--models", type=int, default=10, help="ensemble size for the prediction figure")
     parser.add_argument("--compile", type=lambda v: v.lower() in ("1", "true", "yes"), default=None,
-                        help="torch.compile the framework path (default: on GPU yes, on CPU no)")
+                        help="torch.compile the framework path (default: yes)")
+    parser.add_argument("--bounds", action="store_true",
+                        help="also time the framework's bare model step (no data path, no Lightning): an upper bound")
     parser.add_argument("--full", action="store_true", help="also run the full recipe through train.py")
     parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
     parser.add_argument("--data-root", type=Path, default=None, help="an existing release to use")
     parser.add_argument("--out", type=Path, default=Path("logs/bench"), help="folder for bench.json")
     args = parser.parse_args(argv)
     _quiet_third_parties()
+    # as train.py does (tune_host_allocator=true); process-wide, so both loops below run with it
+    allocator = "tuned" if tune_host_allocator() else "glibc default"
 
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     device = torch.device("cuda" if cuda else "cpu")
@@ -177,10 +214,9 @@ def main(argv: list[str] | None = None) -> dict:
     root = args.data_root or tmp / "release"
     if args.data_root is None:
         generate_release(root, n_train, n_test, seed=0)
-    path_overrides = (["trainer=gpu", "model.compile=true", "model.channels_last=true", "data.batch_size=1024",
+    path_overrides = (["trainer=gpu", "model.channels_last=true", "data.batch_size=1024",
                        "data.eval_batch_size=4096"] if cuda else ["trainer=cpu", "data.batch_size=64"])
-    if args.compile is not None:
-        path_overrides.append(f"model.compile={str(args.compile).lower()}")
+    path_overrides.append(f"model.compile={str(args.compile is not False).lower()}")
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
                                           "paths.output_dir=" + str(args.out), *path_overrides])
@@ -209,7 +245,13 @@ def main(argv: list[str] | None = None) -> dict:
         "prediction_models": args.models,
         "overrides": path_overrides,
         "precision": OmegaConf.select(cfg, "trainer.precision"),
+        "host_allocator": allocator,
     }
+    if args.bounds:
+        bare = bare_step(build_module(cfg, dm), images, labels, device, str(result["precision"]),
+                         int(cfg.data.batch_size), seconds / 2)
+        result["bare_step_images_per_s"] = round(bare["images_per_s"], 1)
+        result["bare_step_speedup"] = round(bare["images_per_s"] / ref["images_per_s"], 2)
     if args.full:
         overrides = args.full_overrides if args.full_overrides is not None else (
             path_overrides if cuda else ["trainer=cpu", "data.num_folds=2", "trainer.max_epochs=1"])

@@ -55,6 +55,13 @@ def _quiet_third_parties() -> None:
         logger.propagate = True
 
 
+def _tune_host(cfg: DictConfig) -> None:
+    from landslide.hardware import tune_host_allocator
+
+    if cfg.get("tune_host_allocator", True) and tune_host_allocator():
+        log.debug("host allocator tuned: freed memory stays in the process")
+
+
 def print_config(cfg: DictConfig) -> None:
     """The composed config as a rich tree."""
     from rich import print as rprint
@@ -91,6 +98,7 @@ def train(cfg: DictConfig) -> float | None:
     from landslide.training.cv import run_cv
 
     _quiet_third_parties()
+    _tune_host(cfg)
     if cfg.get("print_config", True):
         print_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
@@ -105,6 +113,7 @@ def predict(cfg: DictConfig) -> dict:
     from landslide.inference.ensemble import predict_run
 
     _quiet_third_parties()
+    _tune_host(cfg)
     with user_errors():
         return predict_run(
             cfg.run_dir, cfg.get("out"), cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),

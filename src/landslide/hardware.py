@@ -1,8 +1,18 @@
-"""What the hardware supports, for configs and inference: bf16 autocast on this device or not."""
+"""What the hardware supports (bf16 autocast or not) and host settings that make it run at its speed."""
 
 from __future__ import annotations
 
+import ctypes
+import logging
+import platform
+import sys
+
 import torch
+
+log = logging.getLogger(__name__)
+
+# glibc's mallopt parameters (malloc.h)
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
 
 
 def bf16_supported(device_type: str) -> bool:
@@ -24,3 +34,28 @@ def best_precision(accelerator: str = "auto") -> str:
     else:
         device_type = accelerator
     return "bf16-mixed" if bf16_supported(device_type) else "32-true"
+
+
+def tune_host_allocator(keep_bytes: int = 1 << 30, mmap_threshold: int = 32 << 20) -> bool:
+    """Make glibc's malloc keep freed memory in the process instead of returning it to the system.
+
+    A training step on the CPU allocates and frees tens of MB of activations; with glibc's defaults the freed
+    memory goes back to the system and every page of the next step's tensors is faulted in again (on a 2-core
+    Xeon that was 20-40% of a step). This keeps up to ``keep_bytes`` of free heap and serves blocks below
+    ``mmap_threshold`` (32 MiB, glibc's maximum) from the heap. The process keeps its peak heap size. Applies to
+    the whole process from now on; returns False where the C library is not glibc.
+    """
+    if not sys.platform.startswith("linux") or platform.libc_ver()[0] != "glibc":
+        return False
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    limit = 2**31 - 1
+    settings = {_M_TRIM_THRESHOLD: min(keep_bytes, limit), _M_TOP_PAD: min(keep_bytes // 4, limit),
+                _M_MMAP_THRESHOLD: min(mmap_threshold, 32 << 20)}
+    applied = all(mallopt(param, value) == 1 for param, value in settings.items())
+    if not applied:
+        log.debug("mallopt refused some host allocator settings")
+    return applied

@@ -72,8 +72,10 @@ class LandslideModule(L.LightningModule):
         self.criterion = build_loss(loss, pos_weight, focal_gamma)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
+        # normalisation, layout and network in one compiled graph, so that Inductor fuses the input passes;
         # kept out of the module tree so that the state dict holds the weights once, under ``net.``
-        object.__setattr__(self, "_forward_net", torch.compile(self.net) if compile else self.net)
+        object.__setattr__(self, "_forward", torch.compile(self._normalised_forward) if compile
+                           else self._normalised_forward)
         at_half = {"threshold": 0.5}
         self.train_metrics = MetricCollection({"f1": BinaryF1Score(**at_half)}, prefix="train/")
         self.val_metrics = MetricCollection(
@@ -91,10 +93,13 @@ class LandslideModule(L.LightningModule):
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
         """Logits (n,) of a batch (n, c, 64, 64) in physical units."""
+        return self._forward(x)
+
+    def _normalised_forward(self, x: Tensor) -> Tensor:
         x = (x - self.mean) / self.std
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self._forward_net(x)
+        return self.net(x)
 
     @torch.inference_mode()
     def predict_proba(self, x: Tensor, tta: bool = True) -> Tensor:

@@ -19,8 +19,8 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
-from hydra.utils import instantiate
-from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from hydra.utils import get_class, instantiate
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory
@@ -51,9 +51,14 @@ def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
 
 
 def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
+    """The configured callbacks for one fold; progress bars are left out when ``trainer.enable_progress_bar``
+    is false (Lightning refuses the pair)."""
     callbacks: list[Callback] = []
+    progress_bar = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True)
     for _, entry in (cfg.get("callbacks") or {}).items():
         if entry is None or "_target_" not in entry:
+            continue
+        if not progress_bar and issubclass(get_class(entry["_target_"]), ProgressBar):
             continue
         extra: dict[str, Any] = {}
         if entry["_target_"].endswith("ModelCheckpoint"):
