@@ -3,7 +3,7 @@ import pytest
 import torch
 
 from landslide.data.augment import BatchAugment, dihedral_view, tta_views
-from landslide.data.datamodule import LandslideDataModule
+from landslide.data.datamodule import IndexBatches, LandslideDataModule
 
 
 @pytest.fixture()
@@ -43,6 +43,30 @@ def test_train_batches_cover_the_fold_and_reshuffle(dm):
     assert len(first) == len(loader) * 16
     assert set(first.tolist()) <= set(dm.train_index.tolist())
     assert not torch.equal(first, second)
+
+
+def test_shuffled_batches_have_one_size_and_lose_no_image():
+    indices = np.arange(100, 2100)  # 2,000 images in batches of 768: 3 a epoch, nothing dropped for a short one
+    stream = IndexBatches("train", indices, 768, shuffle=True, seed=3)
+    epochs = [torch.stack([b["index"] for b in stream]) for _ in range(8)]
+    assert all(e.shape == (3, 768) for e in epochs) and len(stream) == 3
+    seen = torch.cat([e.flatten() for e in epochs])
+    counts = torch.bincount(seen - 100, minlength=2000)
+    assert seen.min() >= 100 and seen.max() < 2100
+    assert counts.max() - counts.min() <= 1  # over 8 epochs every image is seen as often, up to one
+    assert not all(torch.equal(epochs[0], e) for e in epochs[1:])
+
+    again = IndexBatches("train", indices, 768, shuffle=True, seed=3)
+    again.epoch = 5  # a resumed run continues the same stream
+    assert torch.equal(torch.stack([b["index"] for b in again]), epochs[5])
+
+
+def test_small_folds_and_evaluation_batches():
+    small = IndexBatches("train", np.arange(10), 32, shuffle=True)
+    (batch,) = list(small)
+    assert sorted(batch["index"].tolist()) == list(range(10))
+    ordered = [b["index"].tolist() for b in IndexBatches("train", np.arange(10), 4, shuffle=False)]
+    assert ordered == [[0, 1, 2, 3], [4, 5, 6, 7], [8, 9]]
 
 
 def test_augmentation_leaves_the_source_unchanged():

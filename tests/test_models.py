@@ -144,3 +144,40 @@ def test_compiled_module_matches_eager_forward_and_gradients():
     grads = dict(eager.named_parameters())[first].grad, dict(compiled.named_parameters())[first].grad
     torch.testing.assert_close(grads[1], grads[0], rtol=1e-3, atol=1e-4)
     assert list(compiled.state_dict()) == list(eager.state_dict())
+
+    # the next fold builds a new module: it reuses the compiled graphs instead of tracing again
+    from torch._dynamo.utils import counters
+
+    graphs = counters["stats"]["unique_graphs"]
+    next_fold = LandslideModule(NETS["mm_cnn"], channels, compile=True, **kw).eval()
+    next_fold(x).sum().backward()
+    assert counters["stats"]["unique_graphs"] == graphs
+
+
+class _BatchRecorder(L.Callback):
+    def __init__(self) -> None:
+        self.batches: dict[int, list[list[int]]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.setdefault(trainer.current_epoch, []).append(batch["index"].tolist())
+
+
+def test_a_resumed_fit_sees_the_batches_of_an_uninterrupted_one(tiny_dm, tmp_path):
+    def fit(max_epochs: int, ckpt_path=None) -> _BatchRecorder:
+        dm = LandslideDataModule(tiny_dm, tmp_path / "cache", num_folds=2, batch_size=8, progress=False)
+        dm.prepare_data()
+        dm.setup()
+        recorder = _BatchRecorder()
+        trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
+                            callbacks=[recorder], enable_progress_bar=False, enable_model_summary=False,
+                            default_root_dir=tmp_path)
+        trainer.fit(_module("mm_cnn"), datamodule=dm, ckpt_path=ckpt_path)
+        if max_epochs == 1:
+            trainer.save_checkpoint(tmp_path / "after_one.ckpt")
+        return recorder
+
+    whole = fit(2)
+    fit(1)
+    resumed = fit(2, ckpt_path=tmp_path / "after_one.ckpt")
+    assert list(resumed.batches) == [1]
+    assert resumed.batches[1] == whole.batches[1] != whole.batches[0]
