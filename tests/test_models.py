@@ -168,9 +168,9 @@ def test_a_resumed_fit_sees_the_batches_of_an_uninterrupted_one(tiny_dm, tmp_pat
         dm.prepare_data()
         dm.setup()
         recorder = _BatchRecorder()
-        trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, accelerator="cpu", logger=False,
-                            callbacks=[recorder], enable_progress_bar=False, enable_model_summary=False,
-                            default_root_dir=tmp_path)
+        trainer = L.Trainer(max_epochs=max_epochs, limit_train_batches=2, limit_val_batches=0, accelerator="cpu",
+                            logger=False, callbacks=[recorder], enable_progress_bar=False,
+                            enable_model_summary=False, default_root_dir=tmp_path)
         trainer.fit(_module("mm_cnn"), datamodule=dm, ckpt_path=ckpt_path)
         if max_epochs == 1:
             trainer.save_checkpoint(tmp_path / "after_one.ckpt")
