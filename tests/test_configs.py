@@ -14,8 +14,9 @@ CONFIGS = str(REPO / "configs")
 GROUP_CHOICES = [
     [], ["model=mm_cnn"], ["filter=none"], ["trainer=cpu"], ["trainer=gpu"], ["logger=tensorboard"],
     ["logger=wandb"], ["logger=many"], ["callbacks=none"], ["debug=tiny"], ["debug=fast"],
-    ["experiment=reference"], ["experiment=final"], ["experiment=no_fpn"], ["experiment=no_filter"],
-    ["experiment=only_sar"], ["experiment=only_optical"], ["data.bands=sar", "data.fold=3", "seed=7"],
+    ["experiment=reference"], ["experiment=final"], ["experiment=fast"], ["experiment=no_fpn"],
+    ["experiment=no_filter"], ["experiment=only_sar"], ["experiment=only_optical"],
+    ["data.bands=sar", "data.fold=3", "seed=7"],
 ]
 
 
