@@ -7,6 +7,7 @@ from omegaconf import OmegaConf
 from conftest import REPO
 from landslide.bands import band_set
 from landslide.data.datamodule import LandslideDataModule
+from landslide.inference.predictor import predict_probs
 from landslide.models import MultiModalCNN, MultiModalFPN
 from landslide.module import LandslideModule
 
@@ -124,6 +125,20 @@ def test_tta_of_a_symmetric_input_gives_identical_views():
     views = module.predict_proba(x, tta=True)
     assert views.shape == (8, 2)
     assert torch.allclose(views, views[:1].expand_as(views), atol=1e-6)
+
+
+def test_prediction_batch_bounds_the_images_through_the_network_views_included():
+    """eval_batch_size 4,096 with 8 views must not become 32,768 images in one forward pass (host OOM on a CPU)."""
+    module = _module("mm_cnn").eval()
+    seen = []
+    module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
+    x = torch.randn(10, 13, 64, 64)
+    chunked = predict_probs(module, x, batch_size=16, tta=True, bf16=False)
+    assert max(seen) <= 16 and sum(seen) == 8 * 10
+    seen.clear()
+    whole = predict_probs(module, x, batch_size=1024, tta=True, bf16=False)
+    assert seen == [80] and chunked.shape == whole.shape == (8, 10)
+    assert np.allclose(chunked, whole, atol=1e-5)
 
 
 def test_compiled_module_matches_eager_forward_and_gradients():

@@ -21,13 +21,16 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int = 102
                   device: torch.device | str = "cpu", bf16: bool | None = None) -> np.ndarray:
     """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units.
 
-    ``bf16=None`` uses bf16 autocast where the device runs it fast (see :func:`bf16_supported`)."""
+    ``batch_size`` bounds the images that pass through the network at once, views included (with ``tta`` each
+    chunk holds ``batch_size // 8`` images). ``bf16=None`` uses bf16 autocast where the device runs it fast
+    (see :func:`bf16_supported`)."""
     device = torch.device(device)
     bf16 = bf16_supported(device.type) if bf16 is None else bf16
     module = module.to(device).eval()
+    chunk = max(1, batch_size // (8 if tta else 1))
     out = []
-    for start in range(0, images.shape[0], batch_size):
-        x = images[start : start + batch_size].to(device, non_blocking=True)
+    for start in range(0, images.shape[0], chunk):
+        x = images[start : start + chunk].to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             probs = module.predict_proba(x, tta=tta)
         out.append(probs.view(-1, x.shape[0]).float())
