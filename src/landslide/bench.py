@@ -8,6 +8,8 @@ In one run, on the same data and model, it measures
     bf16 autocast, channels-last, ``torch.compile``);
 (c) ensemble prediction: K models x 8 test-time views;
 with ``--bounds`` (d) the framework's bare model step (no data path, no Lightning), the ceiling of (b);
+with ``--stacked K`` the bare step of K fold models trained at once (stacked weights, ``vmap``): the bound of
+    fold-parallel training, which the framework does not do yet;
 with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy).
 The host allocator is tuned first, as ``train.py`` does, so every loop runs with it. Sizes scale down on a CPU;
 every figure printed is measured in this run.
@@ -16,6 +18,7 @@ every figure printed is measured in this run.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import platform
 import subprocess
@@ -31,6 +34,7 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
 from omegaconf import OmegaConf
+from torch.func import functional_call, stack_module_state
 from torch.utils.data import DataLoader, Dataset
 
 from landslide.cli import CONFIG_DIR, _quiet_third_parties
@@ -119,6 +123,44 @@ def bare_step(module, images, labels, device, precision: str, batch_size: int, s
     return {"images_per_s": seen / (_synchronized(device) - started), "batch_size": batch_size}
 
 
+def stacked_step(modules: list, images, labels, device, precision: str, batch_size: int, seconds: float,
+                 compile: bool) -> dict:
+    """Images/s of K fold models trained at once: weights stacked, one ``vmap``-ed step on K batches of
+    ``batch_size``, one per model (no data path, no Lightning). The bound of fold-parallel training, not yet built.
+    """
+    nets = [m.to(device).train().net for m in modules]
+    params, buffers = stack_module_state(nets)
+    skeleton = copy.deepcopy(nets[0]).to("meta")
+    criterion = modules[0].criterion
+    k = len(nets)
+    index = torch.arange(k * batch_size) % len(images)
+    x = ((images[index].to(device) - modules[0].mean) / modules[0].std).view(k, batch_size, *images.shape[1:])
+    y = labels[index].to(device).view(k, batch_size)
+    optimizer = torch.optim.Adam(params.values(), lr=1e-3)
+
+    def one_model_loss(p: dict, b: dict, xk: torch.Tensor, yk: torch.Tensor) -> torch.Tensor:
+        return criterion(functional_call(skeleton, (p, b), (xk,)).float(), yk)
+
+    losses = torch.vmap(one_model_loss, randomness="different")
+    losses = torch.compile(losses) if compile else losses
+    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+            loss = losses(params, buffers, x, y).sum()  # a sum: each model gets the gradient of its own mean loss
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    for _ in range(3):  # warm-up and compilation
+        step()
+    seen, started = 0, _synchronized(device)
+    while _synchronized(device) - started < seconds:
+        step()
+        seen += k * batch_size
+    return {"images_per_s": seen / (_synchronized(device) - started), "models": k, "batch_size": batch_size}
+
+
 def _synchronized(device: torch.device) -> float:
     if device.type == "cuda":
         torch.cuda.synchronize()
@@ -194,6 +236,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="torch.compile the framework path (default: yes)")
     parser.add_argument("--bounds", action="store_true",
                         help="also time the framework's bare model step (no data path, no Lightning): an upper bound")
+    parser.add_argument("--stacked", type=int, default=0, metavar="K",
+                        help="also time K fold models trained at once (stacked weights, vmap): a bound, not yet built")
     parser.add_argument("--full", action="store_true",
                         help="also run the full recipe through train.py (experiment=fast; on a CPU 2 folds x 1 epoch)")
     parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
@@ -253,6 +297,13 @@ def main(argv: list[str] | None = None) -> dict:
                          int(cfg.data.batch_size), seconds / 2)
         result["bare_step_images_per_s"] = round(bare["images_per_s"], 1)
         result["bare_step_speedup"] = round(bare["images_per_s"] / ref["images_per_s"], 2)
+    if args.stacked:
+        stacked = stacked_step([build_module(cfg, dm) for _ in range(args.stacked)], images, labels, device,
+                               str(result["precision"]), int(cfg.data.batch_size), seconds / 2,
+                               compile=args.compile is not False)
+        result["stacked_models"] = stacked["models"]
+        result["stacked_step_images_per_s"] = round(stacked["images_per_s"], 1)
+        result["stacked_step_speedup"] = round(stacked["images_per_s"] / ref["images_per_s"], 2)
     if args.full:
         overrides = args.full_overrides if args.full_overrides is not None else (
             path_overrides[:2] if cuda else [*path_overrides[:2], "data.num_folds=2", "trainer.max_epochs=1"])
