@@ -103,24 +103,10 @@ def bare_step(module, images, labels, device, precision: str, batch_size: int, s
     An upper bound of the training path on this machine (what is left is the data path and Lightning's loop).
     """
     module = module.to(device).train()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3)
     x, y = images[:batch_size].to(device), labels[:batch_size].to(device)
-    dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
-
-    def step() -> None:
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = module.criterion(module(x).float(), y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-
-    for _ in range(3):  # warm-up and compilation
-        step()
-    seen, started = 0, _synchronized(device)
-    while _synchronized(device) - started < seconds:
-        step()
-        seen += batch_size
-    return {"images_per_s": seen / (_synchronized(device) - started), "batch_size": batch_size}
+    rate = _optimizer_steps_per_s(lambda: module.criterion(module(x).float(), y), module.parameters(), device,
+                                  precision, seconds)
+    return {"images_per_s": rate * batch_size, "batch_size": batch_size}
 
 
 def stacked_step(modules: list, images, labels, device, precision: str, batch_size: int, seconds: float,
@@ -136,29 +122,37 @@ def stacked_step(modules: list, images, labels, device, precision: str, batch_si
     index = torch.arange(k * batch_size) % len(images)
     x = ((images[index].to(device) - modules[0].mean) / modules[0].std).view(k, batch_size, *images.shape[1:])
     y = labels[index].to(device).view(k, batch_size)
-    optimizer = torch.optim.Adam(params.values(), lr=1e-3)
 
     def one_model_loss(p: dict, b: dict, xk: torch.Tensor, yk: torch.Tensor) -> torch.Tensor:
         return criterion(functional_call(skeleton, (p, b), (xk,)).float(), yk)
 
     losses = torch.vmap(one_model_loss, randomness="different")
     losses = torch.compile(losses) if compile else losses
+    # a sum: each model gets the gradient of its own mean loss
+    rate = _optimizer_steps_per_s(lambda: losses(params, buffers, x, y).sum(), params.values(), device, precision,
+                                  seconds)
+    return {"images_per_s": rate * k * batch_size, "models": k, "batch_size": batch_size}
+
+
+def _optimizer_steps_per_s(loss_fn, parameters, device: torch.device, precision: str, seconds: float) -> float:
+    """Adam steps a second on ``loss_fn()`` under the precision's autocast, after 3 steps of warm-up/compilation."""
+    optimizer = torch.optim.Adam(parameters, lr=1e-3)
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
     def step() -> None:
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss = losses(params, buffers, x, y).sum()  # a sum: each model gets the gradient of its own mean loss
+            loss = loss_fn()
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
 
-    for _ in range(3):  # warm-up and compilation
+    for _ in range(3):
         step()
-    seen, started = 0, _synchronized(device)
+    steps, started = 0, _synchronized(device)
     while _synchronized(device) - started < seconds:
         step()
-        seen += k * batch_size
-    return {"images_per_s": seen / (_synchronized(device) - started), "models": k, "batch_size": batch_size}
+        steps += 1
+    return steps / (_synchronized(device) - started)
 
 
 def _synchronized(device: torch.device) -> float:
