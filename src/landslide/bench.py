@@ -120,7 +120,7 @@ def stacked_step(modules: list, images, labels, device, precision: str, batch_si
     criterion = modules[0].criterion
     k = len(nets)
     index = torch.arange(k * batch_size) % len(images)
-    x = ((images[index].to(device) - modules[0].mean) / modules[0].std).view(k, batch_size, *images.shape[1:])
+    x = modules[0].normalise(images[index].to(device)).view(k, batch_size, *images.shape[1:])
     y = labels[index].to(device).view(k, batch_size)
 
     def one_model_loss(p: dict, b: dict, xk: torch.Tensor, yk: torch.Tensor) -> torch.Tensor:
@@ -254,8 +254,8 @@ def main(argv: list[str] | None = None) -> dict:
     if args.data_root is None:
         generate_release(root, n_train, n_test, seed=0)
     # the framework path trains with the fast recipe's settings (experiment=fast: batch, precision, compile)
-    path_overrides = ["experiment=fast", "trainer=gpu" if cuda else "trainer=cpu"]
-    path_overrides.append(f"model.compile={str(args.compile is not False).lower()}")
+    recipe_overrides = ["experiment=fast", "trainer=gpu" if cuda else "trainer=cpu"]
+    path_overrides = [*recipe_overrides, f"model.compile={str(args.compile is not False).lower()}"]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
         cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
                                           "paths.output_dir=" + str(args.out), *path_overrides])
@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> dict:
         result["stacked_step_speedup"] = round(stacked["images_per_s"] / ref["images_per_s"], 2)
     if args.full:
         overrides = args.full_overrides if args.full_overrides is not None else (
-            path_overrides[:2] if cuda else [*path_overrides[:2], "data.num_folds=2", "trainer.max_epochs=1"])
+            recipe_overrides if cuda else [*recipe_overrides, "data.num_folds=2", "trainer.max_epochs=1"])
         result["full_recipe"] = full_recipe(root, overrides, args.out)
     (args.out / "bench.json").write_text(json.dumps(result, indent=2))
     for key, value in result.items():

@@ -20,7 +20,7 @@ from torchmetrics.classification import (
 )
 
 from landslide.bands import CHANNEL_NAMES
-from landslide.data.augment import tta_views
+from landslide.data.augment import TTA_VIEWS, tta_views
 from landslide.losses import build_loss
 
 
@@ -95,8 +95,12 @@ class LandslideModule(L.LightningModule):
         """Logits (n,) of a batch (n, c, 64, 64) in physical units."""
         return self._forward(x)
 
+    def normalise(self, x: Tensor) -> Tensor:
+        """A batch in physical units as the network takes it: standardised with the training statistics."""
+        return (x - self.mean) / self.std
+
     def _normalised_forward(self, x: Tensor) -> Tensor:
-        x = (x - self.mean) / self.std
+        x = self.normalise(x)
         if self.hparams.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
@@ -108,7 +112,7 @@ class LandslideModule(L.LightningModule):
             return torch.sigmoid(self(x).float())
         views = tta_views(x)
         logits = self(views.flatten(0, 1)).float()
-        return torch.sigmoid(logits).view(8, x.shape[0])
+        return torch.sigmoid(logits).view(TTA_VIEWS, x.shape[0])
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:

@@ -8,6 +8,9 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+TTA_VIEWS = 8
+"""The number of dihedral views (4 flips x 2 rotations) that test-time augmentation predicts."""
+
 
 def dihedral_view(x: Tensor, k: int) -> Tensor:
     """View ``k`` (0-7) of the dihedral group on the last two axes: flips (none, h, v, both) x (no rotation, 90)."""
@@ -18,7 +21,7 @@ def dihedral_view(x: Tensor, k: int) -> Tensor:
 
 def tta_views(x: Tensor) -> Tensor:
     """(8, n, c, h, w): all 8 dihedral views of a batch, for test-time augmentation."""
-    return torch.stack([dihedral_view(x, k) for k in range(8)])
+    return torch.stack([dihedral_view(x, k) for k in range(TTA_VIEWS)])
 
 
 class BatchAugment(nn.Module):

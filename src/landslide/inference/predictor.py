@@ -6,6 +6,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from landslide.data.augment import TTA_VIEWS
 from landslide.hardware import bf16_supported
 from landslide.module import LandslideModule
 
@@ -27,7 +28,8 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int = 102
     device = torch.device(device)
     bf16 = bf16_supported(device.type) if bf16 is None else bf16
     module = module.to(device).eval()
-    chunk = max(1, batch_size // (8 if tta else 1))
+    views = TTA_VIEWS if tta else 1
+    chunk = max(1, batch_size // views)
     out = []
     for start in range(0, images.shape[0], chunk):
         x = images[start : start + chunk].to(device, non_blocking=True)
@@ -35,5 +37,5 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int = 102
             probs = module.predict_proba(x, tta=tta)
         out.append(probs.view(-1, x.shape[0]).float())
     if not out:
-        return np.zeros((8 if tta else 1, 0), np.float32)
+        return np.zeros((views, 0), np.float32)
     return torch.cat(out, 1).cpu().numpy()
