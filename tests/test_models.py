@@ -6,6 +6,7 @@ from omegaconf import OmegaConf
 
 from conftest import REPO
 from landslide.bands import band_set
+from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
 from landslide.inference.predictor import predict_probs
 from landslide.models import MultiModalCNN, MultiModalFPN
@@ -102,7 +103,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
     trainer.fit(module, datamodule=dm)
     path = tmp_path / "m.ckpt"
     trainer.save_checkpoint(path, weights_only=True)
-    again = LandslideModule.load_from_checkpoint(path, map_location="cpu")
+    again = load_module(path)  # the project's safe loader (weights only, allow-listed network)
     assert again.channels == list(dm.channels)
     assert np.allclose(again.mean.flatten().tolist(), dm.norm_mean)
     dm.predict_on("test")

@@ -87,6 +87,12 @@ def test_resume_skips_finished_folds(project_env, tmp_path):
     assert done0.stat().st_mtime_ns == stamp
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     assert summary["folds_run"] == [0, 1]
+    # time and energy add up over the two invocations that made the run
+    invocations = json.loads((run_dir / "run.json").read_text())["invocations"]
+    assert [i["folds_trained"] for i in invocations] == [[0], [1]] and summary["invocations"] == 2
+    assert summary["wall_seconds"] == pytest.approx(sum(i["wall_seconds"] for i in invocations), abs=0.02)
+    assert summary["wall_seconds"] > invocations[-1]["wall_seconds"]
+    assert summary["energy_wh"] == pytest.approx(sum(i["energy_wh"] for i in invocations), abs=1e-5)
 
 
 def test_ablation_multirun_and_report(project_env, tmp_path):

@@ -82,11 +82,11 @@ def user_errors() -> Iterator[None]:
     """Bad input (a broken release, an incomplete run directory) ends the run with one line naming the problem,
     not a traceback."""
     from landslide.data.release import ReleaseError
-    from landslide.inference.ensemble import RunError
+    from landslide.errors import ConfigError, RunError
 
     try:
         yield
-    except (ReleaseError, RunError) as err:
+    except (ReleaseError, RunError, ConfigError) as err:
         log.error("%s", err)
         raise SystemExit(2) from None
 
@@ -116,8 +116,8 @@ def predict(cfg: DictConfig) -> dict:
     _tune_host(cfg)
     with user_errors():
         return predict_run(
-            cfg.run_dir, cfg.get("out"), cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
-            bool(cfg.tta), str(cfg.device),
+            cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
+            cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
         )
 
 

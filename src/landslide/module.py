@@ -7,7 +7,6 @@ from typing import Any
 
 import lightning as L
 import torch
-from hydra.utils import instantiate
 from torch import Tensor
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
@@ -22,13 +21,15 @@ from torchmetrics.classification import (
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import TTA_VIEWS, tta_views
 from landslide.losses import build_loss
+from landslide.models import build_network
 
 
 class LandslideModule(L.LightningModule):
     """The stage-2 classifier.
 
-    ``net`` is a Hydra config (``_target_`` and arguments) of a network that takes ``channels=``; it is built here
-    so that a checkpoint alone rebuilds the model. Inputs are in physical units and are normalised with
+    ``net`` names one of this project's networks (``_target_``) and its plain arguments; it is built here, through
+    the allow-list of :func:`landslide.models.build_network`, so that a checkpoint alone rebuilds the model and
+    settings read from a file can build nothing else. Inputs are in physical units and are normalised with
     ``norm_mean``/``norm_std`` (one value per channel, fitted on the fold's training part), which the checkpoint
     also carries together with the channel names.
     """
@@ -66,7 +67,7 @@ class LandslideModule(L.LightningModule):
             raise ValueError(f"unknown optimizer {optimizer!r}; choose adam or adamw")
         self.save_hyperparameters()
         self.channels = channels
-        self.net = instantiate(dict(net), channels=channels)
+        self.net = build_network(net, channels)
         self.register_buffer("mean", torch.tensor(norm_mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(norm_std, dtype=torch.float32).view(1, -1, 1, 1))
         self.criterion = build_loss(loss, pos_weight, focal_gamma)

@@ -2,5 +2,6 @@
 
 from landslide.callbacks.energy import EnergyCallback, EnergyTracker
 from landslide.callbacks.history import MetricHistory
+from landslide.callbacks.resume import ResumeState
 
-__all__ = ["EnergyCallback", "EnergyTracker", "MetricHistory"]
+__all__ = ["EnergyCallback", "EnergyTracker", "MetricHistory", "ResumeState"]

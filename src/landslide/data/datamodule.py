@@ -16,11 +16,12 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_indices
 from landslide.data.augment import BatchAugment
-from landslide.data.cache import CachedRelease, load_or_build
+from landslide.data.cache import CachedSplit, load_or_build_split
 from landslide.data.plot import plot_sample
 from landslide.data.preprocess import channel_stats
-from landslide.data.release import ReleaseError
+from landslide.data.release import ReleaseError, SplitIndex, read_release_index
 from landslide.data.synthetic import generate_release
+from landslide.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -128,7 +129,8 @@ class LandslideDataModule(L.LightningDataModule):
         self.augment = BatchAugment(**(augment or {}))
         self.device_resident = device_resident
         self.progress = progress
-        self.release: CachedRelease | None = None
+        self._indices: dict[str, SplitIndex] = {}
+        self._splits: dict[str, CachedSplit] = {}
         self._host: dict[str, Tensor] = {}
         self._device: dict[tuple[str, str], Tensor] = {}
         self._picks: Tensor | None = None
@@ -159,32 +161,40 @@ class LandslideDataModule(L.LightningDataModule):
                     f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "
                     "Train.csv, Test.csv, train_data/ and test_data/"
                 )
-        self._load()
+        self.split("train")
 
-    def _load(self) -> CachedRelease:
-        if self.release is None:
-            self.release = load_or_build(self.root, self.cache_dir, self.cloud_threshold, self.nan_policy,
-                                         self.read_workers, self.progress)
-        return self.release
+    def split(self, name: str) -> CachedSplit:
+        """A split's cached channels, built on first use (the test split only when something asks for it).
+        Both CSVs are validated against each other first."""
+        if name not in self._splits:
+            if not self._indices:
+                self._indices = dict(zip(("train", "test"), read_release_index(self.root)))
+            self._splits[name] = load_or_build_split(self._indices[name], self.cache_dir, self.cloud_threshold,
+                                                     self.nan_policy, self.read_workers, self.progress)
+        return self._splits[name]
+
+    def _host_tensor(self, name: str) -> Tensor:
+        """``labels``, or a split's images as a tensor over the cache's copy-on-write memory map: nothing is read
+        until a batch or a device copy needs it."""
+        if name not in self._host:
+            self._host[name] = torch.from_numpy(self.split(name).images)
+        return self._host[name]
 
     def setup(self, stage: str | None = None) -> None:
-        if self._host:
+        if "labels" in self._host:
             return
-        release = self._load()
-        for split in ("train", "test"):
-            # the cache's memory map, copy-on-write: nothing is read until a batch or a device copy needs it
-            self._host[split] = torch.from_numpy(getattr(release, split).images)
-        self._host["labels"] = torch.from_numpy(release.train.labels.astype(np.float32))
+        train = self.split("train")
+        self._host["labels"] = torch.from_numpy(train.labels.astype(np.float32))
         picks = channel_indices(self.channels)
         # the band set's channels, or None when it is all of them in order (no selection needed)
         self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks, dtype=torch.long)
-        self.keep = {s: np.ones(len(getattr(release, s).ids), bool) for s in ("train", "test")}
+        self.keep = {"train": np.ones(len(train.ids), bool)}
         self.set_fold(self.fold if self.fold is not None else 0)
 
     # ---------------------------------------------------------------- folds
     @property
     def labels(self) -> np.ndarray:
-        return self._load().train.labels
+        return self.split("train").labels
 
     @property
     def labels_tensor(self) -> Tensor:
@@ -192,11 +202,11 @@ class LandslideDataModule(L.LightningDataModule):
 
     @property
     def train_ids(self) -> list[str]:
-        return self._load().train.ids
+        return self.split("train").ids
 
     @property
     def test_ids(self) -> list[str]:
-        return self._load().test.ids
+        return self.split("test").ids
 
     @property
     def holdout_index(self) -> np.ndarray:
@@ -214,8 +224,8 @@ class LandslideDataModule(L.LightningDataModule):
         rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
         smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
         if smallest < self.num_folds:
-            raise ValueError(f"{self.num_folds} folds need at least that many images of each class; "
-                             f"the smaller class has {smallest}")
+            raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and the "
+                              f"smaller class has {smallest} (choose 2 to {smallest} folds)")
         splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
         return [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
 
@@ -255,7 +265,9 @@ class LandslideDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- loaders
     def _loader(self, source: str, index: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = IndexBatches(source, index, batch_size, shuffle, self.epoch_seed)
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        # a private generator: creating an iterator then draws nothing from the global random state, so a resumed
+        # fit (which creates its iterators at other moments) draws the same augmentations as an uninterrupted one
+        return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
 
     def train_dataloader(self) -> DataLoader:
         if len(self.train_index) == 0:
@@ -272,7 +284,7 @@ class LandslideDataModule(L.LightningDataModule):
         return self.val_dataloader()
 
     def predict_dataloader(self) -> DataLoader:
-        n = len(self._host[self.predict_source])
+        n = len(self._host_tensor(self.predict_source))
         index = np.arange(n) if self.predict_index is None else self.predict_index
         return self._loader(self.predict_source, index, self.eval_batch_size, shuffle=False)
 
@@ -290,8 +302,8 @@ class LandslideDataModule(L.LightningDataModule):
     def resident(self, source: str, device: torch.device) -> Tensor:
         """The whole split's tensor (all 13 channels) on ``device``, moved once and reused across folds."""
         if not self.device_resident or device.type == "cpu":
-            return self._host[source]
-        return self._on_device(source, device, lambda: self._host[source])
+            return self._host_tensor(source)
+        return self._on_device(source, device, lambda: self._host_tensor(source))
 
     def gather(self, source: str, index: np.ndarray | Tensor | None = None,
                device: torch.device | str = "cpu") -> Tensor:
@@ -315,9 +327,11 @@ class LandslideDataModule(L.LightningDataModule):
         if trainer is not None and trainer.training:
             x = self.augment(x)
         out["x"] = x
-        out["keep"] = self._on_device(f"keep_{source}", device, lambda: torch.from_numpy(self.keep[source]))[index]
         if source == "train":
+            out["keep"] = self._on_device("keep_train", device, lambda: torch.from_numpy(self.keep["train"]))[index]
             out["y"] = self.resident("labels", device)[index]
+        else:
+            out["keep"] = torch.ones(len(index), dtype=torch.bool, device=device)
         return out
 
     def sample(self, i: int, split: str = "train") -> tuple[np.ndarray, int | None]:

@@ -44,6 +44,33 @@ class SplitIndex:
         return self.folder / f"{image_id}.npy"
 
 
+def _plain_stem(image_id: str) -> bool:
+    """A name usable as a file stem: no path separator, no control character, not empty, '.' or '..'."""
+    return (
+        image_id not in ("", ".", "..")
+        and "/" not in image_id
+        and "\\" not in image_id
+        and not any(ord(c) < 32 or ord(c) == 127 for c in image_id)
+    )
+
+
+def clean_ids(ids: pd.Series, csv: Path) -> pd.Series:
+    """IDs stripped of surrounding spaces (with a note) and checked to be plain file stems."""
+    stripped = ids.str.strip()
+    changed = int((stripped != ids).sum())
+    if changed:
+        log.warning("%s: %d ID(s) had surrounding spaces, which were removed (e.g. %r)", csv, changed,
+                    ids[stripped != ids].iloc[0])
+    bad = ~stripped.map(_plain_stem)
+    if bad.any():
+        rows = (stripped.index[bad] + 2).tolist()[:5]
+        raise ReleaseError(
+            f"{csv}: {int(bad.sum())} ID(s) are not plain file names (a path separator, a control character such "
+            f"as a newline, or empty), on line(s) {rows}, e.g. {stripped[bad].iloc[0]!r}"
+        )
+    return stripped
+
+
 def read_split_index(root: Path | str, split: str) -> SplitIndex:
     """Read and check one split's CSV: columns, emptiness, duplicates, labels, missing files."""
     root = Path(root)
@@ -63,6 +90,7 @@ def read_split_index(root: Path | str, split: str) -> SplitIndex:
     if table["ID"].isna().any():
         rows = (table.index[table["ID"].isna()] + 2).tolist()[:5]
         raise ReleaseError(f"{csv}: empty ID on line(s) {rows}")
+    table["ID"] = clean_ids(table["ID"], csv)
     dup = table["ID"][table["ID"].duplicated()].unique().tolist()
     if dup:
         raise ReleaseError(f"{csv}: {len(dup)} duplicated ID(s), e.g. {dup[:5]}")
@@ -110,7 +138,7 @@ def load_patch(path: Path, nan_policy: str = "error") -> tuple[np.ndarray, int]:
         raise ReleaseError(f"{path}: cannot be read as .npy ({exc})") from None
     if arr.shape != RAW_SHAPE:
         raise ReleaseError(f"{path}: shape {arr.shape}, expected {RAW_SHAPE} (height, width, bands)")
-    if arr.dtype.kind != "f":
+    if arr.dtype not in (np.float64, np.float32):
         raise ReleaseError(f"{path}: dtype {arr.dtype}, expected float64 or float32")
     arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr)

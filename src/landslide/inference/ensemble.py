@@ -18,18 +18,29 @@ import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
 
-from landslide.data.datamodule import LandslideDataModule
+from landslide.bands import channel_indices
+from landslide.checkpoint import load_module
+from landslide.data.cache import load_or_build_split
+from landslide.data.release import read_split_index
+from landslide.errors import RunError
+from landslide.features.cached import split_features
+from landslide.files import atomic_output, write_json
 from landslide.filter.negative import load_filter
+from landslide.hardware import bf16_supported
 from landslide.inference.predictor import predict_probs, resolve_device
 from landslide.metrics import calibrate
-from landslide.module import LandslideModule
-from landslide.training.stage1 import release_features
+from landslide.run_record import read_prediction_settings
 
 log = logging.getLogger(__name__)
 
+__all__ = ["RunError", "load_run", "predict_run", "write_submission"]
 
-class RunError(FileNotFoundError):
-    """A training run directory lacks something prediction needs."""
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot be read as JSON ({str(err).splitlines()[0]})") from None
 
 
 def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
@@ -39,7 +50,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
     for path in (config, summary_path):
         if not path.is_file():
             raise RunError(f"{path}: not found; is {run_dir} a finished training run?")
-    summary = json.loads(summary_path.read_text())
+    summary = _read_json(summary_path)
     if summary.get("oof_f1") is None:
         raise RunError(f"{summary_path}: the run trained no network (stage=filter?)")
     fold_dirs = []
@@ -49,7 +60,37 @@ def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
             if not (fold_dir / name).is_file():
                 raise RunError(f"{fold_dir / name}: missing; fold {fold['fold']} cannot be used")
         fold_dirs.append(fold_dir)
-    return OmegaConf.load(config), summary, fold_dirs
+    try:
+        cfg = OmegaConf.load(config)
+    except Exception as err:  # a YAML or OmegaConf error
+        raise RunError(f"{config}: cannot be read ({str(err).splitlines()[0]})") from None
+    return cfg, summary, fold_dirs
+
+
+def _fold_filter(fold_dir: Path):
+    try:
+        return load_filter(fold_dir)
+    except Exception as err:  # a missing or foreign model file, a broken JSON
+        raise RunError(f"{fold_dir / 'filter.json'}: the fold's filter cannot be loaded "
+                       f"({str(err).strip().splitlines()[0]})") from None
+
+
+def _settings(cfg: DictConfig, run_dir: Path, overrides: dict) -> dict:
+    """What the run recorded for prediction, with the user's overrides (a warning names each that differs)."""
+    recorded = read_prediction_settings(run_dir) or {
+        "tta": bool(cfg.get("tta", True)), "precision": str(cfg.trainer.precision),
+        "channels": None, "bands": str(cfg.data.bands), "cloud_threshold": float(cfg.data.cloud_threshold),
+        "nan_policy": str(cfg.data.nan_policy),
+    }
+    settings = dict(recorded)
+    for key, value in overrides.items():
+        if value is None:
+            continue
+        if value != recorded.get(key):
+            log.warning("predicting with %s=%s although the run was trained and its thresholds fitted with %s=%s",
+                        key, value, key, recorded.get(key))
+        settings[key] = value
+    return settings
 
 
 def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: list[str]) -> None:
@@ -62,46 +103,49 @@ def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: l
             f"refusing to write {path}: {len(missing)} missing ID(s) {missing[:5]}, {len(dup)} duplicated "
             f"{dup[:5]}, {len(extra)} unknown {extra[:5]}, order differs from Test.csv: {list(ids) != list(expected)}"
         )
-    pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(path, index=False)
+    with atomic_output(path) as tmp:
+        pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(tmp, index=False)
 
 
 def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: str | None = None,
-                cache_dir: str | None = None, batch_size: int = 1024, tta: bool = True,
-                device: str = "auto") -> dict:
-    """Predict ``Test.csv`` of the run's release (or of ``data_root``); write submission.csv and predictions.csv."""
+                cache_dir: str | None = None, batch_size: int = 1024, tta: bool | None = None,
+                device: str = "auto", precision: str | None = None, nan_policy: str | None = None) -> dict:
+    """Predict ``Test.csv`` of the run's release (or of ``data_root``); write submission.csv and predictions.csv.
+
+    Reads only ``Test.csv`` and ``test_data/``: statistics, filters and thresholds come from the run. TTA, precision
+    and preprocessing follow the run's record unless overridden (with a warning)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
     cfg, summary, fold_dirs = load_run(run_dir)
+    settings = _settings(cfg, run_dir, {"tta": tta, "precision": precision, "nan_policy": nan_policy})
     out = Path(out) if out else run_dir / "predictions"
     out.mkdir(parents=True, exist_ok=True)
-    data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
-    data_cfg.pop("_target_", None)
-    if data_root:
-        data_cfg["root"] = data_root
-    if cache_dir:
-        data_cfg["cache_dir"] = cache_dir
-    data_cfg["fold"] = None
-    dm = LandslideDataModule(**data_cfg)
-    dm.prepare_data()
-    dm.setup()
-    _, test_feats = release_features(dm.release)
+    root = Path(data_root or cfg.data.root)
+    index = read_split_index(root, "test")
+    split = load_or_build_split(index, cache_dir or cfg.data.cache_dir, settings["cloud_threshold"],
+                                settings["nan_policy"], int(cfg.data.read_workers), bool(cfg.data.progress))
+    test_feats = split_features(split)
     dev = resolve_device(device)
-    images = dm.gather("test", device=dev)
-    per_fold, keeps = [], []
+    bf16 = str(settings["precision"]).startswith("bf16") and bf16_supported(dev.type)
+    per_fold, keeps, images, channels = [], [], None, None
     for fold_dir, fold in zip(fold_dirs, summary["folds"]):
-        module = LandslideModule.load_from_checkpoint(fold_dir / "model.ckpt", map_location=dev)
-        if list(module.channels) != list(dm.channels):
-            raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, data gives {dm.channels}")
-        views = torch.from_numpy(predict_probs(module, images, batch_size, tta, dev))
+        module = load_module(fold_dir / "model.ckpt", dev)
+        if images is None:
+            channels = list(module.channels)
+            picks = torch.tensor(channel_indices(channels))
+            images = torch.from_numpy(split.images).index_select(1, picks).to(dev)
+        elif list(module.channels) != channels:
+            raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, fold 0 on {channels}")
+        views = torch.from_numpy(predict_probs(module, images, batch_size, settings["tta"], dev, bf16=bf16))
         per_fold.append(calibrate(views, fold["threshold"]).numpy())
-        keeps.append(load_filter(fold_dir).keep(test_feats))
+        keeps.append(_fold_filter(fold_dir).keep(test_feats))
     probs = np.stack(per_fold)  # (folds, views, n)
     votes = 1 - np.mean(keeps, axis=0)
     filtered = votes > 0.5
     network = probs.mean(axis=(0, 1))
     prob = np.where(filtered, 0.0, network)
     labels = (prob >= 0.5).astype(int)
-    ids = dm.test_ids
+    ids = split.ids
     table = pd.DataFrame({
         "ID": ids,
         "prob": np.round(prob, 6),
@@ -112,15 +156,17 @@ def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: s
         **{f"fold_{f['fold']}": np.round(p.mean(0), 6) for f, p in zip(summary["folds"], probs)},
     })
     # checked against Test.csv as it is on disk now, not against the list the predictions were made from
-    expected = pd.read_csv(dm.root / "Test.csv", dtype={"ID": str})["ID"].tolist()
+    expected = read_split_index(root, "test").ids
     write_submission(out / "submission.csv", ids, labels, expected)
-    table.to_csv(out / "predictions.csv", index=False)
+    with atomic_output(out / "predictions.csv") as tmp:
+        table.to_csv(tmp, index=False)
     elapsed = time.perf_counter() - started
     report = {
-        "run_dir": str(run_dir), "out": str(out), "n_test": len(ids), "folds": len(fold_dirs), "tta": tta,
-        "positives": int(labels.sum()), "filtered": int(filtered.sum()), "seconds": round(elapsed, 2),
+        "run_dir": str(run_dir), "out": str(out), "n_test": len(ids), "folds": len(fold_dirs),
+        "tta": settings["tta"], "bf16": bf16, "positives": int(labels.sum()), "filtered": int(filtered.sum()),
+        "seconds": round(elapsed, 2),
     }
-    (out / "predict_summary.json").write_text(json.dumps(report, indent=2))
+    write_json(out / "predict_summary.json", report)
     log.info("wrote %s (%d IDs, %d positive, %d filtered) in %.1fs", out / "submission.csv", len(ids),
              report["positives"], report["filtered"], elapsed)
     return report

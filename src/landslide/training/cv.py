@@ -12,6 +12,8 @@ import json
 import logging
 import shutil
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,25 +21,68 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory
+from landslide.bands import BAND_SETS
+from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory, ResumeState
+from landslide.checkpoint import load_module, network_weights
 from landslide.data.datamodule import LandslideDataModule
+from landslide.errors import ConfigError
+from landslide.features.cached import split_features
+from landslide.files import atomic_output, write_json
 from landslide.filter.negative import filter_report
 from landslide.inference.predictor import predict_probs
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
+from landslide.run_record import RunManifest, defining_settings, prediction_settings
 from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
-from landslide.training.stage1 import release_features
 from landslide.training.summary import print_summary, summarise
 
 log = logging.getLogger(__name__)
 
 
+def check_options(cfg: DictConfig) -> None:
+    """Stop with one line, before any work, on an option outside its range."""
+    def need(ok: bool, message: str) -> None:
+        if not ok:
+            raise ConfigError(message)
+
+    data, trainer = cfg.data, cfg.trainer
+    need(cfg.get("stage", "all") in ("all", "filter"), f"stage must be all or filter, got {cfg.get('stage')!r}")
+    need(cfg.get("epoch_selection", "last") in ("last", "best"),
+         f"epoch_selection must be last or best, got {cfg.get('epoch_selection')!r}")
+    need(data.bands in BAND_SETS, f"data.bands must be one of {', '.join(BAND_SETS)}, got {data.bands!r}")
+    need(isinstance(data.num_folds, int) and data.num_folds >= 2,
+         f"data.num_folds must be an integer >= 2, got {data.num_folds!r}")
+    need(data.get("fold") is None or 0 <= int(data.fold) < data.num_folds,
+         f"data.fold must be null or in [0, {data.num_folds}), got {data.get('fold')!r}")
+    for key in ("batch_size", "eval_batch_size"):
+        need(int(data[key]) >= 1, f"data.{key} must be >= 1, got {data[key]!r}")
+    if cfg.get("stage", "all") == "all" and not trainer.get("fast_dev_run"):
+        epochs = trainer.get("max_epochs")
+        need(isinstance(epochs, int) and epochs >= 1, f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
+
+
+@contextmanager
+def option_errors(group: str) -> Iterator[None]:
+    """A config group whose object refuses its options: one :class:`ConfigError` line naming the group."""
+    try:
+        yield
+    except InstantiationException as err:
+        cause = err.__cause__ or err
+        raise ConfigError(f"{group}: {str(cause).strip().splitlines()[0]}") from None
+    except (ValueError, KeyError) as err:
+        if isinstance(err, ConfigError):
+            raise
+        raise ConfigError(f"{group}: {str(err).strip().splitlines()[0]}") from None
+
+
 def build_datamodule(cfg: DictConfig) -> LandslideDataModule:
-    dm: LandslideDataModule = instantiate(cfg.data)
+    with option_errors("data"):
+        dm: LandslideDataModule = instantiate(cfg.data)
     dm.prepare_data()
     dm.setup()
     return dm
@@ -66,7 +111,7 @@ def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
         if entry["_target_"].endswith("EnergyCallback"):
             extra["output_dir"] = str(fold_dir)
         callbacks.append(instantiate(entry, **extra))
-    callbacks.append(MetricHistory())
+    callbacks.extend([MetricHistory(), ResumeState()])
     return callbacks
 
 
@@ -77,7 +122,8 @@ def _find(callbacks: list[Callback], kind: type) -> Any:
 def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, train_part: np.ndarray,
                     val_part: np.ndarray, fold_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, dict]:
     """Fit the fold's filter on its training part only, save it, and report what it keeps on both parts."""
-    filt = instantiate(cfg.filter)
+    with option_errors("filter"):
+        filt = instantiate(cfg.filter)
     filt.fit(feats[train_part], labels[train_part], index=train_part)
     filt.save(fold_dir)
     keep_train = filt.keep(feats[train_part])
@@ -93,15 +139,14 @@ def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, trai
 
 
 def load_initial_weights(module: LandslideModule, path: str) -> None:
-    """Fine-tuning: the network weights of a checkpoint (the optimiser starts fresh)."""
-    state = torch.load(path, map_location="cpu", weights_only=False)["state_dict"]
-    weights = {k: v for k, v in state.items() if k.startswith("net.")}
+    """Fine-tuning: the network weights of a checkpoint (the optimiser starts fresh), read without running code."""
+    weights = network_weights(path)
     try:
         missing, unexpected = module.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # shapes differ
         raise ValueError(f"init_weights={path} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
     missing = [k for k in missing if k.startswith("net.")]
-    if missing or unexpected or not weights:
+    if missing or unexpected:
         raise ValueError(f"init_weights={path} does not fit this model: missing {missing[:5]}, "
                          f"unexpected {unexpected[:5]}")
 
@@ -123,7 +168,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
         log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=fold_dir / "figures")
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None)
+        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
         history = _find(callbacks, MetricHistory)
         if figures and history.history:
             figure = f1_curve_figure(history.history, f"{cfg.name}, fold {fold}")
@@ -133,15 +178,17 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     if trainer.interrupted:
         raise KeyboardInterrupt(f"fold {fold} was interrupted; run again with the same run directory to resume")
 
-    checkpoint = _find(callbacks, ModelCheckpoint)
+    checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     model_path = fold_dir / "model.ckpt"
     if cfg.get("epoch_selection", "last") == "best" and checkpoint is not None and checkpoint.best_model_path:
         log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
                     fold)
-        shutil.copyfile(checkpoint.best_model_path, model_path)
-        module = LandslideModule.load_from_checkpoint(model_path, map_location="cpu")
+        with atomic_output(model_path) as tmp:
+            shutil.copyfile(checkpoint.best_model_path, tmp)
+        module = load_module(model_path)
     else:
-        trainer.save_checkpoint(model_path, weights_only=True)
+        with atomic_output(model_path) as tmp:
+            trainer.save_checkpoint(tmp, weights_only=True)
     return module, trainer, callbacks
 
 
@@ -193,15 +240,26 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
 
 
 def run_cv(cfg: DictConfig) -> dict:
-    """Train every fold (or ``data.fold`` only) and write ``cv_summary.json`` and ``oof_predictions.csv``."""
+    """Train every fold (or ``data.fold`` only) and write ``cv_summary.json`` and ``oof_predictions.csv``.
+
+    The run directory's ``run.json`` records the settings that define the run: a later invocation in the same
+    directory continues it (finished folds are skipped, an interrupted one resumes) only with equal settings."""
+    check_options(cfg)
     out = Path(cfg.paths.output_dir)
-    started = time.perf_counter()
-    tracker = EnergyTracker(out, "landslide-cv", cfg.get("energy", {}).get("country_iso_code", "USA"),
-                            enabled=bool(cfg.get("energy", {}).get("enabled", True)))
+    started, started_at = time.perf_counter(), time.time()
+    energy = cfg.get("energy", {})
+    tracker = EnergyTracker(out, "landslide-cv", energy.get("country_iso_code"), enabled=bool(energy.get("enabled")))
+    manifest: RunManifest | None = None
+    trained: list[int] = []
     tracker.start()
     try:
         dm = build_datamodule(cfg)
-        feats, _ = release_features(dm.release)
+        with option_errors("data"):
+            dm.folds()  # enough images of each class for the folds, checked before any training
+        record = RunManifest(out)
+        record.claim(defining_settings(cfg, dm.split("train").meta["key"]), prediction_settings(cfg, dm.channels))
+        manifest = record  # only an invocation that continues the recorded run is added to it
+        feats = split_features(dm.split("train"))
         folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
         results = []
         for fold in folds:
@@ -214,12 +272,17 @@ def run_cv(cfg: DictConfig) -> dict:
             fold_dir.mkdir(parents=True, exist_ok=True)
             log.info("fold %d/%d", fold + 1, dm.num_folds)
             result = train_fold(cfg, dm, fold, feats, fold_dir)
-            done.write_text(json.dumps(result))
+            write_json(done, result, indent=None)
+            trained.append(fold)
             results.append(result)
     finally:
         run_wh = tracker.stop()
-    summary = summarise(cfg, dm, results, time.perf_counter() - started, run_wh)
-    (out / "cv_summary.json").write_text(json.dumps(summary, indent=2))
+        if manifest is not None:
+            manifest.add_invocation(started_at, time.perf_counter() - started, run_wh, trained)
+    wall, wh = manifest.totals()
+    summary = summarise(cfg, dm, results, wall, wh)
+    summary["invocations"] = len(manifest.invocations)
+    write_json(out / "cv_summary.json", summary)
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
     print_summary(summary)
@@ -237,4 +300,5 @@ def write_oof(path: Path, dm: LandslideDataModule, results: list[dict]) -> None:
             "filtered": ~np.asarray(oof["keep"], bool),
             "fold": r["fold"],
         }))
-    pd.concat(rows).to_csv(path, index=False)
+    with atomic_output(path) as tmp:
+        pd.concat(rows).to_csv(tmp, index=False)

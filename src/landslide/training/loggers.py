@@ -6,9 +6,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 from hydra.utils import instantiate
-from lightning.pytorch.loggers import Logger
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
+
+from landslide.files import atomic_output
+
+#: where a resumed fold keeps the metrics of its earlier invocations (Lightning's CSV logger starts a new file)
+EARLIER_METRICS = "metrics.earlier.csv"
 
 
 def _remembered(path: Path, value: str | None) -> str | None:
@@ -38,17 +44,45 @@ def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
         elif target.endswith(("CSVLogger", "TensorBoardLogger")):
             extra = {"version": f"fold_{fold}"}
         logger = instantiate(entry, **extra)
-        if target.endswith("WandbLogger"):
+        if isinstance(logger, WandbLogger):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
+        if isinstance(logger, CSVLogger):
+            _set_aside_metrics(Path(logger.log_dir))
         loggers.append(logger)
     return loggers
 
 
+def _concat_csv(paths: list[Path], out: Path) -> None:
+    frames = [pd.read_csv(p) for p in paths if p.is_file() and p.stat().st_size]
+    if frames:
+        with atomic_output(out) as tmp:
+            pd.concat(frames, ignore_index=True).to_csv(tmp, index=False)
+
+
+def _set_aside_metrics(log_dir: Path) -> None:
+    """Keep the metrics a killed invocation wrote (Lightning's CSV logger would delete them)."""
+    current, earlier = log_dir / "metrics.csv", log_dir / EARLIER_METRICS
+    if current.is_file():
+        _concat_csv([earlier, current], earlier)
+        current.unlink()
+
+
+def _restore_metrics(log_dir: Path) -> None:
+    """One ``metrics.csv`` holding the rows of every invocation of the fold, oldest first."""
+    current, earlier = log_dir / "metrics.csv", log_dir / EARLIER_METRICS
+    if earlier.is_file():
+        _concat_csv([earlier, current], current)
+        earlier.unlink()
+
+
 def finish_loggers(loggers: list[Logger]) -> None:
-    """Close W&B runs so that multirun jobs and failures do not leak them into the next run."""
+    """Flush every logger, put a resumed fold's earlier CSV rows back, and close W&B runs so that multirun jobs
+    and failures do not leak them into the next run."""
     for logger in loggers:
         logger.finalize("success")
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, CSVLogger):
+            _restore_metrics(Path(logger.log_dir))
+        if isinstance(logger, WandbLogger):
             import wandb
 
             wandb.finish()
@@ -61,10 +95,9 @@ def log_figure(loggers: list[Logger], key: str, figure, step: int = 0, folder: P
 
     saved = False
     for logger in loggers:
-        kind = type(logger).__name__
-        if kind == "WandbLogger":
+        if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[figure], step=step)
-        elif kind == "TensorBoardLogger":
+        elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, figure, global_step=step, close=False)
         elif folder is not None and not saved:
             folder.mkdir(parents=True, exist_ok=True)
