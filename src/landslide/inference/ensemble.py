@@ -17,8 +17,11 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
+from landslide.bands import CHANNEL_NAMES, band_set, channel_indices
 from landslide.data.datamodule import LandslideDataModule
+from landslide.features import compute_features
 from landslide.filter.negative import load_filter
 from landslide.inference.predictor import predict_probs, resolve_device
 from landslide.metrics import calibrate
@@ -65,13 +68,68 @@ def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: l
     pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(path, index=False)
 
 
+class FoldEnsemble:
+    """A run's fold models, filters and thresholds, loaded once; predicts batches of 13-channel images.
+
+    Each fold's probabilities over the views are calibrated (its out-of-fold threshold goes to 0.5); the ensemble's
+    probability is their mean over folds and views, 0 where the majority of the fold filters reject the image.
+    """
+
+    def __init__(self, run_dir: Path | str, device: str = "auto", batch_size: int = 1024, tta: bool = True) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg, self.summary, self.fold_dirs = load_run(self.run_dir)
+        self.device = resolve_device(device)
+        self.batch_size = batch_size
+        self.tta = tta
+        channels = list(band_set(self.cfg.data.get("bands", "all")))
+        self.modules: list[LandslideModule] = []
+        self.filters = []
+        for fold_dir in self.fold_dirs:
+            module = LandslideModule.load_from_checkpoint(fold_dir / "model.ckpt", map_location=self.device)
+            if list(module.channels) != channels:
+                raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, data gives {channels}")
+            self.modules.append(module)
+            self.filters.append(load_filter(fold_dir))
+        self.thresholds = [float(fold["threshold"]) for fold in self.summary["folds"]]
+        picks = channel_indices(channels)
+        self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks)
+
+    @property
+    def folds(self) -> list[int]:
+        return [int(fold["fold"]) for fold in self.summary["folds"]]
+
+    def predict(self, images: Tensor | np.ndarray, features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Predict (n, 13, 64, 64) images in physical units (``features``: their 150 features, computed if None).
+
+        Returns ``prob`` (n,), ``std``, ``filtered``, ``filter_votes``, ``network_prob`` and ``per_fold``
+        (folds, views, n) calibrated probabilities."""
+        images = torch.as_tensor(images)
+        if features is None:
+            features = compute_features(images.cpu())
+        net_in = images if self._picks is None else images.index_select(1, self._picks.to(images.device))
+        per_fold, keeps = [], []
+        for module, filt, threshold in zip(self.modules, self.filters, self.thresholds):
+            views = torch.from_numpy(predict_probs(module, net_in, self.batch_size, self.tta, self.device))
+            per_fold.append(calibrate(views, threshold).numpy())
+            keeps.append(filt.keep(features))
+        probs = np.stack(per_fold)  # (folds, views, n)
+        votes = 1 - np.mean(keeps, axis=0)
+        filtered = votes > 0.5
+        network = probs.mean(axis=(0, 1))
+        return {
+            "prob": np.where(filtered, 0.0, network), "std": probs.std(axis=(0, 1)), "filtered": filtered,
+            "filter_votes": votes, "network_prob": network, "per_fold": probs,
+        }
+
+
 def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: str | None = None,
                 cache_dir: str | None = None, batch_size: int = 1024, tta: bool = True,
                 device: str = "auto") -> dict:
     """Predict ``Test.csv`` of the run's release (or of ``data_root``); write submission.csv and predictions.csv."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    cfg, summary, fold_dirs = load_run(run_dir)
+    ensemble = FoldEnsemble(run_dir, device, batch_size, tta)
+    cfg, summary, fold_dirs = ensemble.cfg, ensemble.summary, ensemble.fold_dirs
     out = Path(out) if out else run_dir / "predictions"
     out.mkdir(parents=True, exist_ok=True)
     data_cfg = OmegaConf.to_container(cfg.data, resolve=True)
@@ -85,30 +143,17 @@ def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: s
     dm.prepare_data()
     dm.setup()
     _, test_feats = release_features(dm.release)
-    dev = resolve_device(device)
-    images = dm.gather("test", device=dev)
-    per_fold, keeps = [], []
-    for fold_dir, fold in zip(fold_dirs, summary["folds"]):
-        module = LandslideModule.load_from_checkpoint(fold_dir / "model.ckpt", map_location=dev)
-        if list(module.channels) != list(dm.channels):
-            raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, data gives {dm.channels}")
-        views = torch.from_numpy(predict_probs(module, images, batch_size, tta, dev))
-        per_fold.append(calibrate(views, fold["threshold"]).numpy())
-        keeps.append(load_filter(fold_dir).keep(test_feats))
-    probs = np.stack(per_fold)  # (folds, views, n)
-    votes = 1 - np.mean(keeps, axis=0)
-    filtered = votes > 0.5
-    network = probs.mean(axis=(0, 1))
-    prob = np.where(filtered, 0.0, network)
+    result = ensemble.predict(dm.resident("test", ensemble.device), test_feats)
+    probs, filtered, prob = result["per_fold"], result["filtered"], result["prob"]
     labels = (prob >= 0.5).astype(int)
     ids = dm.test_ids
     table = pd.DataFrame({
         "ID": ids,
         "prob": np.round(prob, 6),
-        "std": np.round(probs.std(axis=(0, 1)), 6),
+        "std": np.round(result["std"], 6),
         "filtered": filtered,
-        "filter_votes": np.round(votes, 3),
-        "network_prob": np.round(network, 6),
+        "filter_votes": np.round(result["filter_votes"], 3),
+        "network_prob": np.round(result["network_prob"], 6),
         **{f"fold_{f['fold']}": np.round(p.mean(0), 6) for f, p in zip(summary["folds"], probs)},
     })
     # checked against Test.csv as it is on disk now, not against the list the predictions were made from
