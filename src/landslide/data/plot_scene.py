@@ -42,7 +42,9 @@ def _outlines(truth: Path | str, scene: Path | str, factor: float) -> list[np.nd
         geom = transform_geom("EPSG:4326", crs, feature["geometry"])
         polys = geom["coordinates"] if geom["type"] == "MultiPolygon" else [geom["coordinates"]]
         for poly in polys:
-            xy = np.array([inverse * tuple(p) for p in poly[0]]) / factor
+            x, y = np.asarray(poly[0], dtype=np.float64).T
+            xy = np.stack([inverse.a * x + inverse.b * y + inverse.c, inverse.d * x + inverse.e * y + inverse.f], -1)
+            xy /= factor
             rings.append(xy)
     return rings
 

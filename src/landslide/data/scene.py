@@ -55,7 +55,7 @@ def pixel_size_m(crs: Any, transform: Any, width: int, height: int) -> tuple[flo
     res_x = math.hypot(transform.a, transform.d)
     res_y = math.hypot(transform.b, transform.e)
     if crs.is_geographic:
-        _, lat = transform * (width / 2, height / 2)
+        lat = transform.d * width / 2 + transform.e * height / 2 + transform.f
         return res_x * METRES_PER_DEGREE * math.cos(math.radians(lat)), res_y * METRES_PER_DEGREE
     factor = crs.linear_units_factor[1]
     return res_x * factor, res_y * factor

@@ -105,7 +105,7 @@ class FoldEnsemble:
         (folds, views, n) calibrated probabilities."""
         images = torch.as_tensor(images)
         if features is None:
-            features = compute_features(images.cpu())
+            features = compute_features(images.cpu().numpy())
         net_in = images if self._picks is None else images.index_select(1, self._picks.to(images.device))
         per_fold, keeps = [], []
         for module, filt, threshold in zip(self.modules, self.filters, self.thresholds):
