@@ -135,7 +135,7 @@ def make_map(cfg: DictConfig) -> dict:
             float(cfg.min_valid), cfg.get("vector"), cfg.get("summary"),
             None if bands is None else OmegaConf.to_container(bands), float(cfg.resolution_m),
             float(cfg.resolution_tolerance), int(cfg.windows_per_batch), int(cfg.batch_size), bool(cfg.tta),
-            str(cfg.device), bool(cfg.progress),
+            str(cfg.device), bool(cfg.progress), int(cfg.gdal_cache_mb),
         )
         if cfg.get("figure"):
             from landslide.data.plot_scene import plot_scene_map

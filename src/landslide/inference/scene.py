@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 
 from landslide.bands import PATCH_SIZE
 from landslide.data.preprocess import DEFAULT_CLOUD_THRESHOLD, to_channels
-from landslide.data.scene import SceneInfo, SceneReader
+from landslide.data.scene import SceneInfo, SceneReader, import_rasterio
 from landslide.inference.ensemble import FoldEnsemble
 from landslide.inference.map_outputs import ENCODINGS, RasterSink, encode, polygons, temporary, to_cog, write_json
 
@@ -163,21 +163,24 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, strid
                   vector: Path | str | None = None, summary: Path | str | None = None,
                   band_map: dict[str, int] | None = None, resolution_m: float = 10.0,
                   resolution_tolerance: float = 0.2, windows_per_batch: int = 256, batch_size: int = 1024,
-                  tta: bool = True, device: str = "auto", progress: bool = True,
+                  tta: bool = True, device: str = "auto", progress: bool = True, gdal_cache_mb: int = 256,
                   ensemble: FoldEnsemble | None = None) -> dict:
     """Map ``scene`` with the fold ensemble of ``run_dir`` (or an ``ensemble`` already loaded from it): write the
     COG ``out``, optionally the GeoJSON ``vector``, and the summary (default ``out`` with ``.json``); return the
     summary.
 
     Window rows are cut as their strip is read and predicted together once ``windows_per_batch`` windows wait
-    (narrow scenes batch several window rows), so memory is bounded by the batch and one strip, not the scene."""
+    (narrow scenes batch several window rows), so memory is bounded by the batch and one strip, not the scene.
+    GDAL's block cache is capped at ``gdal_cache_mb`` (its default, 5% of the machine's memory, would fill up
+    with the scene's blocks)."""
     if dtype not in ENCODINGS:
         raise ValueError(f"dtype must be one of {', '.join(ENCODINGS)}, got {dtype!r}")
     weights = window_weights(blend)
     started = time.perf_counter()
     out = Path(out)
     summary_path = Path(summary) if summary else out.with_suffix(".json")
-    with SceneReader(scene, band_map, resolution_m, resolution_tolerance) as reader:
+    with import_rasterio().Env(GDAL_CACHEMAX=int(gdal_cache_mb)), \
+            SceneReader(scene, band_map, resolution_m, resolution_tolerance) as reader:
         info = reader.info
         rows, cols = window_origins(info.height, stride), window_origins(info.width, stride)
         ensemble = ensemble or FoldEnsemble(run_dir, device, batch_size, tta)
