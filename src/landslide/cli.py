@@ -46,6 +46,7 @@ def _quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning.pytorch.utilities._pytree")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user as our one line
     # Lightning prints through its own handler and through Hydra's: keep Hydra's (it also writes the run's log)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):

@@ -94,10 +94,6 @@ class FoldEnsemble:
         picks = channel_indices(channels)
         self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks)
 
-    @property
-    def folds(self) -> list[int]:
-        return [int(fold["fold"]) for fold in self.summary["folds"]]
-
     def predict(self, images: Tensor | np.ndarray, features: np.ndarray | None = None) -> dict[str, np.ndarray]:
         """Predict (n, 13, 64, 64) images in physical units (``features``: their 150 features, computed if None).
 
