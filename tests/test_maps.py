@@ -155,6 +155,12 @@ def test_bad_scene_stops_with_one_line_naming_the_file(run_dir, scene, tmp_path)
         dst.write(data)
     with pytest.raises(SceneError, match=rf"^{coarse}: pixels of 30.0 x 30.0 m, expected about 10 m"):
         SceneReader(coarse)
+    lonlat = tmp_path / "lonlat.tif"  # geographic: measured at the scene's central latitude (45°)
+    transform = rasterio.transform.from_origin(15.0, 45.0 + 95 * 9e-5, 10 / (111_320 * np.cos(np.radians(45))), 9e-5)
+    with rasterio.open(lonlat, "w", **{**profile, "crs": "EPSG:4326", "transform": transform}) as dst:
+        dst.write(data)
+    with SceneReader(lonlat) as reader:
+        assert reader.info.pixel_size_m == pytest.approx((10.0, 10.0), rel=0.01)
 
 
 def test_band_mapping_reads_the_same_bands(scene, tmp_path):
