@@ -48,6 +48,13 @@ def test_predict_config_composes():
     assert cfg.run_dir == "/some/run" and cfg.data.root == "/other" and cfg.tta
 
 
+def test_map_config_composes():
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("map", overrides=["run_dir=/r", "scene=/s.tif", "out=/m.tif", "bands={red: 3}"])
+    assert (cfg.stride, cfg.blend, cfg.dtype, cfg.threshold, cfg.tta) == (32, "mean", "uint8", 0.5, True)
+    assert cfg.bands.red == 3 and cfg.vector is None
+
+
 @pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
 def test_train_py_answers(args, project_env):
     done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=project_env, capture_output=True,

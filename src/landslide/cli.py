@@ -1,4 +1,4 @@
-"""``train`` and ``predict``: compose, instantiate, run. The thin entry points call these."""
+"""``train``, ``predict`` and ``make_map``: compose, instantiate, run. The thin entry points call these."""
 
 from __future__ import annotations
 
@@ -46,6 +46,7 @@ def _quiet_third_parties() -> None:
     warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning.pytorch.utilities._pytree")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
+    logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user as our one line
     # Lightning prints through its own handler and through Hydra's: keep Hydra's (it also writes the run's log)
     logging.getLogger("lightning.pytorch.utilities.rank_zero").addFilter(_drop_advertisements)
     for name in ("lightning", "lightning.pytorch", "lightning.fabric"):
@@ -82,11 +83,12 @@ def user_errors() -> Iterator[None]:
     """Bad input (a broken release, an incomplete run directory) ends the run with one line naming the problem,
     not a traceback."""
     from landslide.data.release import ReleaseError
+    from landslide.data.scene import SceneError
     from landslide.errors import ConfigError, RunError
 
     try:
         yield
-    except (ReleaseError, RunError, ConfigError) as err:
+    except (ReleaseError, RunError, ConfigError, SceneError) as err:
         log.error("%s", err)
         raise SystemExit(2) from None
 
@@ -121,6 +123,29 @@ def predict(cfg: DictConfig) -> dict:
         )
 
 
+def make_map(cfg: DictConfig) -> dict:
+    """Map a scene with a training run's fold ensemble: probability COG, optional polygons and figure, summary."""
+    from landslide.inference.scene import predict_scene
+
+    _quiet_third_parties()
+    _tune_host(cfg)
+    with user_errors():
+        bands = cfg.get("bands")
+        report = predict_scene(
+            cfg.run_dir, cfg.scene, cfg.out, int(cfg.stride), str(cfg.blend), str(cfg.dtype), float(cfg.threshold),
+            float(cfg.min_valid), cfg.get("vector"), cfg.get("summary"),
+            None if bands is None else OmegaConf.to_container(bands), float(cfg.resolution_m),
+            float(cfg.resolution_tolerance), int(cfg.windows_per_batch), int(cfg.batch_size), cfg.get("tta"),
+            str(cfg.device), bool(cfg.progress), int(cfg.gdal_cache_mb),
+        )
+        if cfg.get("figure"):
+            from landslide.data.plot_scene import plot_scene_map
+
+            plot_scene_map(cfg.scene, cfg.out, cfg.figure, cfg.get("truth"), float(cfg.threshold),
+                           None if bands is None else OmegaConf.to_container(bands))
+    return report
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def train_entry(cfg: DictConfig) -> float | None:
     return train(cfg)
@@ -129,3 +154,8 @@ def train_entry(cfg: DictConfig) -> float | None:
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def predict_entry(cfg: DictConfig) -> dict:
     return predict(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="map")
+def map_entry(cfg: DictConfig) -> dict:
+    return make_map(cfg)

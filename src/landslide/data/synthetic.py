@@ -97,6 +97,14 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
     """``n`` raw patches (n, 64, 64, 12) float64, their labels and scene kinds (indices into ``KINDS``)."""
     rng = np.random.default_rng(seed)
     kind = rng.choice(len(KINDS), n, p=KIND_SHARES)
+    patches, labels, _ = draw_patches(rng, kind)
+    return patches, labels, kind
+
+
+def draw_patches(rng: np.random.Generator, kind: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Raw patches (n, 64, 64, 12) float64 of the given kinds (indices into ``KINDS``), their labels and the
+    (n, 64, 64) masks of their fresh landslide scars."""
+    n = len(kind)
     is_ = {k: kind == KINDS.index(k) for k in KINDS}
     f1, f2, f3, topo = (smooth_field(rng, n) for _ in range(4))
 
@@ -149,7 +157,7 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
         out[..., raw_index(f"{orbit}_diff_vv")] = post[..., 0] - pre[..., 0]
         out[..., raw_index(f"{orbit}_diff_vh")] = post[..., 1] - pre[..., 1]
     labels = is_["positive"].astype(np.int64)
-    return out, labels, kind
+    return out, labels, fresh
 
 
 def make_ids(seed: int, split: str, n: int) -> list[str]:

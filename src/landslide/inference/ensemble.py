@@ -17,12 +17,14 @@ import numpy as np
 import pandas as pd
 import torch
 from omegaconf import DictConfig, OmegaConf
+from torch import Tensor
 
-from landslide.bands import channel_indices
+from landslide.bands import CHANNEL_NAMES, channel_indices
 from landslide.checkpoint import load_module
 from landslide.data.cache import load_or_build_split
 from landslide.data.release import read_split_index
 from landslide.errors import RunError
+from landslide.features import compute_features
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.filter.negative import load_filter
@@ -107,6 +109,60 @@ def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: l
         pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(tmp, index=False)
 
 
+class FoldEnsemble:
+    """A run's fold models, filters and thresholds, loaded once (safely: see :mod:`landslide.checkpoint`); predicts
+    batches of 13-channel images as the run recorded (TTA, precision) unless ``tta``/``precision`` override it.
+
+    Each fold's probabilities over the views are calibrated (its out-of-fold threshold goes to 0.5); the ensemble's
+    probability is their mean over folds and views, 0 where the majority of the fold filters reject the image.
+    """
+
+    def __init__(self, run_dir: Path | str, device: str = "auto", batch_size: int = 1024, tta: bool | None = None,
+                 precision: str | None = None, nan_policy: str | None = None) -> None:
+        self.run_dir = Path(run_dir)
+        self.cfg, self.summary, self.fold_dirs = load_run(self.run_dir)
+        self.settings = _settings(self.cfg, self.run_dir, {"tta": tta, "precision": precision,
+                                                           "nan_policy": nan_policy})
+        self.tta = bool(self.settings["tta"])
+        self.device = resolve_device(device)
+        self.bf16 = str(self.settings["precision"]).startswith("bf16") and bf16_supported(self.device.type)
+        self.batch_size = batch_size
+        self.modules = [load_module(fold_dir / "model.ckpt", self.device) for fold_dir in self.fold_dirs]
+        channels = list(self.modules[0].channels)
+        for fold_dir, module in zip(self.fold_dirs, self.modules):
+            if list(module.channels) != channels:
+                raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, fold 0 on {channels}")
+        self.filters = [_fold_filter(fold_dir) for fold_dir in self.fold_dirs]
+        self.thresholds = [float(fold["threshold"]) for fold in self.summary["folds"]]
+        picks = channel_indices(channels)
+        self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks)
+
+    def predict(self, images: Tensor | np.ndarray, features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+        """Predict (n, 13, 64, 64) images in physical units (``features``: their 150 features, computed if None).
+
+        Returns ``prob`` (n,), ``std``, ``filtered``, ``filter_votes``, ``network_prob`` and ``per_fold``
+        (folds, views, n) calibrated probabilities."""
+        images = torch.as_tensor(images)
+        if features is None:
+            features = compute_features(images.cpu().numpy())
+        net_in = images if self._picks is None else images.index_select(1, self._picks.to(images.device))
+        net_in = net_in.to(self.device)
+        per_fold, keeps = [], []
+        for module, filt, threshold in zip(self.modules, self.filters, self.thresholds):
+            views = torch.from_numpy(predict_probs(module, net_in, self.batch_size, self.tta, self.device,
+                                                   bf16=self.bf16))
+            per_fold.append(calibrate(views, threshold).numpy())
+            keeps.append(filt.keep(features))
+        probs = np.stack(per_fold)  # (folds, views, n)
+        votes = 1 - np.mean(keeps, axis=0)
+        filtered = votes > 0.5
+        network = probs.mean(axis=(0, 1))
+        return {
+            "prob": np.where(filtered, 0.0, network), "std": probs.std(axis=(0, 1)), "filtered": filtered,
+            "filter_votes": votes, "network_prob": network, "per_fold": probs,
+        }
+
+
 def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: str | None = None,
                 cache_dir: str | None = None, batch_size: int = 1024, tta: bool | None = None,
                 device: str = "auto", precision: str | None = None, nan_policy: str | None = None) -> dict:
@@ -116,43 +172,25 @@ def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: s
     and preprocessing follow the run's record unless overridden (with a warning)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    cfg, summary, fold_dirs = load_run(run_dir)
-    settings = _settings(cfg, run_dir, {"tta": tta, "precision": precision, "nan_policy": nan_policy})
+    ensemble = FoldEnsemble(run_dir, device, batch_size, tta, precision, nan_policy)
+    cfg, summary, fold_dirs, settings = ensemble.cfg, ensemble.summary, ensemble.fold_dirs, ensemble.settings
     out = Path(out) if out else run_dir / "predictions"
     out.mkdir(parents=True, exist_ok=True)
     root = Path(data_root or cfg.data.root)
-    index = read_split_index(root, "test")
-    split = load_or_build_split(index, cache_dir or cfg.data.cache_dir, settings["cloud_threshold"],
-                                settings["nan_policy"], int(cfg.data.read_workers), bool(cfg.data.progress))
-    test_feats = split_features(split)
-    dev = resolve_device(device)
-    bf16 = str(settings["precision"]).startswith("bf16") and bf16_supported(dev.type)
-    per_fold, keeps, images, channels = [], [], None, None
-    for fold_dir, fold in zip(fold_dirs, summary["folds"]):
-        module = load_module(fold_dir / "model.ckpt", dev)
-        if images is None:
-            channels = list(module.channels)
-            picks = torch.tensor(channel_indices(channels))
-            images = torch.from_numpy(split.images).index_select(1, picks).to(dev)
-        elif list(module.channels) != channels:
-            raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, fold 0 on {channels}")
-        views = torch.from_numpy(predict_probs(module, images, batch_size, settings["tta"], dev, bf16=bf16))
-        per_fold.append(calibrate(views, fold["threshold"]).numpy())
-        keeps.append(_fold_filter(fold_dir).keep(test_feats))
-    probs = np.stack(per_fold)  # (folds, views, n)
-    votes = 1 - np.mean(keeps, axis=0)
-    filtered = votes > 0.5
-    network = probs.mean(axis=(0, 1))
-    prob = np.where(filtered, 0.0, network)
+    split = load_or_build_split(read_split_index(root, "test"), cache_dir or cfg.data.cache_dir,
+                                settings["cloud_threshold"], settings["nan_policy"], int(cfg.data.read_workers),
+                                bool(cfg.data.progress))
+    result = ensemble.predict(torch.from_numpy(split.images), split_features(split))
+    probs, filtered, prob = result["per_fold"], result["filtered"], result["prob"]
     labels = (prob >= 0.5).astype(int)
     ids = split.ids
     table = pd.DataFrame({
         "ID": ids,
         "prob": np.round(prob, 6),
-        "std": np.round(probs.std(axis=(0, 1)), 6),
+        "std": np.round(result["std"], 6),
         "filtered": filtered,
-        "filter_votes": np.round(votes, 3),
-        "network_prob": np.round(network, 6),
+        "filter_votes": np.round(result["filter_votes"], 3),
+        "network_prob": np.round(result["network_prob"], 6),
         **{f"fold_{f['fold']}": np.round(p.mean(0), 6) for f, p in zip(summary["folds"], probs)},
     })
     # checked against Test.csv as it is on disk now, not against the list the predictions were made from
@@ -163,7 +201,7 @@ def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: s
     elapsed = time.perf_counter() - started
     report = {
         "run_dir": str(run_dir), "out": str(out), "n_test": len(ids), "folds": len(fold_dirs),
-        "tta": settings["tta"], "bf16": bf16, "positives": int(labels.sum()), "filtered": int(filtered.sum()),
+        "tta": ensemble.tta, "bf16": ensemble.bf16, "positives": int(labels.sum()), "filtered": int(filtered.sum()),
         "seconds": round(elapsed, 2),
     }
     write_json(out / "predict_summary.json", report)

@@ -1,0 +1,206 @@
+"""Landslide maps: a generated scene mapped by a tiny run trained on generated patches (issue 16)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from conftest import REPO
+
+rasterio = pytest.importorskip("rasterio")
+
+from landslide.data.scene import SceneError, SceneReader  # noqa: E402
+from landslide.data.synthetic_scene import NODATA, generate_scene, truth_paths  # noqa: E402
+from landslide.inference.ensemble import FoldEnsemble  # noqa: E402
+from landslide.inference.scene import Blender, predict_scene, window_origins, window_weights  # noqa: E402
+
+
+def _env(root: Path) -> dict[str, str]:
+    env = dict(os.environ, LANDSLIDE_ROOT=str(root), WANDB_MODE="offline", WANDB_SILENT="true",
+               PYTHONWARNINGS="ignore")
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
+    return env
+
+
+def _run(root: Path, script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, script, *args], cwd=REPO, env=_env(root), capture_output=True, text=True,
+                          timeout=600)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    """One tiny run (2 folds, 2 epochs on 160 generated patches) shared by this module's tests."""
+    root = tmp_path_factory.mktemp("maps")
+    done = _run(root, "train.py", "debug=tiny", "trainer.max_epochs=2", f"hydra.run.dir={root / 'run'}")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root / "run"
+
+
+@pytest.fixture(scope="module")
+def scene(tmp_path_factory) -> Path:
+    """A 200 x 190 px scene (a partial last tile row and column, a nodata corner) with 3 planted landslide tiles."""
+    path = tmp_path_factory.mktemp("scene") / "scene.tif"
+    summary = generate_scene(path, width=200, height=190, seed=4, positive_share=0.3)
+    assert len(summary["positive_tiles"]) >= 2 and summary["landslides"] >= 2
+    return path
+
+
+def test_synthetic_scene_is_georeferenced_with_truth_where_planted(scene):
+    truth_tif, truth_json = truth_paths(scene)
+    with rasterio.open(scene) as src, rasterio.open(truth_tif) as truth:
+        assert src.count == 12 and src.crs.to_epsg() == 32633 and src.res == (10.0, 10.0)
+        assert src.nodata == NODATA and src.read(1)[0, 0] == NODATA and src.read(1)[-1, -1] != NODATA
+        mask = truth.read(1).astype(bool)
+        assert truth.transform == src.transform and 0 < mask.mean() < 0.2
+    planted = json.loads(truth_json.read_text())["features"]
+    assert planted and all(f["geometry"]["type"] == "Polygon" for f in planted)
+    lon, lat = planted[0]["geometry"]["coordinates"][0][0]
+    assert 14 < lon < 16 and 44 < lat < 46  # WGS 84 near UTM 33N's origin used by the generator
+
+
+def test_map_is_higher_inside_planted_landslides(run_dir, scene, tmp_path):
+    out = tmp_path / "map.tif"
+    truth_tif, truth_json = truth_paths(scene)
+    done = _run(run_dir.parent, "map.py", f"run_dir={run_dir}", f"scene={scene}", f"out={out}",
+                f"vector={tmp_path / 'map.geojson'}", f"figure={tmp_path / 'map.png'}", f"truth={truth_json}",
+                "progress=false")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    with rasterio.open(out) as prob_map, rasterio.open(scene) as src, rasterio.open(truth_tif) as truth:
+        assert prob_map.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+        assert prob_map.crs == src.crs and prob_map.transform == src.transform and prob_map.dtypes[0] == "uint8"
+        values = prob_map.read(1)
+        nodata = (src.read_masks(1) == 0)
+        inside = truth.read(1).astype(bool)
+    assert prob_map.nodata == 255 and ((values == 255) == nodata).all()  # nodata exactly where the scene has none
+    assert values[~nodata].max() <= 100
+    p = values.astype(float) / 100
+    mean_in, mean_out = p[inside & ~nodata].mean(), p[~inside & ~nodata].mean()
+    assert mean_in > mean_out + 0.15 and mean_in > 1.5 * mean_out, (mean_in, mean_out)
+
+    summary = json.loads((tmp_path / "map.json").read_text())
+    assert summary["windows"] + summary["windows_skipped"] == len(window_origins(190, 32)) * len(
+        window_origins(200, 32))
+    assert summary["folds"] == 2 and summary["tta"] is True and summary["rows_read"] == 190
+    assert summary["share_above_threshold"] == pytest.approx((p[~nodata] >= 0.5).mean(), abs=0.02)
+    polygons = json.loads((tmp_path / "map.geojson").read_text())["features"]
+    assert len(polygons) == summary["polygons"] >= 1
+    for feature in polygons:
+        props = feature["properties"]
+        assert props["mean_prob"] >= 0.5 and props["area_m2"] == props["pixels"] * 100.0
+    assert sum(f["properties"]["pixels"] for f in polygons) == pytest.approx((p[~nodata] >= 0.5).sum(), rel=0.02)
+    assert (tmp_path / "map.png").stat().st_size > 10_000
+    assert not [f for f in os.listdir(tmp_path) if f.endswith(".part")]  # temporaries renamed or removed
+
+
+def _peak(ensemble: FoldEnsemble, scene: Path, out: Path) -> tuple[int, dict]:
+    """Peak of the memory that Python and numpy allocate while mapping (the models are loaded before)."""
+    tracemalloc.start()
+    try:
+        report = predict_scene(ensemble.run_dir, scene, out, stride=64, dtype="float32", windows_per_batch=4,
+                               progress=False, ensemble=ensemble)
+        return tracemalloc.get_traced_memory()[1], report
+    finally:
+        tracemalloc.stop()
+
+
+def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path):
+    """A 4x taller scene reads each row once, holds one strip of 64 rows and a batch's rows, and peaks no higher."""
+    short, tall = tmp_path / "short.tif", tmp_path / "tall.tif"
+    generate_scene(short, width=128, height=256, seed=1, nodata_corner=False)
+    generate_scene(tall, width=128, height=1024, seed=1, nodata_corner=False)
+    ensemble = FoldEnsemble(run_dir, device="cpu", tta=False)
+    _peak(ensemble, short, tmp_path / "warm.tif")  # first calls allocate lasting caches
+    peak_short, report_short = _peak(ensemble, short, tmp_path / "short_map.tif")
+    peak_tall, report_tall = _peak(ensemble, tall, tmp_path / "tall_map.tif")
+    assert report_short["windows"] == 8 and report_tall["windows"] == 32
+    assert report_tall["rows_read"] == 1024 and report_tall["max_rows_held"] == 64
+    assert report_tall["max_rows_blended"] <= 64 + 64 * (4 // 2)  # 4 windows a batch, 2 a window row
+    # the peak is the work of one batch (features of 4 windows), whatever the height
+    print(f"tracemalloc peak: {peak_short} B (256 rows), {peak_tall} B (1024 rows)")
+    assert peak_tall < 1.25 * peak_short + 256 * 1024, (peak_short, peak_tall)
+    with rasterio.open(tmp_path / "tall_map.tif") as prob_map:
+        values = prob_map.read(1)
+        assert prob_map.dtypes[0] == "float32" and np.isnan(prob_map.nodata)
+    assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
+
+
+def test_bad_scene_stops_with_one_line_naming_the_file(run_dir, scene, tmp_path):
+    with rasterio.open(scene) as src:
+        profile, data = src.profile, src.read()
+    eleven = tmp_path / "eleven.tif"
+    with rasterio.open(eleven, "w", **{**profile, "count": 11}) as dst:
+        dst.write(data[:11])
+    done = _run(run_dir.parent, "map.py", f"run_dir={run_dir}", f"scene={eleven}", f"out={tmp_path / 'm.tif'}")
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output
+    lines = [line for line in output.splitlines() if str(eleven) in line]
+    assert len(lines) == 1 and "11 bands, expected 12" in lines[0]
+    assert not (tmp_path / "m.tif").exists()
+
+    no_crs = tmp_path / "no_crs.tif"
+    with rasterio.open(no_crs, "w", **{**profile, "crs": None}) as dst:
+        dst.write(data)
+    with pytest.raises(SceneError, match=rf"^{no_crs}: no CRS"):
+        SceneReader(no_crs)
+    coarse = tmp_path / "coarse.tif"
+    transform = rasterio.transform.from_origin(500_000, 5_000_000, 30, 30)
+    with rasterio.open(coarse, "w", **{**profile, "transform": transform}) as dst:
+        dst.write(data)
+    with pytest.raises(SceneError, match=rf"^{coarse}: pixels of 30.0 x 30.0 m, expected about 10 m"):
+        SceneReader(coarse)
+    lonlat = tmp_path / "lonlat.tif"  # geographic: measured at the scene's central latitude (45°)
+    transform = rasterio.transform.from_origin(15.0, 45.0 + 95 * 9e-5, 10 / (111_320 * np.cos(np.radians(45))), 9e-5)
+    with rasterio.open(lonlat, "w", **{**profile, "crs": "EPSG:4326", "transform": transform}) as dst:
+        dst.write(data)
+    with SceneReader(lonlat) as reader:
+        assert reader.info.pixel_size_m == pytest.approx((10.0, 10.0), rel=0.01)
+
+
+def test_band_mapping_reads_the_same_bands(scene, tmp_path):
+    order = np.random.default_rng(0).permutation(12)  # file band k holds raw band order[k]
+    with rasterio.open(scene) as src:
+        profile, data = src.profile, src.read()
+    shuffled = tmp_path / "shuffled.tif"
+    with rasterio.open(shuffled, "w", **profile) as dst:
+        dst.write(data[order])
+    from landslide.bands import RAW_NAMES
+
+    mapping = {RAW_NAMES[raw]: k + 1 for k, raw in enumerate(order)}
+    with SceneReader(scene) as plain, SceneReader(shuffled, mapping) as mapped:
+        a, valid_a = plain.read_rows(10, 74)
+        b, valid_b = mapped.read_rows(10, 74)
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(valid_a, valid_b)
+    with pytest.raises(SceneError, match="lacks \\['asc_diff_vh'\\]"):
+        SceneReader(shuffled, {k: v for k, v in mapping.items() if k != "asc_diff_vh"})
+
+
+def test_windows_cover_every_pixel_and_blend_to_the_mean():
+    assert window_origins(200, 32) == [0, 32, 64, 96, 128, 136]
+    assert window_origins(64, 32) == [0] and window_origins(100, 64) == [0, 36]
+    with pytest.raises(ValueError, match="stride"):
+        window_origins(100, 65)
+    for blend in ("mean", "gaussian"):
+        weights = window_weights(blend)
+        assert weights.max() == pytest.approx(1.0, abs=0.01) and weights.min() > 0
+        blender = Blender(100, weights)
+        valid = np.ones((96, 100), bool)
+        valid[5, 7] = False
+        blender.extend(valid)
+        blender.add(0, [0, 36], np.array([0.2, 0.6]))
+        blender.add(32, [0], np.array([1.0]))
+        rows = blender.pop(32)
+        assert np.isnan(rows[5, 7]) and np.isnan(rows).sum() == 1  # the one pixel without data
+        rows[5, 7] = 0.2
+        assert np.allclose(rows[:, :36], 0.2) and np.allclose(rows[:, 64:], 0.6)
+        assert ((rows[:, 36:64] > 0.2) & (rows[:, 36:64] < 0.6)).all()
+        assert blender.top == 32 and np.isnan(blender.pop(64)[-1, 64:]).all()  # no window: no value
+    gaussian = window_weights("gaussian")
+    assert gaussian[31, 31] > 0.99 and gaussian[0, 0] < 0.15
