@@ -242,6 +242,7 @@ class StackedLandslideModule(L.LightningModule):
         self.register_buffer("_train_counts", torch.zeros(k, 3), persistent=False)  # tp, fp, fn
         self.register_buffer("_train_steps", torch.zeros(()), persistent=False)
         self._val_logits: Tensor | None = None
+        self.train_history: list[dict] = []
 
     # ------------------------------------------------------------------ the stacked forward
     def _vmapped(self, skeleton: nn.Module, compile_: bool):
@@ -291,6 +292,16 @@ class StackedLandslideModule(L.LightningModule):
             metrics[f"train/loss/fold_{fold}"] = loss[k]
             metrics[f"train/f1/fold_{fold}"] = f1[k]
         self.log_dict(metrics)
+        # per-fold rows for the folds' own loggers after the run (one host copy an epoch)
+        names = list(metrics)
+        self.train_history.append({"epoch": self.current_epoch,
+                                   **dict(zip(names, torch.stack(list(metrics.values())).tolist()))})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["train_history"] = self.train_history
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.train_history = list(checkpoint.get("train_history", []))
 
     # ------------------------------------------------------------------ validation
     def on_validation_epoch_start(self) -> None:
@@ -383,18 +394,22 @@ def save_fold_checkpoint(module: LandslideModule, path: Path, epoch: int, global
 
 
 # ---------------------------------------------------------------------------------------------------- the run
-def _replay(cfg: DictConfig, fold: int, fold_dir: Path, history: list[dict], steps_per_epoch: int) -> None:
+def _replay(cfg: DictConfig, module: LandslideModule, fold: int, fold_dir: Path, rows: list[dict],
+            steps_per_epoch: int) -> None:
     """Write one fold's per-epoch metrics to its own loggers (``csv/fold_<k>``, its W&B run), as if it had trained
     alone, and its F1 curve figure."""
     loggers = build_loggers(cfg, fold, fold_dir)
     try:
-        for row in history:
+        for logger in loggers:
+            logger.log_hyperparams(dict(module.hparams))
+        for row in rows:
             metrics = {k: v for k, v in row.items() if k != "epoch"}
             for logger in loggers:
                 logger.log_metrics({**metrics, "epoch": row["epoch"]}, step=(row["epoch"] + 1) * steps_per_epoch - 1)
+        history = [r for r in rows if any(k.startswith("val/") for k in r)]
         if cfg.get("log_figures", True) and loggers and history:
             figure = f1_curve_figure(history, f"{cfg.name}, fold {fold}")
-            log_figure(loggers, "curves/val_f1", figure, step=len(history) * steps_per_epoch,
+            log_figure(loggers, "curves/val_f1", figure, step=len(rows) * steps_per_epoch,
                        folder=fold_dir / "figures")
     finally:
         finish_loggers(loggers)
@@ -451,22 +466,26 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     energy = next((c for c in callbacks if isinstance(c, EnergyCallback)), None)
     device = trainer.strategy.root_device
     steps = max(len(s) for s in data.streams)
-    share = 1 / len(folds)  # time and energy of the shared run, split evenly
     results: dict[int, dict] = {}
     for part, module in zip(parts, modules):
         save_fold_checkpoint(module, part.fold_dir / "model.ckpt", trainer.current_epoch, trainer.global_step)
         fold_hist = fold_history(history, part.fold)
-        _replay(cfg, part.fold, part.fold_dir, fold_hist, steps)
+        by_epoch = {r["epoch"]: dict(r) for r in fold_history(stacked.train_history, part.fold)}
+        for row in fold_hist:
+            by_epoch.setdefault(row["epoch"], {}).update(row)
+        _replay(cfg, module, part.fold, part.fold_dir, [by_epoch[e] for e in sorted(by_epoch)], steps)
         result: dict[str, Any] = {"fold": part.fold, "filter": part.report}
         result.update(score_fold(cfg, dm, module, part.filt, feats, part.val_index, part.keep_val, device))
         result.update({
             "epochs": int(trainer.current_epoch),
             "epoch_selection": cfg.get("epoch_selection", "last"),
-            "energy_wh": energy.wh * share if energy else None,
+            "energy_wh": energy.wh / len(folds) if energy else None,  # the shared run's energy, split evenly
             "history": fold_hist,
             "parallel_folds": list(folds),
-            "wall_seconds": round((time.perf_counter() - started) * share, 2),
         })
-        result["oof"] = result.pop("oof")
         results[part.fold] = result
+    wall = round((time.perf_counter() - started) / len(folds), 2)  # the shared run's time, split evenly
+    for result in results.values():
+        result["wall_seconds"] = wall
+        result["oof"] = result.pop("oof")
     return results
