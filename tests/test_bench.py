@@ -17,4 +17,5 @@ def test_bench_runs_and_reports_both_paths(tmp_path, capsys):
     assert result["prediction_models"] == 2
     assert saved["bare_step_images_per_s"] > 0 and saved["host_allocator"] in ("tuned", "glibc default")
     assert saved["stacked_models"] == 2 and saved["stacked_step_images_per_s"] > 0
+    assert saved["stacked_path_images_per_s"] > 0
     assert "framework_images_per_s" in capsys.readouterr().out
