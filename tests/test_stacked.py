@@ -1,17 +1,27 @@
-"""Fold-parallel training: one stacked step is K separate steps."""
+"""Fold-parallel training: one stacked step is K separate steps; folds keep their own streams and statistics."""
 
 from __future__ import annotations
 
 import copy
 
 import lightning as L
+import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
 from landslide.bands import CHANNEL_NAMES
+from landslide.data.augment import BatchAugment
+from landslide.data.datamodule import IndexBatches
 from landslide.module import LandslideModule
-from landslide.training.stacked import StackedLandslideModule, _slot, fold_history
+from landslide.training.stacked import (
+    StackedLandslideModule,
+    StackedTrainBatches,
+    _slot,
+    fold_history,
+    parallel_folds,
+)
 
 NET = {"_target_": "landslide.models.fpn.MultiModalFPN", "branch_width": 8, "fusion_channels": 16,
        "stage_widths": [16, 24, 32], "pyramid_channels": 16, "head_units": 32, "head_dropout": 0.0}
@@ -96,3 +106,42 @@ def test_folds_keep_their_own_statistics_and_history():
     assert fold_history(history, 7) == [{"epoch": 0, "val/f1": 0.9}]
     with pytest.raises(ValueError, match="at least two"):
         StackedLandslideModule(templates[:1], [4], [0])
+
+
+def test_folds_step_together_each_on_its_own_stream():
+    """The fold with the most images gets exactly its sequential batches; the other one continues its own stream."""
+    big, small = np.arange(50), np.arange(100, 130)
+    streams = [IndexBatches("train", big, 8, True, seed=7), IndexBatches("train", small, 8, True, seed=9)]
+    stacked = StackedTrainBatches(streams)
+    assert len(stacked) == round(50 / 8) == 6
+    alone = IndexBatches("train", big, 8, True, seed=7)
+    for epoch in (0, 1):
+        stacked.epoch_source = alone.epoch_source = lambda e=epoch: e
+        batches = [b["index"] for b in stacked]
+        assert all(b.shape == (2, 8) for b in batches)
+        assert all(torch.equal(s[0], a["index"]) for s, a in zip(batches, alone))
+        seen = torch.cat([b[1] for b in batches])
+        expected = IndexBatches("train", small, 8, True, seed=9)._stream(epoch * 48, (epoch + 1) * 48)
+        assert torch.equal(seen, expected) and set(seen.tolist()) == set(small.tolist())
+
+
+def test_erasing_fills_each_sample_with_its_own_values():
+    augment = BatchAugment(flip=False, rotate=False, erase_p=1.0)
+    fill = torch.tensor([[5.0, 5.0], [-7.0, -7.0]])
+    out = augment(torch.zeros(2, 2, 16, 16), fill=fill)
+    assert set(out[0].unique().tolist()) == {0.0, 5.0} and set(out[1].unique().tolist()) == {0.0, -7.0}
+
+
+@pytest.mark.parametrize(("setting", "extra", "pending", "expected"), [
+    ("auto", {}, 10, 10 if torch.cuda.is_available() else 1),
+    ("2", {}, 10, 2), ("4", {}, 3, 3), ("1", {}, 10, 1), ("10", {}, 1, 1),
+    ("10", {"epoch_selection": "best"}, 10, 1), ("10", {"stage": "filter"}, 10, 1),
+])
+def test_parallel_folds_setting(setting, extra, pending, expected):
+    cfg = OmegaConf.create({"cv": {"parallel_folds": setting}, "trainer": {"accelerator": "auto"}, **extra})
+    assert parallel_folds(cfg, pending) == expected
+
+
+def test_parallel_folds_refuses_nonsense():
+    with pytest.raises(ValueError, match="auto or a positive integer"):
+        parallel_folds(OmegaConf.create({"cv": {"parallel_folds": "0"}}), 4)
