@@ -8,9 +8,11 @@ In one run, on the same data and model, it measures
     bf16 autocast, channels-last, ``torch.compile``);
 (c) ensemble prediction: K models x 8 test-time views;
 with ``--bounds`` (d) the framework's bare model step (no data path, no Lightning), the ceiling of (b);
-with ``--stacked K`` the bare step of K fold models trained at once (stacked weights, ``vmap``): the bound of
-    fold-parallel training, which the framework does not do yet;
-with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy).
+with ``--stacked K`` K fold models trained at once (stacked weights, ``vmap``): their bare step, the bound, and
+    ``Trainer.fit`` on ``training.stacked.StackedLandslideModule``, the path ``train.py`` takes on a GPU;
+with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy, and on a GPU
+    its utilisation and power sampled with NVML or nvidia-smi; with ``cv.parallel_folds=auto`` the folds train
+    stacked there).
 The host allocator is tuned first, as ``train.py`` does, so every loop runs with it. Sizes scale down on a CPU;
 every figure printed is measured in this run.
 """
@@ -39,9 +41,11 @@ from torch.utils.data import DataLoader, Dataset
 
 from landslide.cli import CONFIG_DIR, _quiet_third_parties
 from landslide.data.synthetic import generate_release
+from landslide.gpu_monitor import GpuMonitor
 from landslide.hardware import tune_host_allocator
 from landslide.inference.predictor import predict_probs
 from landslide.training.cv import build_datamodule, build_module
+from landslide.training.stacked import FoldPart, StackedFoldsData, StackedLandslideModule
 
 
 class PerSampleDataset(Dataset):
@@ -112,7 +116,7 @@ def bare_step(module, images, labels, device, precision: str, batch_size: int, s
 def stacked_step(modules: list, images, labels, device, precision: str, batch_size: int, seconds: float,
                  compile: bool) -> dict:
     """Images/s of K fold models trained at once: weights stacked, one ``vmap``-ed step on K batches of
-    ``batch_size``, one per model (no data path, no Lightning). The bound of fold-parallel training, not yet built.
+    ``batch_size``, one per model (no data path, no Lightning): the bound of the stacked path.
     """
     nets = [m.to(device).train().net for m in modules]
     params, buffers = stack_module_state(nets)
@@ -174,7 +178,8 @@ class EpochTimer(Callback):
         self._start, self._n = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        self._n += batch["x"].shape[0]
+        x = batch["x"]
+        self._n += x.shape[0] * (x.shape[1] if x.dim() == 5 else 1)  # a stacked batch is (folds, n, c, h, w)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():
@@ -196,6 +201,26 @@ def framework_path(cfg, dm, epochs: int) -> dict:
     return {"images_per_s": rate, "batch_size": dm.batch_size, "epochs": len(timer.times), "module": module}
 
 
+def stacked_path(cfg, dm, k: int, epochs: int) -> dict:
+    """Images/s of ``Trainer.fit`` on K folds at once (the stacked path train.py takes with cv.parallel_folds=K; no
+    filter), over the epochs after the first."""
+    parts, modules = [], []
+    for fold in range(k):
+        dm.set_fold(fold)
+        modules.append(build_module(cfg, dm))
+        parts.append(FoldPart(fold, Path("."), dm.train_index.copy(), dm.val_index.copy(),
+                              np.ones(len(dm.val_index), bool), dm.epoch_seed, list(dm.norm_mean), None, {}))
+    data = StackedFoldsData(dm, parts)
+    stacked = StackedLandslideModule(modules, [len(p.val_index) for p in parts], list(range(k)))
+    timer = EpochTimer()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
+                                     enable_progress_bar=False, limit_val_batches=0, max_epochs=epochs)
+    trainer.fit(stacked, datamodule=data)
+    measured = slice(1, None) if len(timer.times) > 1 else slice(None)
+    rate = sum(timer.images[measured]) / sum(timer.times[measured])
+    return {"images_per_s": rate, "models": k, "epochs": len(timer.times)}
+
+
 def prediction(module, images, device, models: int, batch_size: int) -> dict:
     """Images/s of ``models`` x 8-view prediction (one module reused K times, as the ensemble runs them)."""
     predict_probs(module, images[:batch_size], batch_size, True, device)  # warm-up
@@ -212,10 +237,12 @@ def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
     cmd = [sys.executable, str(Path(CONFIG_DIR).parent / "train.py"), f"data.root={root}",
            f"hydra.run.dir={run_dir}", "print_config=false", *overrides]
     started = time.perf_counter()
-    subprocess.run(cmd, check=True)
+    with GpuMonitor() as gpu:  # utilisation and power beside wall time and energy (nothing on a CPU)
+        subprocess.run(cmd, check=True)
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     return {"wall_s": time.perf_counter() - started, "energy_wh": summary["energy_wh"], "oof_f1": summary["oof_f1"],
-            "overrides": overrides}
+            "f1_mean": summary["f1_mean"], "parallel_folds": summary["folds"][0].get("parallel_folds", 1),
+            "overrides": overrides, **gpu.summary()}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -231,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--bounds", action="store_true",
                         help="also time the framework's bare model step (no data path, no Lightning): an upper bound")
     parser.add_argument("--stacked", type=int, default=0, metavar="K",
-                        help="also time K fold models trained at once (stacked weights, vmap): a bound, not yet built")
+                        help="also time K fold models trained at once (stacked weights, vmap): the bare step and "
+                        "Trainer.fit on the stacked module")
     parser.add_argument("--full", action="store_true",
                         help="also run the full recipe through train.py (experiment=fast; on a CPU 2 folds x 1 epoch)")
     parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
@@ -298,6 +326,9 @@ def main(argv: list[str] | None = None) -> dict:
         result["stacked_models"] = stacked["models"]
         result["stacked_step_images_per_s"] = round(stacked["images_per_s"], 1)
         result["stacked_step_speedup"] = round(stacked["images_per_s"] / ref["images_per_s"], 2)
+        path = stacked_path(cfg, dm, args.stacked, epochs)
+        result["stacked_path_images_per_s"] = round(path["images_per_s"], 1)
+        result["stacked_path_speedup"] = round(path["images_per_s"] / ref["images_per_s"], 2)
     if args.full:
         overrides = args.full_overrides if args.full_overrides is not None else (
             recipe_overrides if cuda else [*recipe_overrides, "data.num_folds=2", "trainer.max_epochs=1"])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from functools import partial
 from typing import Any
 
 import lightning as L
@@ -165,13 +166,15 @@ class LandslideModule(L.LightningModule):
         cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
         optimizer = cls(groups, lr=hp.lr)
         total = max(int(self.trainer.estimated_stepping_batches), 1)
-        warmup = round(hp.warmup_fraction * total)
-
-        def factor(step: int) -> float:
-            if step < warmup:
-                return (step + 1) / warmup
-            progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-            return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
-
+        factor = partial(warmup_cosine, total=total, warmup_fraction=hp.warmup_fraction, min_lr_ratio=hp.min_lr_ratio)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+
+def warmup_cosine(step: int, total: int, warmup_fraction: float, min_lr_ratio: float) -> float:
+    """The learning-rate factor at ``step`` of ``total``: linear warm-up, then cosine annealing to ``min_lr_ratio``."""
+    warmup = round(warmup_fraction * total)
+    if step < warmup:
+        return (step + 1) / warmup
+    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
+    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -58,7 +58,9 @@ class BatchAugment(nn.Module):
             self._fill_on[key] = fill.to(device=like.device, dtype=like.dtype).view(1, c, 1, 1)
         return self._fill_on[key]
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, fill: Tensor | None = None) -> Tensor:
+        """An augmented copy of ``x``; ``fill`` (n, c), if given, replaces the fill values per sample (stacked folds
+        each erase with their own training means)."""
         n = x.shape[0]
 
         def coin(p: float = 0.5) -> Tensor:
@@ -70,10 +72,10 @@ class BatchAugment(nn.Module):
         if self.rotate and x.shape[-1] == x.shape[-2]:
             x = torch.where(coin(), x.transpose(-1, -2), x)  # with the flips: all 8 dihedral views
         if self.erase_p > 0:
-            x = self._erase(x, coin(self.erase_p).view(n), generator)
+            x = self._erase(x, coin(self.erase_p).view(n), generator, fill)
         return x
 
-    def _erase(self, x: Tensor, apply: Tensor, generator: torch.Generator | None) -> Tensor:
+    def _erase(self, x: Tensor, apply: Tensor, generator: torch.Generator | None, fill: Tensor | None) -> Tensor:
         n, c, h, w = x.shape
         dev = x.device
         area = torch.empty(n, device=dev).uniform_(*self.erase_scale, generator=generator) * h * w
@@ -89,4 +91,5 @@ class BatchAugment(nn.Module):
             & (cols >= left.view(n, 1, 1)) & (cols < (left + ew).view(n, 1, 1))
             & apply.view(n, 1, 1)
         )
-        return torch.where(box.unsqueeze(1), self._fill(c, x), x)
+        values = self._fill(c, x) if fill is None else fill.to(device=dev, dtype=x.dtype).view(n, c, 1, 1)
+        return torch.where(box.unsqueeze(1), values, x)

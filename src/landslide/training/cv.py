@@ -214,27 +214,39 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
     module, trainer, callbacks = fit_fold_network(cfg, dm, fold, fold_dir)
 
-    # the whole pipeline on the whole validation part: filtered images are predicted negative
     device = trainer.strategy.root_device
-    prob = network_probs(cfg, module, dm, val_part, device) * keep_val
-    threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
-    holdout = dm.holdout_index
-    if len(holdout):
-        hold_prob = calibrate(torch.from_numpy(network_probs(cfg, module, dm, holdout, device)), threshold).numpy()
-        result["holdout"] = {"index": holdout.tolist(), "prob": (hold_prob * filt.keep(feats[holdout])).tolist()}
+    result.update(score_fold(cfg, dm, module, filt, feats, val_part, keep_val, device))
     energy = _find(callbacks, EnergyCallback)
     history = _find(callbacks, MetricHistory)
     result.update({
-        "n_val": len(val_part),
-        "f1_at_0.5": f1_at(prob, labels[val_part], 0.5),
-        "f1_at_threshold": best_f1,
-        "threshold": threshold,
         "epochs": int(trainer.current_epoch),
         "epoch_selection": cfg.get("epoch_selection", "last"),
         "energy_wh": energy.wh if energy else None,
         "history": history.history,
         "wall_seconds": round(time.perf_counter() - started, 2),
-        "oof": {"index": val_part.tolist(), "prob": prob.tolist(), "keep": keep_val.tolist()},
+    })
+    result["oof"] = result.pop("oof")
+    return result
+
+
+def score_fold(cfg: DictConfig, dm: LandslideDataModule, module: LandslideModule, filt: Any, feats: np.ndarray,
+               val_part: np.ndarray, keep_val: np.ndarray, device: torch.device) -> dict:
+    """The whole two-stage pipeline on the whole validation part (filtered images are predicted negative): F1 at
+    0.5 and at the fold's F1-optimal threshold, the out-of-fold probabilities, and the held-out rows if any."""
+    labels = dm.labels
+    prob = network_probs(cfg, module, dm, val_part, device) * keep_val
+    threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
+    result: dict[str, Any] = {}
+    holdout = dm.holdout_index
+    if len(holdout):
+        hold_prob = calibrate(torch.from_numpy(network_probs(cfg, module, dm, holdout, device)), threshold).numpy()
+        result["holdout"] = {"index": holdout.tolist(), "prob": (hold_prob * filt.keep(feats[holdout])).tolist()}
+    result.update({
+        "n_val": len(val_part),
+        "f1_at_0.5": f1_at(prob, labels[val_part], 0.5),
+        "f1_at_threshold": best_f1,
+        "threshold": threshold,
+        "oof": {"index": val_part.tolist(), "prob": prob.tolist(), "keep": np.asarray(keep_val).tolist()},
     })
     return result
 
@@ -261,20 +273,32 @@ def run_cv(cfg: DictConfig) -> dict:
         manifest = record  # only an invocation that continues the recorded run is added to it
         feats = split_features(dm.split("train"))
         folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
-        results = []
+        results: dict[int, dict] = {}
         for fold in folds:
-            fold_dir = out / "folds" / f"fold_{fold}"
-            done = fold_dir / "result.json"
+            done = out / "folds" / f"fold_{fold}" / "result.json"
             if done.is_file():
                 log.info("fold %d already finished; skipping it", fold)
-                results.append(json.loads(done.read_text()))
-                continue
-            fold_dir.mkdir(parents=True, exist_ok=True)
-            log.info("fold %d/%d", fold + 1, dm.num_folds)
-            result = train_fold(cfg, dm, fold, feats, fold_dir)
-            write_json(done, result, indent=None)
-            trained.append(fold)
-            results.append(result)
+                results[fold] = json.loads(done.read_text())
+        pending = [f for f in folds if f not in results]
+        from landslide.training.stacked import parallel_folds, train_stacked  # it builds on this module
+
+        at_once = parallel_folds(cfg, len(pending))
+        for start in range(0, len(pending), at_once):
+            chunk = pending[start : start + at_once]
+            if len(chunk) > 1:
+                log.info("folds %s/%d at once", ", ".join(str(f + 1) for f in chunk), dm.num_folds)
+                done_now = train_stacked(cfg, dm, chunk, feats, out)
+            else:
+                fold = chunk[0]
+                fold_dir = out / "folds" / f"fold_{fold}"
+                fold_dir.mkdir(parents=True, exist_ok=True)
+                log.info("fold %d/%d", fold + 1, dm.num_folds)
+                done_now = {fold: train_fold(cfg, dm, fold, feats, fold_dir)}
+            for fold, result in done_now.items():
+                write_json(out / "folds" / f"fold_{fold}" / "result.json", result, indent=None)
+                trained.append(fold)
+                results[fold] = result
+        results = [results[f] for f in folds]
     finally:
         run_wh = tracker.stop()
         if manifest is not None:

@@ -1,0 +1,147 @@
+"""Fold-parallel training: one stacked step is K separate steps; folds keep their own streams and statistics."""
+
+from __future__ import annotations
+
+import copy
+
+import lightning as L
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from torch.utils.data import DataLoader
+
+from landslide.bands import CHANNEL_NAMES
+from landslide.data.augment import BatchAugment
+from landslide.data.datamodule import IndexBatches
+from landslide.module import LandslideModule
+from landslide.training.stacked import (
+    StackedLandslideModule,
+    StackedTrainBatches,
+    _slot,
+    fold_history,
+    parallel_folds,
+)
+
+NET = {"_target_": "landslide.models.fpn.MultiModalFPN", "branch_width": 8, "fusion_channels": 16,
+       "stage_widths": [16, 24, 32], "pyramid_channels": 16, "head_units": 32, "head_dropout": 0.0}
+K, B = 3, 6
+
+
+def fold_module(k: int) -> LandslideModule:
+    """Fold k's module: its own initial weights and normalisation statistics."""
+    torch.manual_seed(100 + k)
+    c = len(CHANNEL_NAMES)
+    mean = (torch.randn(c) * 3).tolist()
+    std = (torch.rand(c) * 2 + 0.5).tolist()
+    return LandslideModule(net=NET, channels=list(CHANNEL_NAMES), norm_mean=mean, norm_std=std, lr=0.01)
+
+
+@pytest.fixture(scope="module")
+def batch() -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(K, B, len(CHANNEL_NAMES), 64, 64, generator=g) * 4 + 1
+    y = (torch.rand(K, B, generator=g) < 0.4).float()
+    return {"x": x, "y": y}
+
+
+def one_step(module: L.LightningModule, batch: dict) -> None:
+    """One real optimiser step through Lightning (configure_optimizers, scheduler, automatic optimisation)."""
+    trainer = L.Trainer(accelerator="cpu", precision="32-true", max_steps=1, logger=False, limit_val_batches=0,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, train_dataloaders=DataLoader([batch], batch_size=None))
+
+
+def test_stacked_step_equals_separate_steps(batch):
+    templates = [fold_module(k) for k in range(K)]
+    separate = [copy.deepcopy(t) for t in templates]
+    stacked = StackedLandslideModule([copy.deepcopy(t) for t in templates], [B] * K, list(range(K)))
+
+    # logits, losses and gradients of one forward/backward
+    stacked.train()
+    logits, losses = stacked(batch["x"], batch["y"])
+    losses.sum().backward()
+    probe = copy.deepcopy(separate)
+    for k, module in enumerate(probe):
+        module.train()
+        lk = module(batch["x"][k])
+        module.criterion(lk.float(), batch["y"][k]).backward()
+        torch.testing.assert_close(logits[k], lk, atol=1e-5, rtol=1e-4)
+        for name in stacked.param_names:
+            torch.testing.assert_close(stacked.stacked_params[_slot(name)].grad[k], module.net.get_parameter(name).grad,
+                                       atol=1e-5, rtol=1e-3, msg=f"gradient of {name}, fold {k}")
+        for name in stacked.buffer_names:  # batch norm statistics moved per fold
+            torch.testing.assert_close(stacked.stacked_buffers.get_buffer(_slot(name))[k],
+                                       module.net.get_buffer(name), atol=1e-5, rtol=1e-4)
+    assert len(stacked.buffer_names) > 10 and any("running_var" in n for n in stacked.buffer_names)
+
+    # one optimiser step (Adam, weight decay groups, warm-up/cosine schedule) through Lightning on both sides
+    stacked = StackedLandslideModule([copy.deepcopy(t) for t in templates], [B] * K, list(range(K)))
+    one_step(stacked, batch)
+    for k, module in enumerate(separate):
+        one_step(module, {"x": batch["x"][k], "y": batch["y"][k]})
+    # Adam's first step is about lr * g / (|g| + eps): where a gradient is as small as eps, float noise in it moves
+    # the update by a fraction of lr, so a few elements may differ by that much; all the others agree closely
+    lr, moved, off, total = 0.01, 0.0, 0, 0
+    for k, (got, want) in enumerate(zip(stacked.unstack(), separate)):
+        want_state, start = want.net.state_dict(), templates[k].net.state_dict()
+        for name, value in got.net.state_dict().items():
+            diff = (value.float() - want_state[name].float()).abs()
+            assert float(diff.max()) < 0.2 * lr, f"{name}, fold {k}"
+            off, total = off + int((diff > 1e-5).sum()), total + diff.numel()
+            moved += float((value.float() - start[name].float()).abs().sum())
+        state = got.net.state_dict()
+        assert int(state["encoder.fuse.1.num_batches_tracked"]) == 1  # one step, counted per fold
+        for name in stacked.buffer_names:  # running statistics after the step
+            torch.testing.assert_close(state[name], want_state[name], atol=1e-5, rtol=1e-4)
+    assert off / total < 1e-3
+    assert moved > 1.0  # the step changed the weights: the comparison was not between two untouched copies
+
+
+def test_folds_keep_their_own_statistics_and_history():
+    templates = [fold_module(k) for k in range(2)]
+    stacked = StackedLandslideModule(templates, [4, 5], [3, 7])
+    assert not torch.equal(stacked.mean[0], stacked.mean[1]) and stacked.mean.shape == (2, 1, 13, 1, 1)
+    history = [{"epoch": 0, "val/f1/fold_3": 0.5, "val/f1/fold_7": 0.9, "val/f1": 0.7}]
+    assert fold_history(history, 7) == [{"epoch": 0, "val/f1": 0.9}]
+    with pytest.raises(ValueError, match="at least two"):
+        StackedLandslideModule(templates[:1], [4], [0])
+
+
+def test_folds_step_together_each_on_its_own_stream():
+    """The fold with the most images gets exactly its sequential batches; the other one continues its own stream."""
+    big, small = np.arange(50), np.arange(100, 130)
+    streams = [IndexBatches("train", big, 8, True, seed=7), IndexBatches("train", small, 8, True, seed=9)]
+    stacked = StackedTrainBatches(streams)
+    assert len(stacked) == round(50 / 8) == 6
+    alone = IndexBatches("train", big, 8, True, seed=7)
+    for epoch in (0, 1):
+        stacked.epoch_source = alone.epoch_source = lambda e=epoch: e
+        batches = [b["index"] for b in stacked]
+        assert all(b.shape == (2, 8) for b in batches)
+        assert all(torch.equal(s[0], a["index"]) for s, a in zip(batches, alone))
+        seen = torch.cat([b[1] for b in batches])
+        expected = IndexBatches("train", small, 8, True, seed=9)._stream(epoch * 48, (epoch + 1) * 48)
+        assert torch.equal(seen, expected) and set(seen.tolist()) == set(small.tolist())
+
+
+def test_erasing_fills_each_sample_with_its_own_values():
+    augment = BatchAugment(flip=False, rotate=False, erase_p=1.0)
+    fill = torch.tensor([[5.0, 5.0], [-7.0, -7.0]])
+    out = augment(torch.zeros(2, 2, 16, 16), fill=fill)
+    assert set(out[0].unique().tolist()) == {0.0, 5.0} and set(out[1].unique().tolist()) == {0.0, -7.0}
+
+
+@pytest.mark.parametrize(("setting", "extra", "pending", "expected"), [
+    ("auto", {}, 10, 10 if torch.cuda.is_available() else 1),
+    ("2", {}, 10, 2), ("4", {}, 3, 3), ("1", {}, 10, 1), ("10", {}, 1, 1),
+    ("10", {"epoch_selection": "best"}, 10, 1), ("10", {"stage": "filter"}, 10, 1),
+])
+def test_parallel_folds_setting(setting, extra, pending, expected):
+    cfg = OmegaConf.create({"cv": {"parallel_folds": setting}, "trainer": {"accelerator": "auto"}, **extra})
+    assert parallel_folds(cfg, pending) == expected
+
+
+def test_parallel_folds_refuses_nonsense():
+    with pytest.raises(ValueError, match="auto or a positive integer"):
+        parallel_folds(OmegaConf.create({"cv": {"parallel_folds": "0"}}), 4)
