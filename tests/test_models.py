@@ -47,9 +47,10 @@ def test_statistics_mismatch_raises():
         LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13)
 
 
-def test_a_few_steps_overfit_a_tiny_batch():
+@pytest.mark.parametrize("loss", ["bce", "focal", "soft_f1"])
+def test_a_few_steps_overfit_a_tiny_batch_with_every_loss(loss):
     torch.manual_seed(0)
-    module = _module()
+    module = _module(loss=loss)
     x = torch.randn(16, 13, 64, 64)
     y = torch.tensor([0.0, 1.0] * 8)
     opt = torch.optim.Adam(module.parameters(), lr=3e-3)
@@ -61,14 +62,6 @@ def test_a_few_steps_overfit_a_tiny_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.25 * losses[0]
-
-
-@pytest.mark.parametrize("loss", ["focal", "soft_f1"])
-def test_other_losses_train(loss):
-    module = _module(loss=loss)
-    out = module.criterion(module(torch.randn(4, 13, 64, 64)), torch.tensor([0.0, 1.0, 0.0, 1.0]))
-    out.backward()
-    assert out.item() > 0
 
 
 @pytest.fixture(scope="module")

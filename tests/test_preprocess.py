@@ -41,11 +41,11 @@ def test_cache_is_reused_and_keyed_by_config(tmp_path):
     write_release(tmp_path / "rel")
     first = load_or_build(tmp_path / "rel", tmp_path / "cache", 3500.0, progress=False)
     again = load_or_build(tmp_path / "rel", tmp_path / "cache", 3500.0, progress=False)
-    assert again.folder == first.folder
+    assert again.train.folder == first.train.folder and again.test.folder == first.test.folder
     assert isinstance(again.train.images, np.memmap)
     other = load_or_build(tmp_path / "rel", tmp_path / "cache", 2000.0, progress=False)
-    assert other.folder != first.folder
+    assert other.train.folder != first.train.folder
     np.save(tmp_path / "rel" / "train_data" / "T000.npy", np.ones((64, 64, 12)))
     changed = load_or_build(tmp_path / "rel", tmp_path / "cache", 3500.0, progress=False)
-    assert changed.folder != first.folder
+    assert changed.train.folder != first.train.folder and changed.test.folder == first.test.folder
     assert np.allclose(changed.train.images[0, 1], 1.0)

@@ -13,6 +13,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from omegaconf import OmegaConf
 
 COLUMNS = {
     "name": "approach",
@@ -39,6 +40,33 @@ def collect(folder: Path | str) -> list[dict]:
     if not summaries:
         raise FileNotFoundError(f"{folder}: no cv_summary.json of a trained run below it")
     return summaries
+
+
+def expected_jobs(folder: Path) -> list[list[str]]:
+    """The jobs a basic-sweeper multirun was asked to run (their override lists), from its ``multirun.yaml``;
+    empty when the folder is not such a multirun (an Optuna search, a plain folder of runs)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    path = folder / "multirun.yaml"
+    if not path.is_file():
+        return []
+    config = OmegaConf.load(path)
+    if "basic_sweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+        return []
+    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    return BasicSweeper.split_arguments(overrides, None)[0]
+
+
+def missing_jobs(folder: Path | str) -> list[str]:
+    """The expected jobs of a multirun that left no finished ``cv_summary.json`` (failed or never started)."""
+    folder = Path(folder)
+    finished = []
+    for summary in folder.rglob("cv_summary.json"):
+        overrides = summary.parent / ".hydra" / "overrides.yaml"
+        if overrides.is_file() and json.loads(summary.read_text()).get("oof_f1") is not None:
+            finished.append(sorted(OmegaConf.load(overrides)))
+    return [" ".join(job) for job in expected_jobs(folder) if sorted(job) not in finished]
 
 
 def f1_curve(summary: dict, key: str = "val/f1") -> np.ndarray:
@@ -77,8 +105,10 @@ def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]
     plt.close(fig)
 
     frame = table(summaries)
+    missing = missing_jobs(folder)
     markdown = out / "table.md"
-    markdown.write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n")
+    note = "".join(f"\n**Missing (failed or not run): {job}**\n" for job in missing)
+    markdown.write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n" + note)
     fig, ax = plt.subplots(figsize=(min(2 + 1.3 * len(frame.columns), 16), 0.6 + 0.4 * len(frame)))
     ax.axis("off")
     cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
@@ -87,7 +117,7 @@ def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]
     table_png = out / "table.png"
     fig.savefig(table_png, dpi=110)
     plt.close(fig)
-    return {"curves": curves, "table_md": markdown, "table_png": table_png}
+    return {"curves": curves, "table_md": markdown, "table_png": table_png, "missing": missing}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -97,8 +127,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     paths = render(args.folder, args.out)
     print(paths["table_md"].read_text())
-    for p in paths.values():
-        print(f"wrote {p}")
+    for key in ("curves", "table_md", "table_png"):
+        print(f"wrote {paths[key]}")
+    if paths["missing"]:
+        print(f"{len(paths['missing'])} job(s) of the multirun left no result: {'; '.join(paths['missing'])}")
 
 
 if __name__ == "__main__":

@@ -23,10 +23,14 @@ META_FILE = "filter.json"
 
 
 class KeepAll:
-    """The ``filter=none`` choice: keeps every image."""
+    """The ``filter=none`` choice: keeps every image. It has no settings; those of the XGBoost filter that a preset
+    adds (e.g. ``debug=tiny``'s smaller boosters) are accepted and have nothing to act on."""
 
     kind = "none"
     threshold = 0.0
+
+    def __init__(self, **xgboost_settings: object) -> None:
+        self.ignored = sorted(xgboost_settings)
 
     def fit(self, features: np.ndarray, labels: np.ndarray, index: np.ndarray | None = None) -> KeepAll:
         self.fitted_on = None if index is None else np.asarray(index)
