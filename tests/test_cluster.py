@@ -48,9 +48,10 @@ def one_thread_env(project_env) -> dict:
 def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
     env = one_thread_env
     single, sweep, merged = tmp_path / "single", tmp_path / "sweep", tmp_path / "merged"
-    run("train.py", *TINY, f"hydra.run.dir={single}", env=env)  # also generates and caches the data once
+    # both jobs start on no data: one makes it and its cache, the other waits for them
     run("train.py", "-m", *TINY, "data.fold=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
         f"hydra.sweep.dir={sweep}", env=env)
+    run("train.py", *TINY, f"hydra.run.dir={single}", env=env)
     jobs = sorted(p.parent for p in sweep.glob("*/run.json"))
     assert len(jobs) == 2 and all((j / "folds" / f"fold_{k}" / "result.json").is_file() for k, j in enumerate(jobs))
     aggregate(*jobs, "--out", merged, env=env)
