@@ -163,7 +163,8 @@ def aggregate(folders: list[Path], out: Path) -> dict:
 def main(argv: list[str] | None = None) -> None:
     from landslide.cli import user_errors
 
-    parser = argparse.ArgumentParser(prog="python -m landslide.aggregate", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m landslide.aggregate",
+                                     description="Merge folds trained as separate jobs into one run directory.")
     parser.add_argument("runs", nargs="+", type=Path, help="job folders (or a sweep folder holding them)")
     parser.add_argument("--out", required=True, type=Path, help="the run directory to write")
     args = parser.parse_args(argv)
