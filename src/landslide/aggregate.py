@@ -56,9 +56,18 @@ def read_job(folder: Path) -> Job:
     except Exception as err:  # a YAML or OmegaConf error
         raise RunError(f"{config}: cannot be read ({str(err).splitlines()[0]})") from None
     data = _read_json(record)
+    num_folds = data.get("defining", {}).get("data", {}).get("num_folds")
+    if not isinstance(num_folds, int):
+        raise RunError(f"{record}: holds no run record (defining settings, folds); was {folder} made by train.py?")
     fold = OmegaConf.select(cfg, "data.fold")
-    folds = [int(fold)] if fold is not None else list(range(int(data["defining"]["data"]["num_folds"])))
+    folds = [int(fold)] if fold is not None else list(range(num_folds))
     return Job(folder, cfg, data, folds)
+
+
+def _job_number(folder: Path) -> tuple[int, str]:
+    """Hydra's job folders by job number (``2_...`` before ``10_...``), others after them by name."""
+    head = folder.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, folder.name)
 
 
 def job_folders(paths: list[Path]) -> list[Path]:
@@ -66,7 +75,8 @@ def job_folders(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if not (path / MANIFEST).is_file() and (path / "multirun.yaml").is_file():
-            out.extend(sorted((p for p in path.iterdir() if (p / MANIFEST).is_file()), key=lambda p: p.name))
+            jobs = [p for p in path.iterdir() if (p / MANIFEST).is_file()]
+            out.extend(sorted(jobs, key=_job_number))
         else:
             out.append(path)
     return out
