@@ -10,6 +10,7 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
+from filelock import FileLock
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
@@ -149,7 +150,14 @@ class LandslideDataModule(L.LightningDataModule):
         return bool(target) and Path(target).resolve() == self.root.resolve()
 
     def prepare_data(self) -> None:
-        """Generate the embedded synthetic release if it is the configured root and absent; build the cache."""
+        """Generate the embedded synthetic release if it is the configured root and absent; build the cache. Jobs
+        started together (a multirun) take turns through a lock file in the cache folder: the first one makes the
+        data, the others find it."""
+        self.cache_dir.mkdir(parents=True, exist_ok=True)
+        with FileLock(self.cache_dir / ".prepare.lock"):
+            self._prepare()
+
+    def _prepare(self) -> None:
         if not (self.root / "Train.csv").is_file():
             if self._is_synthetic_root():
                 n_train, n_test = int(self.synthetic["n_train"]), int(self.synthetic["n_test"])

@@ -1,0 +1,103 @@
+"""Beyond one process: folds as separate jobs through Hydra's joblib launcher, merged by ``landslide.aggregate``;
+the SLURM launcher config."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from conftest import REPO
+
+pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
+
+# one thread per process: joblib gives each worker cpu_count // n_jobs threads, and float sums follow the count
+TINY = ("debug=tiny", "trainer.max_epochs=1", "cv.parallel_folds=1", "print_config=false")
+
+
+def run(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    if check:
+        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return done
+
+
+def aggregate(*args: str | Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:
+    return run("-m", "landslide.aggregate", *map(str, args), env=env, check=check)
+
+
+def refusal(done: subprocess.CompletedProcess) -> str:
+    """The single error line of a refused command."""
+    output = done.stdout + done.stderr
+    assert done.returncode == 2 and "Traceback" not in output, output[-3000:]
+    lines = [line for line in output.splitlines() if line.strip()]
+    assert len(lines) == 1, output
+    return lines[0]
+
+
+@pytest.fixture()
+def one_thread_env(project_env) -> dict:
+    return {**project_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
+    env = one_thread_env
+    single, sweep, merged = tmp_path / "single", tmp_path / "sweep", tmp_path / "merged"
+    # both jobs start on no data: one makes it and its cache, the other waits for them
+    run("train.py", "-m", *TINY, "data.fold=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
+        f"hydra.sweep.dir={sweep}", env=env)
+    run("train.py", *TINY, f"hydra.run.dir={single}", env=env)
+    jobs = sorted(p.parent for p in sweep.glob("*/run.json"))
+    assert len(jobs) == 2 and all((j / "folds" / f"fold_{k}" / "result.json").is_file() for k, j in enumerate(jobs))
+    aggregate(*jobs, "--out", merged, env=env)
+
+    a = pd.read_csv(single / "oof_predictions.csv").sort_values("ID").reset_index(drop=True)
+    b = pd.read_csv(merged / "oof_predictions.csv").sort_values("ID").reset_index(drop=True)
+    assert a[["ID", "label", "filtered", "fold"]].equals(b[["ID", "label", "filtered", "fold"]])
+    assert (a["prob"] - b["prob"]).abs().max() <= 1e-6
+    sa, sb = (json.loads((d / "cv_summary.json").read_text()) for d in (single, merged))
+    assert sb["oof_f1"] == pytest.approx(sa["oof_f1"], abs=1e-9)
+    assert [f["f1_at_threshold"] for f in sb["folds"]] == pytest.approx([f["f1_at_threshold"] for f in sa["folds"]])
+    record = json.loads((merged / "run.json").read_text())
+    assert record["defining"] == json.loads((single / "run.json").read_text())["defining"]
+    assert [i["folds_trained"] for i in record["invocations"]] == [[0], [1]] and sb["invocations"] == 2
+    assert sb["wall_seconds"] == pytest.approx(sum(i["wall_seconds"] for i in record["invocations"]), abs=0.02)
+    assert sb["energy_wh"] == pytest.approx(sum(i["energy_wh"] for i in record["invocations"]), abs=1e-5)
+    assert "fold: null" in (merged / ".hydra" / "config.yaml").read_text()
+    assert (merged / "csv" / "fold_1" / "metrics.csv").is_file()
+
+    run("predict.py", f"run_dir={merged}", f"out={tmp_path / 'pred'}", env=env)
+    assert (tmp_path / "pred" / "submission.csv").is_file()
+
+    # the sweep folder stands for its jobs; an existing run is not overwritten
+    assert "already holds a run" in refusal(aggregate(sweep, "--out", merged, env=env, check=False))
+    # a missing, a duplicated or an unfinished fold, other settings: one line each, nothing written
+    assert "fold(s) [1] of 2 missing" in refusal(aggregate(jobs[0], "--out", tmp_path / "m1", env=env, check=False))
+    assert "fold 0 is in both" in refusal(aggregate(jobs[0], single, "--out", tmp_path / "m2", env=env, check=False))
+    broken = tmp_path / "broken"
+    shutil.copytree(jobs[1], broken)
+    (broken / "folds" / "fold_1" / "result.json").unlink()
+    line = refusal(aggregate(jobs[0], broken, "--out", tmp_path / "m3", env=env, check=False))
+    assert "fold 1" in line and "unfinished" in line
+    other = json.loads((jobs[1] / "run.json").read_text())
+    other["defining"]["seed"] = 7
+    (broken / "run.json").write_text(json.dumps(other))
+    (broken / "folds" / "fold_1" / "result.json").write_text("{}")
+    line = refusal(aggregate(jobs[0], broken, "--out", tmp_path / "m4", env=env, check=False))
+    assert str(broken) in line and "seed 42 -> 7" in line
+    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 5))
+
+
+def test_slurm_launcher_composes_with_overrides(project_env):
+    pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
+    done = run("train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2",
+               "hydra.launcher.timeout_min=30", "--cfg", "hydra", env=project_env)
+    launcher = done.stdout.split("\n  launcher:\n", 1)[1].split("\n  sweeper:", 1)[0]
+    assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in launcher
+    for line in ("partition: gpu", "gpus_per_node: 2", "timeout_min: 30", "cpus_per_task: 8", "mem_gb: 32"):
+        assert f"    {line}\n" in launcher + "\n", launcher
