@@ -95,17 +95,6 @@ def test_resume_skips_finished_folds(project_env, tmp_path):
     assert summary["energy_wh"] == pytest.approx(sum(i["energy_wh"] for i in invocations), abs=1e-5)
 
 
-def test_ablation_multirun_and_report(project_env, tmp_path):
-    sweep = tmp_path / "sweep"
-    run("train.py", "-m", "experiment=final,only_sar", "debug=tiny", f"hydra.sweep.dir={sweep}", env=project_env)
-    done = subprocess.run([sys.executable, "-m", "landslide.report", str(sweep)], cwd=REPO, env=project_env,
-                          capture_output=True, text=True, timeout=120)
-    assert done.returncode == 0, done.stderr
-    assert "only_sar" in done.stdout and "final" in done.stdout
-    for name in ("f1_curves.png", "table.png", "table.md"):
-        assert (sweep / "report" / name).stat().st_size > 0
-
-
 def test_bad_release_stops_with_one_line_naming_the_file(project_env, tmp_path):
     import numpy as np
 
