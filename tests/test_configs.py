@@ -16,7 +16,7 @@ GROUP_CHOICES = [
     ["logger=wandb"], ["logger=many"], ["callbacks=none"], ["debug=tiny"], ["debug=fast"],
     ["experiment=reference"], ["experiment=final"], ["experiment=fast"], ["experiment=no_fpn"],
     ["experiment=no_filter"], ["experiment=only_sar"], ["experiment=only_optical"],
-    ["data.bands=sar", "data.fold=3", "seed=7"],
+    ["data.bands=sar", "data.fold=3", "seed=7"], ["model=seed_fpn", "experiment=reference"],
 ]
 
 
