@@ -59,7 +59,7 @@ def baseline(root: Path, truth: pd.DataFrame, seed: int) -> dict:
     model = xgb.XGBClassifier(n_estimators=300, max_depth=4, learning_rate=0.05, n_jobs=2, random_state=seed)
     folds = StratifiedKFold(3, shuffle=True, random_state=seed)
     oof = cross_val_predict(model, x_train, train.label, cv=folds, method="predict_proba")[:, 1]
-    threshold, _ = f1_optimal_threshold(oof, train.label.to_numpy())
+    threshold, _ = f1_optimal_threshold(oof, train.label.to_numpy(copy=True))
     prob = model.fit(x_train, train.label).predict_proba(x_test)[:, 1]
     y = truth.set_index("ID").loc[test.ID, "label"].to_numpy()
     return {"f1": float(f1_score(y, prob >= threshold)), "auc": float(roc_auc_score(y, prob)),
@@ -117,7 +117,7 @@ def benchmark(size: str, work: Path, seed: int, extra: list[str]) -> dict:
     overrides = ["data=realistic", f"data.root={root}", f"data.synthetic.root={root}", f"hydra.run.dir={run_dir}",
                  "data.progress=false", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
                  "log_figures=false", *spec["overrides"], *extra]
-    result["overrides"] = overrides[4:]
+    result["overrides"] = [overrides[0], *overrides[4:]]
     train_s = run([sys.executable, "train.py", *overrides], env)
     cv = json.loads((run_dir / "cv_summary.json").read_text())
     result["cv"] = {k: cv.get(k) for k in ("oof_f1", "oof_f1_at_0.5", "f1_mean", "negatives_filtered",

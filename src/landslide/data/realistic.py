@@ -38,7 +38,7 @@ from landslide.data.synthetic import (
 )
 
 KINDS = ("positive", "water", "flat", "old_scar", "change_only", "harvest", "urban_change", "decoy", "plain")
-KIND_SHARES = (0.18, 0.115, 0.05, 0.12, 0.065, 0.05, 0.04, 0.03, 0.35)
+KIND_SHARES = (0.18, 0.115, 0.05, 0.12, 0.055, 0.04, 0.04, 0.03, 0.37)
 HAZE = np.array([1.0, 0.9, 0.8, 0.5])
 
 
