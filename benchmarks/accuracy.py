@@ -101,8 +101,9 @@ def single_model_run(run_dir: Path, out: Path) -> Path:
     return out
 
 
-def benchmark(size: str, work: Path, seed: int, extra: list[str]) -> dict:
-    spec = SIZES[size]
+def benchmark(size: str, work: Path, seed: int, extra: list[str], n_train: int | None = None,
+              n_test: int | None = None, baseline_only: bool = False) -> dict:
+    spec = {**SIZES[size], **{k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v}}
     root, run_dir = work / "realistic", work / "run"
     env = {**os.environ, "LANDSLIDE_ROOT": str(work), "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}"
            f"{os.environ.get('PYTHONPATH', '')}", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
@@ -114,6 +115,8 @@ def benchmark(size: str, work: Path, seed: int, extra: list[str]) -> dict:
     started = time.perf_counter()
     result["baseline"] = baseline(root, truth, seed)
     result["baseline"]["seconds"] = round(time.perf_counter() - started, 1)
+    if baseline_only:
+        return result
     overrides = ["data=realistic", f"data.root={root}", f"data.synthetic.root={root}", f"hydra.run.dir={run_dir}",
                  "data.progress=false", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
                  "log_figures=false", *spec["overrides"], *extra]
@@ -132,11 +135,14 @@ def benchmark(size: str, work: Path, seed: int, extra: list[str]) -> dict:
 
 
 def report(result: dict) -> str:
-    b, p, s, cv = result["baseline"], result["pipeline"], result["single_model"], result["cv"]
+    b = result["baseline"]
+    head = [f"realistic set {result['n_train']} / {result['n_test']} (seed {result['seed']})",
+            f"  statistics + XGBoost baseline   test F1 {b['f1']:.3f}  AUC {b['auc']:.3f}  ({b['seconds']:.0f} s)"]
+    if "pipeline" not in result:
+        return "\n".join(head)
+    p, s, cv = result["pipeline"], result["single_model"], result["cv"]
     return "\n".join([
-        f"realistic set {result['n_train']} / {result['n_test']} (seed {result['seed']}), train.py "
-        f"{' '.join(result['overrides'])}",
-        f"  statistics + XGBoost baseline   test F1 {b['f1']:.3f}  AUC {b['auc']:.3f}  ({b['seconds']:.0f} s)",
+        *head, f"  train.py {' '.join(result['overrides'])}",
         f"  pipeline (ensemble + TTA)       test F1 {p['f1']:.3f}  AUC {p['auc']:.3f}  "
         f"(train {result['train_seconds']:.0f} s, predict {p['predict_seconds']:.0f} s)",
         f"  fold 0's model alone            test F1 {s['f1']:.3f}  AUC {s['auc']:.3f}",
@@ -152,12 +158,15 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--keep", type=Path, default=None, help="work in this folder and keep it")
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    parser.add_argument("--n-train", type=int, default=None, help="instead of the size's")
+    parser.add_argument("--n-test", type=int, default=None, help="instead of the size's")
+    parser.add_argument("--baseline-only", action="store_true", help="generate and score the baseline only")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args(argv)
     work = args.keep or Path(tempfile.mkdtemp(prefix="landslide-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
-        result = benchmark(args.size, work, args.seed, args.overrides)
+        result = benchmark(args.size, work, args.seed, args.overrides, args.n_train, args.n_test, args.baseline_only)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -86,21 +86,23 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
     col = (slice(None), None, None)
 
     # mixed land cover with per-patch proportions
+    # landslides strike vegetated slopes: their scenes hold less bare soil and water, and more relief
+    positive = is_["positive"]
     cover = np.full((n, PATCH_SIZE, PATCH_SIZE), VEG)
-    cover[f1 > rng.uniform(0.5, 1.6, n)[col]] = BARE
-    cover[f1 < rng.uniform(-2.2, -1.2, n)[col]] = WATER
+    cover[f1 > np.where(positive, rng.uniform(1.2, 2.2, n), rng.uniform(0.5, 1.6, n))[col]] = BARE
+    cover[f1 < np.where(positive, rng.uniform(-2.8, -1.8, n), rng.uniform(-2.2, -1.2, n))[col]] = WATER
     cover[f2 > rng.uniform(1.0, 2.2, n)[col]] = URBAN
     cover = np.where(is_["water"][col], np.where(f1 < rng.uniform(0.0, 1.0, n)[col], WATER, cover), cover)
     cover = np.where(is_["flat"][col], np.where(f1 < -1.8, WATER, BARE), cover)
     town = _ellipses(rng, n, 1, (10, 20), (8, 14)) & is_["urban_change"][col]
     cover[town] = URBAN
-    relief = np.where(is_["water"] | is_["flat"], 0.15, rng.uniform(0.4, 1.6, n))[col] * topo
+    relief = np.where(is_["water"] | is_["flat"], 0.15, rng.uniform(0.4, 1.6, n))
+    relief = np.where(positive, rng.uniform(0.8, 1.6, n), relief)[col] * topo
 
     optical = OPTICAL[cover] * (1 + 0.1 * f3[..., None])
     optical *= 1 + 0.06 * rng.standard_normal(optical.shape)
 
     # events
-    positive = is_["positive"]
     scar = _scars(rng, n)
     fresh = scar & positive[col]
     old = scar & (is_["old_scar"] | is_["decoy"])[col]
