@@ -70,12 +70,12 @@ def _below(report: dict) -> str:
     cal = report.get("calibration") or {}
     if "oof_positives_lost" not in cal:
         return "-"
-    return f"{cal['oof_positives_lost']} (max {cal.get('max_positive_loss', 0.0):.1%})"
+    return f"{cal['oof_positives_lost']} (≤{cal.get('max_positive_loss', 0.0):.0%})"
 
 
 def print_summary(summary: dict) -> None:
     table = Table(title=f"cross-validation: {summary.get('name')}")
-    for col in ("fold", "filtered", "pos. lost", "pos. below (inner OOF)", "F1@0.5", "F1@thr", "thr", "epochs",
+    for col in ("fold", "filtered", "pos. lost", "inner below", "F1@0.5", "F1@thr", "thr", "epochs",
                 "s", "Wh"):
         table.add_column(col, justify="right")
     def fmt(value: float | None, spec: str) -> str:
