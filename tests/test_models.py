@@ -100,7 +100,8 @@ def tiny_dm(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("net", "bands"), [("mm_fpn", "all"), ("mm_fpn", "sar"), ("mm_fpn", "optical"),
-                                            ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical")])
+                                            ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical"),
+                                            ("seed_fpn", "all")])
 def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands):
     dm = LandslideDataModule(tiny_dm, tmp_path / "cache", bands=bands, num_folds=2, batch_size=8, progress=False)
     dm.prepare_data()
