@@ -16,7 +16,8 @@ GROUP_CHOICES = [
     ["logger=wandb"], ["logger=many"], ["callbacks=none"], ["debug=tiny"], ["debug=fast"],
     ["experiment=reference"], ["experiment=final"], ["experiment=fast"], ["experiment=no_fpn"],
     ["experiment=no_filter"], ["experiment=only_sar"], ["experiment=only_optical"],
-    ["data.bands=sar", "data.fold=3", "seed=7"],
+    ["data.bands=sar", "data.fold=3", "seed=7"], ["model=seed_fpn", "experiment=reference"],
+    ["data=realistic", "filter.max_positive_loss=0.05"],
 ]
 
 
@@ -90,3 +91,14 @@ def test_progress_bar_follows_the_trainer_switch(enabled, tmp_path):
     assert any(isinstance(c, ProgressBar) for c in callbacks) == enabled
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=False, default_root_dir=str(tmp_path))
     assert trainer.progress_bar_callback is not None if enabled else trainer.progress_bar_callback is None
+
+
+def test_realistic_preset_generates_the_realistic_set(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDSLIDE_ROOT", str(tmp_path))
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        cfg = compose("train", overrides=["data=realistic"], return_hydra_config=False)
+    assert cfg.data.synthetic.difficulty == "realistic" and cfg.data.synthetic.label_noise == 0.02
+    assert cfg.data.root == cfg.data.synthetic.root and cfg.data.root.endswith("realistic")
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        default = compose("train", return_hydra_config=False)
+    assert default.data.synthetic.difficulty == "easy" and default.data.synthetic.label_noise == 0.0

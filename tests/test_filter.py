@@ -5,7 +5,7 @@ from sklearn.model_selection import StratifiedKFold
 from landslide.data.preprocess import to_channels
 from landslide.data.synthetic import generate_batch
 from landslide.features import compute_features
-from landslide.filter.negative import KeepAll, NegativeFilter, filter_report, load_filter
+from landslide.filter.negative import KeepAll, NegativeFilter, filter_report, load_filter, positive_threshold
 
 
 @pytest.fixture(scope="module")
@@ -50,3 +50,37 @@ def test_bad_settings(generated):
         NegativeFilter(safety_margin=-0.5)
     with pytest.raises(ValueError, match="positives"):
         NegativeFilter(calibration_folds=5).fit(feats[:20], np.r_[np.ones(2), np.zeros(18)].astype(int))
+
+
+def test_threshold_rule_zero_share_is_the_lowest_positive():
+    scores = np.array([0.02, 0.3, 0.5, 0.9])
+    lowest = positive_threshold(scores, 0.0, 0.0)
+    assert lowest == pytest.approx(0.02)
+    assert positive_threshold(scores, 0.25, 0.0) == pytest.approx(0.3)  # one of four may fall below
+    assert positive_threshold(scores, 0.0, 0.5) < lowest  # the margin lies below, in log-odds
+
+
+def test_positive_loss_share_survives_planted_wrong_labels(generated):
+    feats, y = generated
+    tr, va = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))
+    noisy = y[tr].copy()
+    # wrong labels on the most obvious negatives: they would drag a zero-loss threshold down to nothing
+    scores = NegativeFilter({"n_estimators": 50}, calibration_folds=3).fit(feats[tr], y[tr]).scores(feats[tr])
+    planted = np.argsort(np.where(noisy == 0, scores, np.inf))[:3]
+    noisy[planted] = 1
+    strict = NegativeFilter({"n_estimators": 100}, calibration_folds=4).fit(feats[tr], noisy)
+    robust = NegativeFilter({"n_estimators": 100}, calibration_folds=4, max_positive_loss=0.05).fit(feats[tr], noisy)
+    strict_report = filter_report(strict.keep(feats[va]), y[va])
+    robust_report = filter_report(robust.keep(feats[va]), y[va])
+    assert robust_report["negatives_filtered"] > strict_report["negatives_filtered"] + 0.2
+    assert robust_report["positives_lost"] <= max(1, round(0.02 * y[va].sum()))
+    assert robust.calibration["max_positive_loss"] == 0.05
+    assert robust.calibration["oof_positives_lost_share"] <= 0.05
+
+
+def test_positive_loss_share_is_saved(generated, tmp_path):
+    feats, y = generated
+    NegativeFilter({"n_estimators": 20}, calibration_folds=3, max_positive_loss=0.01).fit(feats, y).save(tmp_path)
+    assert load_filter(tmp_path).max_positive_loss == 0.01
+    with pytest.raises(ValueError, match="max_positive_loss"):
+        NegativeFilter(max_positive_loss=0.7)

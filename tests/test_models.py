@@ -9,11 +9,11 @@ from landslide.bands import band_set
 from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
 from landslide.inference.predictor import predict_probs
-from landslide.models import MultiModalCNN, MultiModalFPN
+from landslide.models import MultiModalCNN, MultiModalFPN, SeedFPN
 from landslide.module import LandslideModule
 
 NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml").net)
-        for name in ("mm_fpn", "mm_cnn")}
+        for name in ("mm_fpn", "mm_cnn", "seed_fpn")}
 
 
 def _module(net: str = "mm_fpn", bands: str = "all", **kw) -> LandslideModule:
@@ -34,6 +34,26 @@ def test_forward_shapes_for_every_band_set(cls, bands):
     net = cls(channels)
     assert net(torch.randn(3, len(channels), 64, 64)).shape == (3,)
     assert ("optical" in net.encoder.views) == ("red" in channels)
+
+
+def test_seed_fpn_has_the_seeds_size_and_layers():
+    net = SeedFPN(band_set("all"))
+    assert abs(sum(p.numel() for p in net.parameters()) - 740_000) < 5_000
+    convs = [m for m in net.optical if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels, c.stride) for c in convs] == [(5, 16, (1, 1)), (16, 32, (1, 1))]
+    assert isinstance(net.optical[-2], torch.nn.MaxPool2d) and net.sar[0].in_channels == 4
+    assert [b[0].out_channels for b in net.blocks] == [64, 128, 256] and net.blocks[0][0].in_channels == 96
+    assert [c.out_channels for c in net.laterals] == [128] * 3 and net.smooth.kernel_size == (3, 3)
+    assert net.head[0].in_features == 384 and net.head[2].p == 0.25
+    assert sum(1 for n, _ in net.named_modules() if n.endswith("sar")) == 1
+
+
+@pytest.mark.parametrize("bands", ["all", "sar", "optical"])
+def test_seed_fpn_forward_shapes(bands):
+    net = _module("seed_fpn", bands).net
+    channels = band_set(bands)
+    assert net(torch.randn(3, len(channels), 64, 64)).shape == (3,)
+    assert ("optical" in net.views, "sar_desc" in net.views) == ("red" in channels, "desc_vv_post" in channels)
 
 
 def test_sar_branch_is_shared_between_passes():
@@ -74,7 +94,8 @@ def tiny_dm(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("net", "bands"), [("mm_fpn", "all"), ("mm_fpn", "sar"), ("mm_fpn", "optical"),
-                                            ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical")])
+                                            ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical"),
+                                            ("seed_fpn", "all")])
 def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands):
     dm = LandslideDataModule(tiny_dm, tmp_path / "cache", bands=bands, num_folds=2, batch_size=8, progress=False)
     dm.prepare_data()

@@ -163,7 +163,9 @@ class LandslideDataModule(L.LightningDataModule):
                 n_train, n_test = int(self.synthetic["n_train"]), int(self.synthetic["n_test"])
                 log.info("generating the embedded synthetic release (%d train, %d test) in %s",
                          n_train, n_test, self.root)
-                generate_release(self.root, n_train, n_test, int(self.synthetic.get("seed", 0)))
+                generate_release(self.root, n_train, n_test, int(self.synthetic.get("seed", 0)),
+                                 difficulty=self.synthetic.get("difficulty", "easy"),
+                                 label_noise=float(self.synthetic.get("label_noise", 0.0)))
             else:
                 raise ReleaseError(
                     f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "

@@ -11,7 +11,14 @@ the optical view. Scene kinds (shares of all images):
 - ``change_only`` (10%): a hard negative, a compact SAR change (harvest, works) with no optical scar;
 - ``plain`` (the rest): mixed landscapes without events.
 
-Run ``python -m landslide.data.synthetic --out DIR --n-train N --n-test M --seed S``.
+This is the ``easy`` difficulty; ``realistic`` (``landslide.data.realistic``) adds confounders that per-band
+statistics cannot separate from landslides. ``label_noise`` flips that share of the training labels (chosen at
+random, exactly ``round(share * n)`` of them). The true labels are written beside the release, never in it:
+``<out>_truth/test_labels.csv`` (``ID,label,kind``) and ``<out>_truth/train_truth.csv`` (``ID,label,true_label,
+kind``), so a benchmark can score a submission while training, which reads only the release folder, cannot.
+
+Run ``python -m landslide.data.synthetic --out DIR --n-train N --n-test M --seed S [--difficulty realistic]
+[--label-noise 0.02]``.
 """
 
 from __future__ import annotations
@@ -168,20 +175,60 @@ def make_ids(seed: int, split: str, n: int) -> list[str]:
     return ids
 
 
-def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str]) -> tuple[np.ndarray, np.ndarray]:
-    seed, n, ids, folder = args
-    patches, labels, kind = generate_batch(seed, n)
+DIFFICULTIES = ("easy", "realistic")
+
+
+def truth_dir(out: Path | str) -> Path:
+    """The folder of true labels written beside a generated release (``<out>_truth``)."""
+    out = Path(out)
+    return out.with_name(f"{out.name}_truth")
+
+
+def kinds_of(difficulty: str) -> tuple[str, ...]:
+    """Scene kind names of a difficulty."""
+    if difficulty == "easy":
+        return KINDS
+    from landslide.data.realistic import KINDS as REALISTIC_KINDS
+
+    return REALISTIC_KINDS
+
+
+def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str, str]) -> tuple[np.ndarray, np.ndarray]:
+    seed, n, ids, folder, difficulty = args
+    if difficulty == "easy":
+        patches, labels, kind = generate_batch(seed, n)
+    else:
+        from landslide.data.realistic import generate_batch as realistic_batch
+
+        patches, labels, kind = realistic_batch(seed, n)
     for image_id, patch in zip(ids, patches):
         np.save(os.path.join(folder, f"{image_id}.npy"), patch)
     return labels, kind
 
 
-def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None) -> dict:
-    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` under ``out``; return a summary."""
+def flip_labels(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """``labels`` with exactly ``round(share * n)`` of them, chosen at random, flipped."""
+    labels = np.asarray(labels).copy()
+    wrong = np.random.default_rng([seed, 7]).choice(len(labels), round(share * len(labels)), replace=False)
+    labels[wrong] = 1 - labels[wrong]
+    return labels
+
+
+def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None,
+                     difficulty: str = "easy", label_noise: float = 0.0) -> dict:
+    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` under ``out`` and the true labels in
+    ``truth_dir(out)``; return a summary."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if not 0 <= label_noise < 0.5:
+        raise ValueError(f"label_noise must be in [0, 0.5) (a share of training labels), got {label_noise}")
     out = Path(out)
+    kinds_named = kinds_of(difficulty)
     workers = workers or min(4, os.cpu_count() or 1)
     split_seeds = np.random.SeedSequence(seed).spawn(2)
-    summary = {}
+    truth = truth_dir(out)
+    truth.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"difficulty": difficulty, "label_noise": label_noise}
     for (split, n, csv_name, folder_name), split_seed in zip(
         (("train", n_train, "Train.csv", "train_data"), ("test", n_test, "Test.csv", "test_data")), split_seeds
     ):
@@ -190,7 +237,7 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
         ids = make_ids(seed, split, n)
         starts = list(range(0, n, BATCH))
         seeds = split_seed.spawn(len(starts))
-        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder)) for s, a in zip(seeds, starts)]
+        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder), difficulty) for s, a in zip(seeds, starts)]
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(workers) as pool:
                 results = list(pool.map(_write_batch, jobs))
@@ -198,12 +245,20 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
             results = [_write_batch(j) for j in jobs]
         labels = np.concatenate([r[0] for r in results]) if results else np.zeros(0, np.int64)
         kinds = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.int64)
-        table = pd.DataFrame({"ID": ids, "label": labels}) if split == "train" else pd.DataFrame({"ID": ids})
-        table.to_csv(out / csv_name, index=False)
+        kind_names = [kinds_named[k] for k in kinds]
+        if split == "train":
+            given = flip_labels(labels, label_noise, seed)
+            pd.DataFrame({"ID": ids, "label": given}).to_csv(out / csv_name, index=False)
+            pd.DataFrame({"ID": ids, "label": given, "true_label": labels, "kind": kind_names}).to_csv(
+                truth / "train_truth.csv", index=False)
+        else:
+            pd.DataFrame({"ID": ids}).to_csv(out / csv_name, index=False)
+            pd.DataFrame({"ID": ids, "label": labels, "kind": kind_names}).to_csv(truth / "test_labels.csv",
+                                                                                  index=False)
         summary[split] = {
             "n": n,
             "positives": int(labels.sum()),
-            "kinds": {k: int((kinds == i).sum()) for i, k in enumerate(KINDS)},
+            "kinds": {k: int((kinds == i).sum()) for i, k in enumerate(kinds_named)},
         }
     return summary
 
@@ -215,14 +270,21 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--n-test", type=int, default=5398)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy")
+    parser.add_argument("--label-noise", type=float, default=0.0, help="share of wrong training labels")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    summary = generate_release(args.out, args.n_train, args.n_test, args.seed, args.workers)
+    try:
+        summary = generate_release(args.out, args.n_train, args.n_test, args.seed, args.workers, args.difficulty,
+                                   args.label_noise)
+    except ValueError as err:
+        parser.error(str(err))
     elapsed = time.perf_counter() - started
     pos = summary["train"]["positives"]
     print(
         f"wrote {args.n_train} train ({pos} positive, {pos / max(args.n_train, 1):.1%}) and {args.n_test} test "
-        f"patches to {args.out} in {elapsed:.1f}s"
+        f"patches ({args.difficulty}, {args.label_noise:.1%} wrong training labels) to {args.out} in "
+        f"{elapsed:.1f}s; true labels in {truth_dir(args.out)}"
     )
 
 

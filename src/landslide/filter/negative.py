@@ -1,9 +1,11 @@
 """An XGBoost negative filter tuned to lose no positive, calibrated out-of-fold on its training data only.
 
 Threshold rule: an inner stratified K-fold on the training part gives out-of-fold scores; the threshold lies
-``safety_margin`` below the lowest out-of-fold score of any positive, in log-odds (so the margin means the same
-whether scores sit near 0.01 or 0.3). The final booster is then fitted on the
-whole training part. Images scoring below the threshold are filtered (predicted negative).
+``safety_margin`` below the ``k``-th lowest out-of-fold score of a positive, in log-odds (so the margin means the
+same whether scores sit near 0.01 or 0.3), where ``k = floor(max_positive_loss * positives)``: 0 gives the lowest
+positive, while a small share tolerates a few wrong labels, which would otherwise sit among the obvious negatives
+and pull the threshold down until nothing is removed. The final booster is then fitted on the whole training part.
+Images scoring below the threshold are filtered (predicted negative).
 """
 
 from __future__ import annotations
@@ -20,6 +22,14 @@ from landslide.features import FEATURE_NAMES
 
 MODEL_FILE = "filter.ubj"
 META_FILE = "filter.json"
+
+
+def positive_threshold(positive_scores: np.ndarray, max_positive_loss: float, safety_margin: float) -> float:
+    """``safety_margin`` (log-odds) below the ``floor(max_positive_loss * n)``-th lowest positive score."""
+    ranked = np.sort(np.asarray(positive_scores, np.float64))
+    k = min(int(np.floor(max_positive_loss * len(ranked) + 1e-9)), len(ranked) - 1)
+    score = float(np.clip(ranked[k], 1e-7, 1 - 1e-7))
+    return float(1 / (1 + np.exp(-(np.log(score / (1 - score)) - safety_margin))))
 
 
 class KeepAll:
@@ -53,7 +63,10 @@ class NegativeFilter:
     kind = "xgboost"
 
     def __init__(self, params: dict | None = None, calibration_folds: int = 5, safety_margin: float = 0.5,
-                 seed: int = 0) -> None:
+                 seed: int = 0, max_positive_loss: float = 0.0) -> None:
+        if not 0 <= max_positive_loss < 0.5:
+            raise ValueError(f"filter.max_positive_loss must be in [0, 0.5) (a share of positives), got "
+                             f"{max_positive_loss}")
         if safety_margin < 0:
             raise ValueError(f"filter.safety_margin must be >= 0 (log-odds), got {safety_margin}")
         if calibration_folds < 2:
@@ -62,6 +75,7 @@ class NegativeFilter:
                        "n_jobs": 2, **dict(params or {})}
         self.calibration_folds = calibration_folds
         self.safety_margin = safety_margin
+        self.max_positive_loss = max_positive_loss
         self.seed = seed
         self.model: xgb.XGBClassifier | None = None
         self.threshold = 0.0
@@ -84,14 +98,15 @@ class NegativeFilter:
         inner = StratifiedKFold(self.calibration_folds, shuffle=True, random_state=self.seed)
         for tr, va in inner.split(features, labels):
             oof[va] = self._new_model().fit(features[tr], labels[tr]).predict_proba(features[va])[:, 1]
-        lowest = float(np.clip(oof[labels == 1].min(), 1e-7, 1 - 1e-7))
-        self.threshold = float(1 / (1 + np.exp(-(np.log(lowest / (1 - lowest)) - self.safety_margin))))
+        self.threshold = positive_threshold(oof[labels == 1], self.max_positive_loss, self.safety_margin)
         self.model = self._new_model().fit(features, labels)
         removed = oof < self.threshold
         self.calibration = {
             "oof_filtered_fraction": float(removed.mean()),
             "oof_negatives_filtered": float(removed[labels == 0].mean()),
             "oof_positives_lost": int(removed[labels == 1].sum()),
+            "oof_positives_lost_share": float(removed[labels == 1].mean()),
+            "max_positive_loss": self.max_positive_loss,
             "min_positive_oof_score": float(oof[labels == 1].min()),
             "fit_seconds": round(time.perf_counter() - started, 2),
         }
@@ -116,6 +131,7 @@ class NegativeFilter:
             "kind": self.kind,
             "threshold": self.threshold,
             "safety_margin": self.safety_margin,
+            "max_positive_loss": self.max_positive_loss,
             "calibration_folds": self.calibration_folds,
             "params": self.params,
             "seed": self.seed,
@@ -131,7 +147,8 @@ class NegativeFilter:
         meta = json.loads((folder / META_FILE).read_text())
         if meta["feature_names"] != list(FEATURE_NAMES):
             raise ValueError(f"{folder / META_FILE}: saved with other features than this version computes")
-        self = cls(meta["params"], meta["calibration_folds"], meta["safety_margin"], meta["seed"])
+        self = cls(meta["params"], meta["calibration_folds"], meta["safety_margin"], meta["seed"],
+                   meta.get("max_positive_loss", 0.0))
         self.model = xgb.XGBClassifier()
         self.model.load_model(folder / MODEL_FILE)
         self.threshold = meta["threshold"]

@@ -14,10 +14,11 @@ from typing import Any
 from torch import nn
 
 from landslide.models.fpn import MultiModalCNN, MultiModalFPN
+from landslide.models.seed import SeedFPN
 
 #: The networks that settings may name, by their ``_target_``.
 NETWORKS: dict[str, type[nn.Module]] = {
-    f"{cls.__module__}.{cls.__name__}": cls for cls in (MultiModalFPN, MultiModalCNN)
+    f"{cls.__module__}.{cls.__name__}": cls for cls in (MultiModalFPN, MultiModalCNN, SeedFPN)
 }
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -47,4 +48,4 @@ def build_network(spec: Mapping[str, Any], channels: Sequence[str]) -> nn.Module
     return cls(channels=list(channels), **spec)
 
 
-__all__ = ["NETWORKS", "MultiModalCNN", "MultiModalFPN", "build_network"]
+__all__ = ["NETWORKS", "MultiModalCNN", "MultiModalFPN", "SeedFPN", "build_network"]

@@ -65,9 +65,18 @@ def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: flo
     return summary
 
 
+def _below(report: dict) -> str:
+    """Training positives under the filter's threshold in its inner out-of-fold loop, and the share allowed."""
+    cal = report.get("calibration") or {}
+    if "oof_positives_lost" not in cal:
+        return "-"
+    return f"{cal['oof_positives_lost']} (≤{cal.get('max_positive_loss', 0.0):.0%})"
+
+
 def print_summary(summary: dict) -> None:
     table = Table(title=f"cross-validation: {summary.get('name')}")
-    for col in ("fold", "filtered", "pos. lost", "F1@0.5", "F1@thr", "thr", "epochs", "s", "Wh"):
+    for col in ("fold", "filtered", "pos. lost", "inner below", "F1@0.5", "F1@thr", "thr", "epochs",
+                "s", "Wh"):
         table.add_column(col, justify="right")
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
@@ -75,7 +84,7 @@ def print_summary(summary: dict) -> None:
     for f in summary["folds"]:
         fv = f["filter"]["val"]
         table.add_row(
-            str(f["fold"]), f"{fv['filtered_fraction']:.1%}", str(fv["positives_lost"]),
+            str(f["fold"]), f"{fv['filtered_fraction']:.1%}", str(fv["positives_lost"]), _below(f["filter"]),
             fmt(f.get("f1_at_0.5"), ".3f"), fmt(f.get("f1_at_threshold"), ".3f"), fmt(f.get("threshold"), ".3f"),
             fmt(f.get("epochs"), "d"), f"{f['wall_seconds']:.0f}", fmt(f.get("energy_wh"), ".3f"),
         )

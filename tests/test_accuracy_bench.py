@@ -1,0 +1,33 @@
+"""A smoke test of the accuracy benchmark at its tiny size (figures are printed, never asserted)."""
+
+import importlib.util
+import json
+
+import pytest
+
+from conftest import REPO
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_scores_pipeline_and_baseline_on_clean_labels(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    work = tmp_path / "work"
+    result = bench.main(["--size", "tiny", "--keep", str(work), "--json", str(tmp_path / "accuracy.json")])
+    saved = json.loads((tmp_path / "accuracy.json").read_text())
+    assert saved["n_train"] == 160 and 0 <= saved["baseline"]["f1"] <= 1 and 0 <= saved["pipeline"]["f1"] <= 1
+    assert saved["pipeline"]["positives"] == result["single_model"]["positives"] > 0
+    assert (work / "realistic_truth" / "test_labels.csv").is_file() and (work / "run" / "cv_summary.json").is_file()
+    assert "statistics + XGBoost baseline" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_temporary_folder_is_removed_when_the_run_fails(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "work"))
+    with pytest.raises(SystemExit):
+        bench.main(["--size", "tiny", "trainer.max_epochs=not_a_number"])
+    assert not (tmp_path / "work").exists()
