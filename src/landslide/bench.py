@@ -188,17 +188,22 @@ class EpochTimer(Callback):
         self.images.append(self._n)
 
 
+def timed_fit(cfg, module: L.LightningModule, datamodule: L.LightningDataModule, epochs: int) -> tuple[float, int]:
+    """Images/s of ``Trainer.fit`` over the epochs after the first (warm-up, compilation), and the epochs run."""
+    timer = EpochTimer()
+    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
+                                     enable_progress_bar=False, limit_val_batches=0, max_epochs=epochs)
+    trainer.fit(module, datamodule=datamodule)
+    measured = slice(1, None) if len(timer.times) > 1 else slice(None)
+    return sum(timer.images[measured]) / sum(timer.times[measured]), len(timer.times)
+
+
 def framework_path(cfg, dm, epochs: int) -> dict:
     """Images/s of ``Trainer.fit`` as train.py runs it, over the epochs after the first (warm-up, compilation)."""
     dm.set_fold(0)
     module = build_module(cfg, dm)
-    timer = EpochTimer()
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                                     enable_progress_bar=False, limit_val_batches=0, max_epochs=epochs)
-    trainer.fit(module, datamodule=dm)
-    measured = slice(1, None) if len(timer.times) > 1 else slice(None)
-    rate = sum(timer.images[measured]) / sum(timer.times[measured])
-    return {"images_per_s": rate, "batch_size": dm.batch_size, "epochs": len(timer.times), "module": module}
+    rate, run = timed_fit(cfg, module, dm, epochs)
+    return {"images_per_s": rate, "batch_size": dm.batch_size, "epochs": run, "module": module}
 
 
 def stacked_path(cfg, dm, k: int, epochs: int) -> dict:
@@ -212,13 +217,8 @@ def stacked_path(cfg, dm, k: int, epochs: int) -> dict:
                               np.ones(len(dm.val_index), bool), dm.epoch_seed, list(dm.norm_mean), None, {}))
     data = StackedFoldsData(dm, parts)
     stacked = StackedLandslideModule(modules, [len(p.val_index) for p in parts], list(range(k)))
-    timer = EpochTimer()
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=[timer], logger=False, enable_checkpointing=False,
-                                     enable_progress_bar=False, limit_val_batches=0, max_epochs=epochs)
-    trainer.fit(stacked, datamodule=data)
-    measured = slice(1, None) if len(timer.times) > 1 else slice(None)
-    rate = sum(timer.images[measured]) / sum(timer.times[measured])
-    return {"images_per_s": rate, "models": k, "epochs": len(timer.times)}
+    rate, run = timed_fit(cfg, stacked, data, epochs)
+    return {"images_per_s": rate, "models": k, "epochs": run}
 
 
 def prediction(module, images, device, models: int, batch_size: int) -> dict:
