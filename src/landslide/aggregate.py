@@ -10,7 +10,6 @@ which must be equal, and all their invocations: time and energy add up), ``cv_su
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import shutil
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import RunError
-from landslide.files import write_json, write_text
+from landslide.files import read_config, read_json, write_json, write_text
 from landslide.run_record import MANIFEST, RunManifest, differences
 
 log = logging.getLogger("landslide.aggregate")
@@ -38,24 +37,14 @@ class Job:
     folds: list[int]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise RunError(f"{path}: cannot be read as JSON ({str(err).splitlines()[0]})") from None
-
-
 def read_job(folder: Path) -> Job:
     """A job folder's config and record; it trains ``data.fold`` or, when that is null, every fold."""
     config, record = folder / ".hydra" / "config.yaml", folder / MANIFEST
     for path in (config, record):
         if not path.is_file():
             raise RunError(f"{path}: not found; is {folder} a train.py job folder?")
-    try:
-        cfg = OmegaConf.load(config)
-    except Exception as err:  # a YAML or OmegaConf error
-        raise RunError(f"{config}: cannot be read ({str(err).splitlines()[0]})") from None
-    data = _read_json(record)
+    cfg = read_config(config)
+    data = read_json(record)
     num_folds = data.get("defining", {}).get("data", {}).get("num_folds")
     if not isinstance(num_folds, int):
         raise RunError(f"{record}: holds no run record (defining settings, folds); was {folder} made by train.py?")
@@ -149,7 +138,7 @@ def aggregate(folders: list[Path], out: Path) -> dict:
         _copy_fold(job, fold, out)
     config_text = OmegaConf.to_yaml(cfg)
     write_text(out / ".hydra" / "config.yaml", config_text)
-    results = [_read_json(out / "folds" / f"fold_{fold}" / "result.json") for fold in sorted(owner)]
+    results = [read_json(out / "folds" / f"fold_{fold}" / "result.json") for fold in sorted(owner)]
 
     record = RunManifest(out)
     record.data = {

@@ -10,13 +10,8 @@ from typing import Any
 
 import torch
 
-from landslide.errors import RunError
+from landslide.errors import RunError, first_line
 from landslide.module import LandslideModule
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def read_checkpoint(path: Path | str) -> dict[str, Any]:
@@ -27,7 +22,7 @@ def read_checkpoint(path: Path | str) -> dict[str, Any]:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # truncated, empty, foreign or unsafe: torch says which in its first line
-        raise RunError(f"{path}: cannot be read as a checkpoint of weights ({_first_line(err)})") from None
+        raise RunError(f"{path}: cannot be read as a checkpoint of weights ({first_line(err)})") from None
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
         raise RunError(f"{path}: not a model checkpoint (no state_dict)")
     return ckpt
@@ -55,5 +50,5 @@ def load_module(path: Path | str, device: torch.device | str = "cpu") -> Landsli
         module = LandslideModule(**settings)
         module.load_state_dict(ckpt["state_dict"])
     except (ValueError, TypeError, KeyError, RuntimeError) as err:
-        raise RunError(f"{path}: {_first_line(err)}") from None
+        raise RunError(f"{path}: {first_line(err)}") from None
     return module.to(device).eval()

@@ -7,3 +7,9 @@ class ConfigError(ValueError):
 
 class RunError(Exception):
     """A run directory or a model file cannot be used; the message names the file and the problem."""
+
+
+def first_line(err: BaseException) -> str:
+    """An exception's message cut to its first line (the one-line errors quote it)."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -9,6 +9,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from landslide.errors import RunError, first_line
+
 
 @contextmanager
 def atomic_output(path: Path | str) -> Iterator[Path]:
@@ -29,6 +33,22 @@ def write_text(path: Path | str, text: str) -> None:
     """Write ``text`` to ``path`` atomically."""
     with atomic_output(path) as tmp:
         tmp.write_text(text)
+
+
+def read_json(path: Path | str) -> Any:
+    """A JSON file of a run; one :class:`RunError` line naming it when it cannot be read."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError) as err:
+        raise RunError(f"{path}: cannot be read as JSON ({first_line(err)})") from None
+
+
+def read_config(path: Path | str) -> DictConfig:
+    """A run's YAML config; one :class:`RunError` line naming it when it cannot be read."""
+    try:
+        return OmegaConf.load(path)
+    except Exception as err:  # a YAML or OmegaConf error
+        raise RunError(f"{path}: cannot be read ({first_line(err)})") from None
 
 
 def write_json(path: Path | str, data: Any, indent: int | None = 2) -> None:

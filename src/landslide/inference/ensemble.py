@@ -8,7 +8,6 @@ predicted 0 and marked ``filtered``.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from pathlib import Path
@@ -16,17 +15,17 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor
 
 from landslide.bands import CHANNEL_NAMES, channel_indices
 from landslide.checkpoint import load_module
 from landslide.data.cache import load_or_build_split
 from landslide.data.release import read_split_index
-from landslide.errors import RunError
+from landslide.errors import RunError, first_line
 from landslide.features import compute_features
 from landslide.features.cached import split_features
-from landslide.files import atomic_output, write_json
+from landslide.files import atomic_output, read_config, read_json, write_json
 from landslide.filter.negative import load_filter
 from landslide.hardware import bf16_supported
 from landslide.inference.predictor import predict_probs, resolve_device
@@ -38,13 +37,6 @@ log = logging.getLogger(__name__)
 __all__ = ["RunError", "load_run", "predict_run", "write_submission"]
 
 
-def _read_json(path: Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise RunError(f"{path}: cannot be read as JSON ({str(err).splitlines()[0]})") from None
-
-
 def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
     """The run's config, CV summary and fold folders, checking that every artefact is present."""
     config = run_dir / ".hydra" / "config.yaml"
@@ -52,7 +44,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
     for path in (config, summary_path):
         if not path.is_file():
             raise RunError(f"{path}: not found; is {run_dir} a finished training run?")
-    summary = _read_json(summary_path)
+    summary = read_json(summary_path)
     if summary.get("oof_f1") is None:
         raise RunError(f"{summary_path}: the run trained no network (stage=filter?)")
     fold_dirs = []
@@ -62,11 +54,7 @@ def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
             if not (fold_dir / name).is_file():
                 raise RunError(f"{fold_dir / name}: missing; fold {fold['fold']} cannot be used")
         fold_dirs.append(fold_dir)
-    try:
-        cfg = OmegaConf.load(config)
-    except Exception as err:  # a YAML or OmegaConf error
-        raise RunError(f"{config}: cannot be read ({str(err).splitlines()[0]})") from None
-    return cfg, summary, fold_dirs
+    return read_config(config), summary, fold_dirs
 
 
 def _fold_filter(fold_dir: Path):
@@ -74,7 +62,7 @@ def _fold_filter(fold_dir: Path):
         return load_filter(fold_dir)
     except Exception as err:  # a missing or foreign model file, a broken JSON
         raise RunError(f"{fold_dir / 'filter.json'}: the fold's filter cannot be loaded "
-                       f"({str(err).strip().splitlines()[0]})") from None
+                       f"({first_line(err)})") from None
 
 
 def _settings(cfg: DictConfig, run_dir: Path, overrides: dict) -> dict:

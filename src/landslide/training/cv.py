@@ -30,7 +30,7 @@ from landslide.bands import BAND_SETS
 from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory, ResumeState
 from landslide.checkpoint import load_module, network_weights
 from landslide.data.datamodule import LandslideDataModule
-from landslide.errors import ConfigError
+from landslide.errors import ConfigError, first_line
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.filter.negative import filter_report
@@ -73,11 +73,11 @@ def option_errors(group: str) -> Iterator[None]:
         yield
     except InstantiationException as err:
         cause = err.__cause__ or err
-        raise ConfigError(f"{group}: {str(cause).strip().splitlines()[0]}") from None
+        raise ConfigError(f"{group}: {first_line(cause)}") from None
     except (ValueError, KeyError) as err:
         if isinstance(err, ConfigError):
             raise
-        raise ConfigError(f"{group}: {str(err).strip().splitlines()[0]}") from None
+        raise ConfigError(f"{group}: {first_line(err)}") from None
 
 
 def build_datamodule(cfg: DictConfig) -> LandslideDataModule:
