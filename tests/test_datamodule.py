@@ -3,7 +3,8 @@ import pytest
 import torch
 
 from landslide.data.augment import BatchAugment, dihedral_view, tta_views
-from landslide.data.datamodule import IndexBatches, LandslideDataModule
+from landslide.data.batches import IndexBatches
+from landslide.data.datamodule import LandslideDataModule
 
 
 @pytest.fixture()

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import BatchAugment
-from landslide.data.datamodule import IndexBatches
+from landslide.data.batches import IndexBatches
 from landslide.module import LandslideModule
 from landslide.training.stacked import (
     StackedLandslideModule,

@@ -98,10 +98,11 @@ def train(cfg: DictConfig) -> float | None:
     import lightning as L
 
     from landslide.training.cv import run_cv
+    from landslide.training.ranks import is_rank_zero
 
     _quiet_third_parties()
     _tune_host(cfg)
-    if cfg.get("print_config", True):
+    if cfg.get("print_config", True) and is_rank_zero():
         print_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     with user_errors():

@@ -121,16 +121,16 @@ class LandslideModule(L.LightningModule):
         logits = self(batch["x"])
         loss = self.criterion(logits.float(), batch["y"])
         self.train_metrics.update(torch.sigmoid(logits.detach().float()), batch["y"].int())
-        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True)
+        self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
     def on_train_epoch_end(self) -> None:
-        self.log_dict(self.train_metrics.compute())
+        self.log_dict(self.train_metrics.compute(), sync_dist=True)
         self.train_metrics.reset()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits = self(batch["x"]).float()
-        self.log("val/loss", self.criterion(logits, batch["y"]), on_step=False, on_epoch=True)
+        self.log("val/loss", self.criterion(logits, batch["y"]), on_step=False, on_epoch=True, sync_dist=True)
         # the whole pipeline's prediction: images the negative filter removed count as predicted negative
         prob = torch.sigmoid(logits) * batch["keep"]
         target = batch["y"].int()
@@ -138,13 +138,14 @@ class LandslideModule(L.LightningModule):
         self.val_curve.update(prob, target)
 
     def on_validation_epoch_end(self) -> None:
-        self.log_dict(self.val_metrics.compute(), prog_bar=False)
+        # metrics gather every process's states; sync_dist only averages the equal values and keeps Lightning quiet
+        self.log_dict(self.val_metrics.compute(), prog_bar=False, sync_dist=True)
         self.val_metrics.reset()
         precision, recall, thresholds = self.val_curve.compute()
         f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
         best = torch.argmax(f1[:-1]) if thresholds.numel() else torch.tensor(0)
-        self.log("val/f1_best", f1[best])
-        self.log("val/best_threshold", thresholds[best] if thresholds.numel() else torch.tensor(0.5))
+        self.log("val/f1_best", f1[best], sync_dist=True)
+        self.log("val/best_threshold", thresholds[best] if thresholds.numel() else torch.tensor(0.5), sync_dist=True)
         self.val_curve.reset()
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:

@@ -90,8 +90,9 @@ class EnergyCallback(Callback):
 
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = self.output_dir or trainer.default_root_dir
+        # one tracker per run: with several processes (DDP) rank zero measures the machine, the others nothing
         self.tracker = EnergyTracker(folder, "landslide-fit", self.country_iso_code, self.measure_power_secs,
-                                     self.enabled)
+                                     self.enabled and trainer.is_global_zero)
         self.tracker.start()
 
     def _finish(self, trainer: L.Trainer) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,11 @@ import torch
 from filelock import FileLock
 from sklearn.model_selection import StratifiedKFold, StratifiedShuffleSplit
 from torch import Tensor
-from torch.utils.data import DataLoader, IterableDataset
+from torch.utils.data import DataLoader
 
 from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_indices
 from landslide.data.augment import BatchAugment
+from landslide.data.batches import IndexBatches
 from landslide.data.cache import CachedSplit, load_or_build_split
 from landslide.data.plot import plot_sample
 from landslide.data.preprocess import channel_stats
@@ -25,52 +26,6 @@ from landslide.data.synthetic import generate_release
 from landslide.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class IndexBatches(IterableDataset):
-    """Yields batches of indices (not samples): the datamodule gathers them from the resident tensor.
-
-    Unshuffled batches cover the indices once, in order, the last one shorter. Shuffled (training) batches all
-    have one size, ``min(batch_size, n)``, and are cut from an endless stream of permutations (permutation ``k``
-    seeded by ``seed + k``), an epoch being ``round(n / batch_size)`` of them. Nothing is dropped for a short last
-    batch (with batches of 1,024 on a filtered fold of 2,000 images that would be almost half of every epoch),
-    batch norm never sees a tiny batch, and a compiled graph sees one shape.
-    """
-
-    def __init__(self, source: str, indices: np.ndarray, batch_size: int, shuffle: bool, seed: int = 0) -> None:
-        self.source = source
-        self.indices = torch.as_tensor(np.asarray(indices), dtype=torch.long)
-        self.shuffle = shuffle
-        self.batch_size = min(batch_size, len(self.indices)) if shuffle else batch_size
-        self.seed = seed
-        self.epoch = 0
-        # where the epoch number comes from when training (the trainer's), else iterations counted here
-        self.epoch_source: Callable[[], int] | None = None
-
-    def __len__(self) -> int:
-        n = len(self.indices)
-        if self.shuffle:
-            return max(1, round(n / max(self.batch_size, 1))) if n else 0
-        return -(-n // self.batch_size)
-
-    def _stream(self, start: int, stop: int) -> Tensor:
-        """Positions ``start:stop`` of the endless stream of permutations."""
-        n = len(self.indices)
-        first, last = start // n, (stop - 1) // n
-        perms = [self.indices[torch.randperm(n, generator=torch.Generator().manual_seed(self.seed + k))]
-                 for k in range(first, last + 1)]
-        return torch.cat(perms)[start - first * n : stop - first * n]
-
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        b, batches = self.batch_size, len(self)
-        if self.shuffle:
-            epoch = self.epoch_source() if self.epoch_source is not None else self.epoch
-            order = self._stream(epoch * batches * b, (epoch + 1) * batches * b)
-            self.epoch = epoch + 1
-        else:
-            order = self.indices
-        for i in range(batches):
-            yield {"source": self.source, "index": order[i * b : (i + 1) * b]}
 
 
 class LandslideDataModule(L.LightningDataModule):

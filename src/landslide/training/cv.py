@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
@@ -21,7 +22,9 @@ import lightning as L
 import numpy as np
 import pandas as pd
 import torch
+from hydra.core.hydra_config import HydraConfig
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
@@ -33,12 +36,13 @@ from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError, first_line
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
-from landslide.filter.negative import filter_report
+from landslide.filter.negative import filter_report, load_filter
 from landslide.inference.predictor import predict_probs
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
 from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
+from landslide.training.ranks import is_rank_zero, planned_processes, wait_for_rank_zero
 from landslide.training.summary import print_summary, summarise
 
 log = logging.getLogger(__name__)
@@ -61,9 +65,19 @@ def check_options(cfg: DictConfig) -> None:
          f"data.fold must be null or in [0, {data.num_folds}), got {data.get('fold')!r}")
     for key in ("batch_size", "eval_batch_size"):
         need(int(data[key]) >= 1, f"data.{key} must be >= 1, got {data[key]!r}")
+    need(not (planned_processes(cfg) > 1 and _local_multirun()),
+         "a multi-device trainer (DDP) cannot run inside a local multirun: its processes would start the sweep "
+         "again; run one job per command, or on SLURM one job per node (hydra.launcher.tasks_per_node = GPUs)")
     if cfg.get("stage", "all") == "all" and not trainer.get("fast_dev_run"):
         epochs = trainer.get("max_epochs")
         need(isinstance(epochs, int) and epochs >= 1, f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
+
+
+def _local_multirun() -> bool:
+    """True in a Hydra multirun job whose processes are not started by SLURM (one task per device)."""
+    if not HydraConfig.initialized():
+        return False
+    return HydraConfig.get().mode == RunMode.MULTIRUN and "SLURM_NTASKS" not in os.environ
 
 
 @contextmanager
@@ -121,11 +135,18 @@ def _find(callbacks: list[Callback], kind: type) -> Any:
 
 def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, train_part: np.ndarray,
                     val_part: np.ndarray, fold_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, dict]:
-    """Fit the fold's filter on its training part only, save it, and report what it keeps on both parts."""
-    with option_errors("filter"):
-        filt = instantiate(cfg.filter)
-    filt.fit(feats[train_part], labels[train_part], index=train_part)
-    filt.save(fold_dir)
+    """Fit the fold's filter on its training part only, save it, and report what it keeps on both parts.
+
+    With several processes (DDP) rank zero fits and saves it; the others wait for it and load the saved filter."""
+    if is_rank_zero():
+        with option_errors("filter"):
+            filt = instantiate(cfg.filter)
+        filt.fit(feats[train_part], labels[train_part], index=train_part)
+        filt.save(fold_dir)
+        wait_for_rank_zero()
+    else:
+        wait_for_rank_zero()
+        filt = load_filter(fold_dir)
     keep_train = filt.keep(feats[train_part])
     keep_val = filt.keep(feats[val_part])
     report = {
@@ -163,7 +184,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
-    figures = cfg.get("log_figures", True) and bool(loggers)
+    figures = cfg.get("log_figures", True) and bool(loggers) and is_rank_zero()
     if figures:
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
         log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=fold_dir / "figures")
@@ -180,7 +201,9 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
 
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     model_path = fold_dir / "model.ckpt"
-    if cfg.get("epoch_selection", "last") == "best" and checkpoint is not None and checkpoint.best_model_path:
+    if not trainer.is_global_zero:  # every process takes part in saving; rank zero writes
+        trainer.save_checkpoint(model_path, weights_only=True)
+    elif cfg.get("epoch_selection", "last") == "best" and checkpoint is not None and checkpoint.best_model_path:
         log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
                     fold)
         with atomic_output(model_path) as tmp:
@@ -213,6 +236,8 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     L.seed_everything(int(cfg.seed) + fold, workers=True)
     dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
     module, trainer, callbacks = fit_fold_network(cfg, dm, fold, fold_dir)
+    if not trainer.is_global_zero:
+        return result
 
     device = trainer.strategy.root_device
     result.update(score_fold(cfg, dm, module, filt, feats, val_part, keep_val, device))
@@ -260,7 +285,9 @@ def run_cv(cfg: DictConfig) -> dict:
     out = Path(cfg.paths.output_dir)
     started, started_at = time.perf_counter(), time.time()
     energy = cfg.get("energy", {})
-    tracker = EnergyTracker(out, "landslide-cv", energy.get("country_iso_code"), enabled=bool(energy.get("enabled")))
+    lead = is_rank_zero()  # with several processes (DDP) the others only train
+    tracker = EnergyTracker(out, "landslide-cv", energy.get("country_iso_code"),
+                            enabled=bool(energy.get("enabled")) and lead)
     manifest: RunManifest | None = None
     trained: list[int] = []
     tracker.start()
@@ -268,9 +295,11 @@ def run_cv(cfg: DictConfig) -> dict:
         dm = build_datamodule(cfg)
         with option_errors("data"):
             dm.folds()  # enough images of each class for the folds, checked before any training
-        record = RunManifest(out)
-        record.claim(defining_settings(cfg, dm.split("train").meta["key"]), prediction_settings(cfg, dm.channels))
-        manifest = record  # only an invocation that continues the recorded run is added to it
+        if lead:
+            record = RunManifest(out)
+            record.claim(defining_settings(cfg, dm.split("train").meta["key"]),
+                         prediction_settings(cfg, dm.channels))
+            manifest = record  # only an invocation that continues the recorded run is added to it
         feats = split_features(dm.split("train"))
         folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
         results: dict[int, dict] = {}
@@ -295,14 +324,18 @@ def run_cv(cfg: DictConfig) -> dict:
                 log.info("fold %d/%d", fold + 1, dm.num_folds)
                 done_now = {fold: train_fold(cfg, dm, fold, feats, fold_dir)}
             for fold, result in done_now.items():
+                if not lead:
+                    continue
                 write_json(out / "folds" / f"fold_{fold}" / "result.json", result, indent=None)
                 trained.append(fold)
                 results[fold] = result
-        results = [results[f] for f in folds]
+        results = [results[f] for f in folds] if lead else []
     finally:
         run_wh = tracker.stop()
         if manifest is not None:
             manifest.add_invocation(started_at, time.perf_counter() - started, run_wh, trained)
+    if not lead:
+        return {}
     wall, wh = manifest.totals()
     summary = summarise(cfg, dm, results, wall, wh)
     summary["invocations"] = len(manifest.invocations)

@@ -12,6 +12,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.files import atomic_output
+from landslide.training.ranks import is_rank_zero
 
 #: where a resumed fold keeps the metrics of its earlier invocations (Lightning's CSV logger starts a new file)
 EARLIER_METRICS = "metrics.earlier.csv"
@@ -30,14 +31,16 @@ def _remembered(path: Path, value: str | None) -> str | None:
 def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
     """One logger per configured entry, versioned by fold. W&B runs of one CV run share a group (kept in the run's
     ``wandb_group``) and each keeps its run id in ``fold_dir/wandb_id``, so a resumed run continues the same W&B
-    runs in the same group."""
+    runs in the same group. With several processes (DDP) every process has the loggers (Lightning logs from rank
+    zero only) and only rank zero touches the fold's files."""
+    lead = is_rank_zero()
     loggers: list[Logger] = []
     for _, entry in (cfg.get("logger") or {}).items():
         if entry is None or "_target_" not in entry:
             continue
         target = entry["_target_"]
         extra: dict[str, Any] = {}
-        if target.endswith("WandbLogger"):
+        if target.endswith("WandbLogger") and lead:
             extra = {"name": f"{cfg.name}-fold{fold}", "id": _remembered(fold_dir / "wandb_id", uuid.uuid4().hex[:12]),
                      "group": _remembered(fold_dir.parent.parent / "wandb_group", entry.get("group")),
                      "resume": "allow"}
@@ -46,7 +49,7 @@ def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
         logger = instantiate(entry, **extra)
         if isinstance(logger, WandbLogger):
             logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-        if isinstance(logger, CSVLogger):
+        if isinstance(logger, CSVLogger) and lead:
             _set_aside_metrics(Path(logger.log_dir))
         loggers.append(logger)
     return loggers
@@ -80,7 +83,7 @@ def finish_loggers(loggers: list[Logger]) -> None:
     and failures do not leak them into the next run."""
     for logger in loggers:
         logger.finalize("success")
-        if isinstance(logger, CSVLogger):
+        if isinstance(logger, CSVLogger) and is_rank_zero():
             _restore_metrics(Path(logger.log_dir))
         if isinstance(logger, WandbLogger):
             import wandb

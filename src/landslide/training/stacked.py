@@ -51,7 +51,9 @@ from torchmetrics.functional.classification import (
 )
 
 from landslide.callbacks import EnergyCallback, MetricHistory
-from landslide.data.datamodule import IndexBatches, LandslideDataModule
+from landslide.data.batches import IndexBatches
+from landslide.data.datamodule import LandslideDataModule
+from landslide.errors import ConfigError
 from landslide.files import atomic_output
 from landslide.module import LandslideModule, warmup_cosine
 from landslide.training.cv import (
@@ -62,6 +64,7 @@ from landslide.training.cv import (
     score_fold,
 )
 from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
+from landslide.training.ranks import planned_processes
 
 log = logging.getLogger(__name__)
 
@@ -71,6 +74,12 @@ def parallel_folds(cfg: DictConfig, pending: int) -> int:
     """How many folds train at once: ``cv.parallel_folds`` (``auto``: all pending folds on a GPU, 1 on a CPU, where
     vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply."""
     value = str(OmegaConf.select(cfg, "cv.parallel_folds", default=1))
+    if planned_processes(cfg) > 1:  # DDP: one fold at a time over every device
+        if value not in ("auto", "1"):
+            raise ConfigError(f"cv.parallel_folds={value} trains folds stacked on one device and cannot be combined "
+                              "with a multi-device trainer; use cv.parallel_folds=1, or train the folds as jobs, "
+                              "one per GPU (python train.py -m data.fold=0,1,... hydra/launcher=submitit_slurm)")
+        return 1
     if value == "auto":
         accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
         gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
