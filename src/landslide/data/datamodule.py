@@ -18,13 +18,15 @@ from torch.utils.data import DataLoader, IterableDataset
 from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_indices
 from landslide.data.augment import BatchAugment
 from landslide.data.cache import CachedSplit, load_or_build_split
+from landslide.data.embedded import ensure_embedded_release
 from landslide.data.plot import plot_sample
 from landslide.data.preprocess import channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
-from landslide.data.synthetic import generate_release
 from landslide.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+PREPARE_LOCK = ".prepare.lock"  # in cache_dir: jobs started together take turns at generating and caching
 
 
 class IndexBatches(IterableDataset):
@@ -145,33 +147,21 @@ class LandslideDataModule(L.LightningDataModule):
         self.epoch_seed = split_seed
 
     # ---------------------------------------------------------------- data on disk
-    def _is_synthetic_root(self) -> bool:
-        target = self.synthetic.get("root")
-        return bool(target) and Path(target).resolve() == self.root.resolve()
-
     def prepare_data(self) -> None:
-        """Generate the embedded synthetic release if it is the configured root and absent; build the cache. Jobs
-        started together (a multirun) take turns through a lock file in the cache folder: the first one makes the
-        data, the others find it."""
+        """Generate the embedded synthetic release if it is the configured root and absent
+        (:func:`~landslide.data.embedded.ensure_embedded_release`); build the cache. Jobs started together (a
+        multirun) take turns through a lock file in the cache folder: the first one makes the data, the others
+        find it."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.cache_dir / ".prepare.lock"):
-            self._prepare()
-
-    def _prepare(self) -> None:
+        lock = self.cache_dir / PREPARE_LOCK
+        ensure_embedded_release(self.root, self.synthetic, lock)
         if not (self.root / "Train.csv").is_file():
-            if self._is_synthetic_root():
-                n_train, n_test = int(self.synthetic["n_train"]), int(self.synthetic["n_test"])
-                log.info("generating the embedded synthetic release (%d train, %d test) in %s",
-                         n_train, n_test, self.root)
-                generate_release(self.root, n_train, n_test, int(self.synthetic.get("seed", 0)),
-                                 difficulty=self.synthetic.get("difficulty", "easy"),
-                                 label_noise=float(self.synthetic.get("label_noise", 0.0)))
-            else:
-                raise ReleaseError(
-                    f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "
-                    "Train.csv, Test.csv, train_data/ and test_data/"
-                )
-        self.split("train")
+            raise ReleaseError(
+                f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "
+                "Train.csv, Test.csv, train_data/ and test_data/"
+            )
+        with FileLock(lock):
+            self.split("train")
 
     def split(self, name: str) -> CachedSplit:
         """A split's cached channels, built on first use (the test split only when something asks for it).
