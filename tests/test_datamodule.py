@@ -4,6 +4,7 @@ import torch
 
 from landslide.data.augment import BatchAugment, dihedral_view, tta_views
 from landslide.data.datamodule import IndexBatches, LandslideDataModule
+from landslide.data.plot import plot_split_sample, split_sample
 
 
 @pytest.fixture()
@@ -90,8 +91,29 @@ def test_tta_views_are_the_dihedral_group():
 
 def test_plot_writes_a_png(dm, tmp_path):
     path = tmp_path / "sample.png"
-    dm.plot(0, prediction=0.7, path=path)
+    figure = plot_split_sample(dm.gather, dm.channels, 0, labels=dm.labels, ids=dm.train_ids, prediction=0.7,
+                               path=path)
     assert path.stat().st_size > 10_000
+    assert figure._suptitle.get_text() == f"{dm.train_ids[0]}   label: {int(dm.labels[0])}   prediction: 0.70"
+
+
+def test_plot_takes_any_gather_callable_and_the_band_set():
+    from landslide.bands import band_set
+
+    channels = band_set("sar")
+    calls = []
+
+    def gather(split, rows):
+        calls.append((split, list(rows)))
+        return torch.randn(len(rows), len(channels), 64, 64)
+
+    image, label = split_sample(gather, 3, "test")
+    assert image.shape == (8, 64, 64) and image.dtype == np.float32 and label is None
+    figure = plot_split_sample(gather, channels, 5, "test", ids=[f"S{i}" for i in range(6)])
+    assert calls == [("test", [3]), ("test", [5])]
+    titles = {ax.get_title() for ax in figure.axes if ax.get_title()}
+    assert len(titles) == 12 and "RGB" not in titles and "desc VV diff" in titles  # 2 passes x 2 pols x 3
+    assert figure._suptitle.get_text() == "S5"
 
 
 def test_bad_configuration_is_rejected(tiny_release, tmp_path):

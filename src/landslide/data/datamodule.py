@@ -19,7 +19,6 @@ from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_
 from landslide.data.augment import BatchAugment
 from landslide.data.cache import CachedSplit, load_or_build_split
 from landslide.data.embedded import ensure_embedded_release
-from landslide.data.plot import plot_sample
 from landslide.data.preprocess import channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
 from landslide.errors import ConfigError
@@ -333,16 +332,3 @@ class LandslideDataModule(L.LightningDataModule):
         else:
             out["keep"] = torch.ones(len(index), dtype=torch.bool, device=device)
         return out
-
-    def sample(self, i: int, split: str = "train") -> tuple[np.ndarray, int | None]:
-        """One sample (channels of the configured band set, physical units) and its label."""
-        image = self.gather(split, [i])[0].numpy()
-        label = int(self.labels[i]) if split == "train" else None
-        return image, label
-
-    def plot(self, i: int, split: str = "train", prediction: float | None = None,
-             path: str | Path | None = None):
-        """Plot sample ``i`` of a split as a band grid (see :func:`plot_sample`)."""
-        image, label = self.sample(i, split)
-        ids = self.train_ids if split == "train" else self.test_ids
-        return plot_sample(image, self.channels, label, prediction, title=ids[i], path=path)
