@@ -138,8 +138,6 @@ class LandslideDataModule(L.LightningDataModule):
         self._picks: Tensor | None = None
         self.train_index = np.zeros(0, np.int64)
         self.val_index = np.zeros(0, np.int64)
-        self.predict_source = "test"
-        self.predict_index: np.ndarray | None = None
         self.keep: dict[str, np.ndarray] = {}
         self.norm_mean: list[float] = []
         self.norm_std: list[float] = []
@@ -255,12 +253,6 @@ class LandslideDataModule(L.LightningDataModule):
             self.norm_mean, self.norm_std = channel_stats(images, self.channels)
         self.augment.set_fill(torch.tensor(self.norm_mean))
 
-    def predict_on(self, source: str, index: np.ndarray | None = None) -> None:
-        """Make ``predict_dataloader`` serve ``source`` ('train' or 'test'), optionally a subset of it."""
-        if source not in ("train", "test"):
-            raise ValueError(f"unknown split {source!r}")
-        self.predict_source, self.predict_index = source, index
-
     # ---------------------------------------------------------------- loaders
     def _loader(self, source: str, index: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
         dataset = IndexBatches(source, index, batch_size, shuffle, self.epoch_seed)
@@ -281,11 +273,6 @@ class LandslideDataModule(L.LightningDataModule):
 
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
-
-    def predict_dataloader(self) -> DataLoader:
-        n = len(self._host_tensor(self.predict_source))
-        index = np.arange(n) if self.predict_index is None else self.predict_index
-        return self._loader(self.predict_source, index, self.eval_batch_size, shuffle=False)
 
     # ---------------------------------------------------------------- batches
     def _on_device(self, name: str, device: torch.device, make: Callable[[], Tensor]) -> Tensor:
