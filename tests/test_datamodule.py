@@ -116,6 +116,32 @@ def test_plot_takes_any_gather_callable_and_the_band_set():
     assert figure._suptitle.get_text() == "S5"
 
 
+def test_folds_and_holdout_are_computed_once(tiny_release, tmp_path, monkeypatch):
+    import landslide.data.datamodule as datamodule
+
+    calls = {"kfold": 0, "holdout": 0}
+    kfold_split, holdout_split = datamodule.StratifiedKFold.split, datamodule.StratifiedShuffleSplit.split
+
+    def counted(key, split):
+        def wrapper(self, *args, **kwargs):
+            calls[key] += 1
+            return split(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(datamodule.StratifiedKFold, "split", counted("kfold", kfold_split))
+    monkeypatch.setattr(datamodule.StratifiedShuffleSplit, "split", counted("holdout", holdout_split))
+    module = LandslideDataModule(tiny_release, tmp_path / "cache", num_folds=3, holdout_fraction=0.2, progress=False)
+    module.prepare_data()
+    module.setup()  # selects fold 0
+    for fold in (1, 2, 0):
+        module.set_fold(fold)
+    folds = module.folds()
+    assert module.folds() is folds and module.holdout_index is module.holdout_index
+    assert calls == {"kfold": 1, "holdout": 1}
+    held = set(module.holdout_index.tolist())
+    assert len(held) == 24 and not held & set(np.concatenate([va for _, va in folds]).tolist())
+
+
 def test_bad_configuration_is_rejected(tiny_release, tmp_path):
     with pytest.raises(ValueError, match="data.stats"):
         LandslideDataModule(tiny_release, tmp_path, stats="imagenet")

@@ -139,6 +139,8 @@ class LandslideDataModule(L.LightningDataModule):
         self.train_index = np.zeros(0, np.int64)
         self.val_index = np.zeros(0, np.int64)
         self.keep: dict[str, np.ndarray] = {}
+        self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._holdout: np.ndarray | None = None
         self.norm_mean: list[float] = []
         self.norm_std: list[float] = []
         self.epoch_seed = split_seed
@@ -207,24 +209,30 @@ class LandslideDataModule(L.LightningDataModule):
 
     @property
     def holdout_index(self) -> np.ndarray:
-        """Training rows set aside from every fold (``holdout_fraction``), stratified and fixed by ``split_seed``."""
-        y = self.labels
-        if self.holdout_fraction == 0:
-            return np.zeros(0, np.int64)
-        splitter = StratifiedShuffleSplit(1, test_size=self.holdout_fraction, random_state=self.split_seed)
-        return np.sort(next(splitter.split(np.zeros(len(y)), y))[1])
+        """Training rows set aside from every fold (``holdout_fraction``), stratified and fixed by ``split_seed``;
+        computed once (labels, share and seed never change), the same array every time: do not modify it."""
+        if self._holdout is None:
+            y = self.labels
+            if self.holdout_fraction == 0:
+                self._holdout = np.zeros(0, np.int64)
+            else:
+                splitter = StratifiedShuffleSplit(1, test_size=self.holdout_fraction, random_state=self.split_seed)
+                self._holdout = np.sort(next(splitter.split(np.zeros(len(y)), y))[1])
+        return self._holdout
 
     def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stratified (train, validation) index pairs of every fold, fixed by ``split_seed``; held-out rows
-        (``holdout_fraction``) are in none of them."""
-        y = self.labels
-        rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
-        smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
-        if smallest < self.num_folds:
-            raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and the "
-                              f"smaller class has {smallest} (choose 2 to {smallest} folds)")
-        splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
-        return [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
+        (``holdout_fraction``) are in none of them. Computed once, the same list every time: do not modify it."""
+        if self._folds is None:
+            y = self.labels
+            rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
+            smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
+            if smallest < self.num_folds:
+                raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and "
+                                  f"the smaller class has {smallest} (choose 2 to {smallest} folds)")
+            splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
+            self._folds = [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
+        return self._folds
 
     def set_fold(self, fold: int, train_keep: np.ndarray | None = None, val_keep: np.ndarray | None = None) -> None:
         """Select fold ``fold``; train only on the training images ``train_keep`` marks (all by default).
