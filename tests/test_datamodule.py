@@ -142,6 +142,17 @@ def test_folds_and_holdout_are_computed_once(tiny_release, tmp_path, monkeypatch
     assert len(held) == 24 and not held & set(np.concatenate([va for _, va in folds]).tolist())
 
 
+def test_the_filter_keep_mask_follows_the_fold(dm):
+    _, va = dm.folds()[0]
+    dm.set_fold(0, val_keep=np.zeros(len(va), bool))
+    assert not dm.filter_keep[va].any() and dm.filter_keep.sum() == len(dm.labels) - len(va)
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
+    assert not batch["keep"].any()
+    dm.set_fold(0)  # the mask kept beside the split's tensors is replaced, not reused
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
+    assert dm.filter_keep.all() and batch["keep"].all()
+
+
 def test_bad_configuration_is_rejected(tiny_release, tmp_path):
     with pytest.raises(ValueError, match="data.stats"):
         LandslideDataModule(tiny_release, tmp_path, stats="imagenet")

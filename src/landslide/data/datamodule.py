@@ -25,6 +25,10 @@ from landslide.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
+# keys of the host and device caches (``_host``, ``_device``) besides the split names
+LABELS = "labels"  # the training split's labels, float
+FILTER_KEEP = "filter_keep"  # LandslideDataModule.filter_keep
+PICKS = "picks"  # the band set's channel indices
 PREPARE_LOCK = ".prepare.lock"  # in cache_dir: jobs started together take turns at generating and caching
 
 
@@ -138,7 +142,9 @@ class LandslideDataModule(L.LightningDataModule):
         self._picks: Tensor | None = None
         self.train_index = np.zeros(0, np.int64)
         self.val_index = np.zeros(0, np.int64)
-        self.keep: dict[str, np.ndarray] = {}
+        # over every row of the training split: False where the current fold's filter removed a validation image
+        # (batches carry it as ``keep``; the network's prediction there counts as negative)
+        self.filter_keep = np.zeros(0, bool)
         self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._holdout: np.ndarray | None = None
         self.norm_mean: list[float] = []
@@ -180,14 +186,14 @@ class LandslideDataModule(L.LightningDataModule):
         return self._host[name]
 
     def setup(self, stage: str | None = None) -> None:
-        if "labels" in self._host:
+        if LABELS in self._host:
             return
         train = self.split("train")
-        self._host["labels"] = torch.from_numpy(train.labels.astype(np.float32))
+        self._host[LABELS] = torch.from_numpy(train.labels.astype(np.float32))
         picks = channel_indices(self.channels)
         # the band set's channels, or None when it is all of them in order (no selection needed)
         self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks, dtype=torch.long)
-        self.keep = {"train": np.ones(len(train.ids), bool)}
+        self.filter_keep = np.ones(len(train.ids), bool)
         self.set_fold(self.fold if self.fold is not None else 0)
 
     # ---------------------------------------------------------------- folds
@@ -197,7 +203,7 @@ class LandslideDataModule(L.LightningDataModule):
 
     @property
     def labels_tensor(self) -> Tensor:
-        return self._host["labels"]
+        return self._host[LABELS]
 
     @property
     def train_ids(self) -> list[str]:
@@ -249,8 +255,8 @@ class LandslideDataModule(L.LightningDataModule):
         keep = np.ones(len(self.labels), bool)
         if val_keep is not None:
             keep[val_part] = np.asarray(val_keep, bool)
-        self.keep["train"] = keep
-        self._forget("keep_train")
+        self.filter_keep = keep
+        self._forget(FILTER_KEEP)
         self.fit_stats(self.train_index)
 
     def fit_stats(self, index: np.ndarray) -> None:
@@ -299,6 +305,10 @@ class LandslideDataModule(L.LightningDataModule):
             return self._host_tensor(source)
         return self._on_device(source, device, lambda: self._host_tensor(source))
 
+    def labels_on(self, device: torch.device | str) -> Tensor:
+        """The training split's labels (float) on ``device``, moved once and reused across folds."""
+        return self.resident(LABELS, torch.device(device))
+
     def gather(self, source: str, index: np.ndarray | Tensor | None = None,
                device: torch.device | str = "cpu") -> Tensor:
         """Rows ``index`` (all by default) of a split, in the configured band set's channels, on ``device``."""
@@ -307,7 +317,7 @@ class LandslideDataModule(L.LightningDataModule):
         if index is not None:
             images = images[torch.as_tensor(index, device=images.device)]
         if self._picks is not None:
-            images = images.index_select(1, self._on_device("picks", images.device, lambda: self._picks))
+            images = images.index_select(1, self._on_device(PICKS, images.device, lambda: self._picks))
         return images.to(device)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
@@ -322,8 +332,8 @@ class LandslideDataModule(L.LightningDataModule):
             x = self.augment(x)
         out["x"] = x
         if source == "train":
-            out["keep"] = self._on_device("keep_train", device, lambda: torch.from_numpy(self.keep["train"]))[index]
-            out["y"] = self.resident("labels", device)[index]
+            out["keep"] = self._on_device(FILTER_KEEP, device, lambda: torch.from_numpy(self.filter_keep))[index]
+            out["y"] = self.labels_on(device)[index]
         else:
             out["keep"] = torch.ones(len(index), dtype=torch.bool, device=device)
         return out
