@@ -4,7 +4,6 @@ import torch
 
 from landslide.data.augment import BatchAugment, dihedral_view, tta_views
 from landslide.data.datamodule import IndexBatches, LandslideDataModule
-from landslide.data.plot import plot_split_sample, split_sample
 
 
 @pytest.fixture()
@@ -90,6 +89,8 @@ def test_tta_views_are_the_dihedral_group():
 
 
 def test_plot_writes_a_png(dm, tmp_path):
+    from landslide.data.plot import plot_split_sample
+
     path = tmp_path / "sample.png"
     figure = plot_split_sample(dm.gather, dm.channels, 0, labels=dm.labels, ids=dm.train_ids, prediction=0.7,
                                path=path)
@@ -99,6 +100,7 @@ def test_plot_writes_a_png(dm, tmp_path):
 
 def test_plot_takes_any_gather_callable_and_the_band_set():
     from landslide.bands import band_set
+    from landslide.data.plot import plot_split_sample, split_sample
 
     channels = band_set("sar")
     calls = []
