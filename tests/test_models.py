@@ -120,7 +120,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
     again = load_module(path)  # the project's safe loader (weights only, allow-listed network)
     assert again.channels == list(dm.channels)
     assert np.allclose(again.mean.flatten().tolist(), dm.norm_mean)
-    probs = predict_probs(again, dm.gather("test"), batch_size=8, tta=False, bf16=False)[0]
+    probs = predict_probs(again, dm.gather("test"), batch_size=8, tta=False, device="cpu", bf16=False)[0]
     assert probs.shape == (len(dm.test_ids),) and ((probs >= 0) & (probs <= 1)).all()
     x = dm.gather("test", np.arange(6))
     module.eval()
