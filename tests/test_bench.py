@@ -1,24 +1,85 @@
-"""A smoke test of the benchmark at CI size (figures are printed, never asserted against a time)."""
+"""A smoke test of the throughput benchmark at CI size (figures are printed, never asserted against a time)."""
 
+import importlib.util
 import json
+import subprocess
+import sys
+import tempfile
 
 import pytest
 
-from landslide.bench import main
+from conftest import REPO
 
 
-def test_bench_runs_and_reports_both_paths(tmp_path, capsys):
-    result = main(["--device", "cpu", "--n-train", "96", "--n-test", "32", "--seconds", "1", "--epochs", "2",
-                   "--models", "2", "--compile", "false", "--bounds", "--stacked", "2", "--out", str(tmp_path)])
+def load_benchmark():
+    spec = importlib.util.spec_from_file_location("throughput", REPO / "benchmarks" / "throughput.py")
+    bench = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = bench  # its dataclass looks its module up
+    spec.loader.exec_module(bench)
+    return bench
+
+
+@pytest.fixture()
+def temp_root(tmp_path, monkeypatch):
+    """Python's temporary folder for this test alone, so that what the benchmark leaves there can be seen."""
+    root = tmp_path / "tmp"
+    root.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(root))
+    return root
+
+
+def recording_work(bench, monkeypatch) -> list:
+    """Record the work folder the benchmark measures in (and check it exists while it does)."""
+    seen, benchmark = [], bench.benchmark
+
+    def wrapper(args, work, allocator):
+        seen.append(work)
+        assert work.is_dir()
+        return benchmark(args, work, allocator)
+
+    monkeypatch.setattr(bench, "benchmark", wrapper)
+    return seen
+
+
+def test_bench_runs_and_reports_both_paths(tmp_path, capsys, temp_root, monkeypatch):
+    bench = load_benchmark()
+    seen = recording_work(bench, monkeypatch)
+    result = bench.main(["--device", "cpu", "--n-train", "96", "--n-test", "32", "--seconds", "1", "--epochs", "2",
+                         "--models", "2", "--compile", "false", "--bounds", "--stacked", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "bench.json").read_text())
     assert saved["reference_loop_images_per_s"] > 0 and saved["framework_images_per_s"] > 0
     ratio = saved["framework_images_per_s"] / saved["reference_loop_images_per_s"]
     assert saved["speedup"] == pytest.approx(ratio, rel=0.02)
-    assert result["prediction_models"] == 2
+    assert result["prediction_models"] == 2 and saved["n_train"] == 96 and saved["n_test"] == 32
     assert saved["bare_step_images_per_s"] > 0 and saved["host_allocator"] in ("tuned", "glibc default")
     assert saved["stacked_models"] == 2 and saved["stacked_step_images_per_s"] > 0
     assert saved["stacked_path_images_per_s"] > 0
     assert "framework_images_per_s" in capsys.readouterr().out
+    # its data and cache were in a temporary folder, removed at the end
+    assert len(seen) == 1 and seen[0].parent == temp_root and seen[0].name.startswith(bench.TEMP_PREFIX)
+    assert not seen[0].exists() and not list(temp_root.glob(bench.TEMP_PREFIX + "*"))
+
+
+def test_the_temporary_folder_is_removed_when_the_run_fails(tmp_path, temp_root, monkeypatch):
+    bench = load_benchmark()
+    seen = recording_work(bench, monkeypatch)
+
+    def fail(cfg, dm, *args):
+        assert (dm.root / "Train.csv").is_file() and dm.root.parent == seen[0]  # data generated in the folder
+        raise RuntimeError("stopped after the data")
+
+    monkeypatch.setattr(bench, "measure_paths", fail)
+    with pytest.raises(RuntimeError, match="stopped after the data"):
+        bench.main(["--device", "cpu", "--n-train", "96", "--n-test", "8", "--out", str(tmp_path / "out")])
+    assert not seen[0].exists() and not list(temp_root.glob(bench.TEMP_PREFIX + "*"))
+    assert not (tmp_path / "out" / "bench.json").exists()
+
+
+@pytest.mark.parametrize("command", [["benchmarks/throughput.py"], ["-m", "benchmarks.throughput"]])
+def test_runs_from_the_source_checkout(command):
+    done = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "--stacked K" in done.stdout and "Throughput and energy benchmark" in done.stdout
 
 
 def test_gpu_monitor_integrates_power_and_reports_nothing_without_a_gpu():

@@ -90,9 +90,70 @@ def test_tta_views_are_the_dihedral_group():
 
 
 def test_plot_writes_a_png(dm, tmp_path):
+    from landslide.data.plot import plot_split_sample
+
     path = tmp_path / "sample.png"
-    dm.plot(0, prediction=0.7, path=path)
+    figure = plot_split_sample(dm.gather, dm.channels, 0, labels=dm.labels, ids=dm.train_ids, prediction=0.7,
+                               path=path)
     assert path.stat().st_size > 10_000
+    assert figure._suptitle.get_text() == f"{dm.train_ids[0]}   label: {int(dm.labels[0])}   prediction: 0.70"
+
+
+def test_plot_takes_any_gather_callable_and_the_band_set():
+    from landslide.bands import band_set
+    from landslide.data.plot import plot_split_sample, split_sample
+
+    channels = band_set("sar")
+    calls = []
+
+    def gather(split, rows):
+        calls.append((split, list(rows)))
+        return torch.randn(len(rows), len(channels), 64, 64)
+
+    image, label = split_sample(gather, 3, "test")
+    assert image.shape == (8, 64, 64) and image.dtype == np.float32 and label is None
+    figure = plot_split_sample(gather, channels, 5, "test", ids=[f"S{i}" for i in range(6)])
+    assert calls == [("test", [3]), ("test", [5])]
+    titles = {ax.get_title() for ax in figure.axes if ax.get_title()}
+    assert len(titles) == 12 and "RGB" not in titles and "desc VV diff" in titles  # 2 passes x 2 pols x 3
+    assert figure._suptitle.get_text() == "S5"
+
+
+def test_folds_and_holdout_are_computed_once(tiny_release, tmp_path, monkeypatch):
+    import landslide.data.datamodule as datamodule
+
+    calls = {"kfold": 0, "holdout": 0}
+    kfold_split, holdout_split = datamodule.StratifiedKFold.split, datamodule.StratifiedShuffleSplit.split
+
+    def counted(key, split):
+        def wrapper(self, *args, **kwargs):
+            calls[key] += 1
+            return split(self, *args, **kwargs)
+        return wrapper
+
+    monkeypatch.setattr(datamodule.StratifiedKFold, "split", counted("kfold", kfold_split))
+    monkeypatch.setattr(datamodule.StratifiedShuffleSplit, "split", counted("holdout", holdout_split))
+    module = LandslideDataModule(tiny_release, tmp_path / "cache", num_folds=3, holdout_fraction=0.2, progress=False)
+    module.prepare_data()
+    module.setup()  # selects fold 0
+    for fold in (1, 2, 0):
+        module.set_fold(fold)
+    folds = module.folds()
+    assert module.folds() is folds and module.holdout_index is module.holdout_index
+    assert calls == {"kfold": 1, "holdout": 1}
+    held = set(module.holdout_index.tolist())
+    assert len(held) == 24 and not held & set(np.concatenate([va for _, va in folds]).tolist())
+
+
+def test_the_filter_keep_mask_follows_the_fold(dm):
+    _, va = dm.folds()[0]
+    dm.set_fold(0, val_keep=np.zeros(len(va), bool))
+    assert not dm.filter_keep[va].any() and dm.filter_keep.sum() == len(dm.labels) - len(va)
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
+    assert not batch["keep"].any()
+    dm.set_fold(0)  # the mask kept beside the split's tensors is replaced, not reused
+    batch = dm.on_after_batch_transfer(next(iter(dm.val_dataloader())))
+    assert dm.filter_keep.all() and batch["keep"].all()
 
 
 def test_bad_configuration_is_rejected(tiny_release, tmp_path):

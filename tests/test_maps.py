@@ -1,4 +1,4 @@
-"""Landslide maps: a generated scene mapped by a tiny run trained on generated patches (issue 16)."""
+"""Landslide maps: a generated scene mapped by a tiny run trained on generated patches."""
 
 from __future__ import annotations
 

@@ -43,7 +43,6 @@ def _quiet_third_parties() -> None:
     """Silence, at their source, warnings that do not concern the user."""
     warnings.filterwarnings("ignore", message=".*does not have many workers.*", module="lightning")
     warnings.filterwarnings("ignore", message=".*IterableDataset.*has `__len__` defined.*")
-    warnings.filterwarnings("ignore", message=".*predict_dataloader.*num_workers.*")
     warnings.filterwarnings("ignore", message=".*treespec, LeafSpec.*", module="lightning.pytorch.utilities._pytree")
     logging.getLogger("codecarbon").setLevel(logging.ERROR)
     logging.getLogger("rasterio").setLevel(logging.WARNING)  # GDAL's errors reach the user as our one line

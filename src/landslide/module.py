@@ -154,9 +154,6 @@ class LandslideModule(L.LightningModule):
     def on_test_epoch_end(self) -> None:
         self.on_validation_epoch_end()
 
-    def predict_step(self, batch: dict[str, Tensor], batch_idx: int, dataloader_idx: int = 0) -> dict[str, Tensor]:
-        return {"index": batch["index"], "prob": torch.sigmoid(self(batch["x"]).float())}
-
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
         hp = self.hparams

@@ -19,13 +19,18 @@ from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_
 from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
 from landslide.data.cache import CachedSplit, load_or_build_split
-from landslide.data.plot import plot_sample
+from landslide.data.embedded import ensure_embedded_release
 from landslide.data.preprocess import channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
-from landslide.data.synthetic import generate_release
 from landslide.errors import ConfigError
 
 log = logging.getLogger(__name__)
+
+# keys of the host and device caches (``_host``, ``_device``) besides the split names
+LABELS = "labels"  # the training split's labels, float
+FILTER_KEEP = "filter_keep"  # LandslideDataModule.filter_keep
+PICKS = "picks"  # the band set's channel indices
+PREPARE_LOCK = ".prepare.lock"  # in cache_dir: jobs started together take turns at generating and caching
 
 
 class LandslideDataModule(L.LightningDataModule):
@@ -92,41 +97,31 @@ class LandslideDataModule(L.LightningDataModule):
         self._picks: Tensor | None = None
         self.train_index = np.zeros(0, np.int64)
         self.val_index = np.zeros(0, np.int64)
-        self.predict_source = "test"
-        self.predict_index: np.ndarray | None = None
-        self.keep: dict[str, np.ndarray] = {}
+        # over every row of the training split: False where the current fold's filter removed a validation image
+        # (batches carry it as ``keep``; the network's prediction there counts as negative)
+        self.filter_keep = np.zeros(0, bool)
+        self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
+        self._holdout: np.ndarray | None = None
         self.norm_mean: list[float] = []
         self.norm_std: list[float] = []
         self.epoch_seed = split_seed
 
     # ---------------------------------------------------------------- data on disk
-    def _is_synthetic_root(self) -> bool:
-        target = self.synthetic.get("root")
-        return bool(target) and Path(target).resolve() == self.root.resolve()
-
     def prepare_data(self) -> None:
-        """Generate the embedded synthetic release if it is the configured root and absent; build the cache. Jobs
-        started together (a multirun) take turns through a lock file in the cache folder: the first one makes the
-        data, the others find it."""
+        """Generate the embedded synthetic release if it is the configured root and absent
+        (:func:`~landslide.data.embedded.ensure_embedded_release`); build the cache. Jobs started together (a
+        multirun) take turns through a lock file in the cache folder: the first one makes the data, the others
+        find it."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
-        with FileLock(self.cache_dir / ".prepare.lock"):
-            self._prepare()
-
-    def _prepare(self) -> None:
+        lock = self.cache_dir / PREPARE_LOCK
+        ensure_embedded_release(self.root, self.synthetic, lock)
         if not (self.root / "Train.csv").is_file():
-            if self._is_synthetic_root():
-                n_train, n_test = int(self.synthetic["n_train"]), int(self.synthetic["n_test"])
-                log.info("generating the embedded synthetic release (%d train, %d test) in %s",
-                         n_train, n_test, self.root)
-                generate_release(self.root, n_train, n_test, int(self.synthetic.get("seed", 0)),
-                                 difficulty=self.synthetic.get("difficulty", "easy"),
-                                 label_noise=float(self.synthetic.get("label_noise", 0.0)))
-            else:
-                raise ReleaseError(
-                    f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "
-                    "Train.csv, Test.csv, train_data/ and test_data/"
-                )
-        self.split("train")
+            raise ReleaseError(
+                f"{self.root / 'Train.csv'}: file not found; data.root must be a release folder with "
+                "Train.csv, Test.csv, train_data/ and test_data/"
+            )
+        with FileLock(lock):
+            self.split("train")
 
     def split(self, name: str) -> CachedSplit:
         """A split's cached channels, built on first use (the test split only when something asks for it).
@@ -146,14 +141,14 @@ class LandslideDataModule(L.LightningDataModule):
         return self._host[name]
 
     def setup(self, stage: str | None = None) -> None:
-        if "labels" in self._host:
+        if LABELS in self._host:
             return
         train = self.split("train")
-        self._host["labels"] = torch.from_numpy(train.labels.astype(np.float32))
+        self._host[LABELS] = torch.from_numpy(train.labels.astype(np.float32))
         picks = channel_indices(self.channels)
         # the band set's channels, or None when it is all of them in order (no selection needed)
         self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks, dtype=torch.long)
-        self.keep = {"train": np.ones(len(train.ids), bool)}
+        self.filter_keep = np.ones(len(train.ids), bool)
         self.set_fold(self.fold if self.fold is not None else 0)
 
     # ---------------------------------------------------------------- folds
@@ -163,7 +158,7 @@ class LandslideDataModule(L.LightningDataModule):
 
     @property
     def labels_tensor(self) -> Tensor:
-        return self._host["labels"]
+        return self._host[LABELS]
 
     @property
     def train_ids(self) -> list[str]:
@@ -175,24 +170,30 @@ class LandslideDataModule(L.LightningDataModule):
 
     @property
     def holdout_index(self) -> np.ndarray:
-        """Training rows set aside from every fold (``holdout_fraction``), stratified and fixed by ``split_seed``."""
-        y = self.labels
-        if self.holdout_fraction == 0:
-            return np.zeros(0, np.int64)
-        splitter = StratifiedShuffleSplit(1, test_size=self.holdout_fraction, random_state=self.split_seed)
-        return np.sort(next(splitter.split(np.zeros(len(y)), y))[1])
+        """Training rows set aside from every fold (``holdout_fraction``), stratified and fixed by ``split_seed``;
+        computed once (labels, share and seed never change), the same array every time: do not modify it."""
+        if self._holdout is None:
+            y = self.labels
+            if self.holdout_fraction == 0:
+                self._holdout = np.zeros(0, np.int64)
+            else:
+                splitter = StratifiedShuffleSplit(1, test_size=self.holdout_fraction, random_state=self.split_seed)
+                self._holdout = np.sort(next(splitter.split(np.zeros(len(y)), y))[1])
+        return self._holdout
 
     def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stratified (train, validation) index pairs of every fold, fixed by ``split_seed``; held-out rows
-        (``holdout_fraction``) are in none of them."""
-        y = self.labels
-        rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
-        smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
-        if smallest < self.num_folds:
-            raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and the "
-                              f"smaller class has {smallest} (choose 2 to {smallest} folds)")
-        splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
-        return [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
+        (``holdout_fraction``) are in none of them. Computed once, the same list every time: do not modify it."""
+        if self._folds is None:
+            y = self.labels
+            rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
+            smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
+            if smallest < self.num_folds:
+                raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and "
+                                  f"the smaller class has {smallest} (choose 2 to {smallest} folds)")
+            splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
+            self._folds = [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
+        return self._folds
 
     def set_fold(self, fold: int, train_keep: np.ndarray | None = None, val_keep: np.ndarray | None = None) -> None:
         """Select fold ``fold``; train only on the training images ``train_keep`` marks (all by default).
@@ -209,8 +210,8 @@ class LandslideDataModule(L.LightningDataModule):
         keep = np.ones(len(self.labels), bool)
         if val_keep is not None:
             keep[val_part] = np.asarray(val_keep, bool)
-        self.keep["train"] = keep
-        self._forget("keep_train")
+        self.filter_keep = keep
+        self._forget(FILTER_KEEP)
         self.fit_stats(self.train_index)
 
     def fit_stats(self, index: np.ndarray) -> None:
@@ -220,12 +221,6 @@ class LandslideDataModule(L.LightningDataModule):
             images = self.gather("train", np.sort(index)).numpy()
             self.norm_mean, self.norm_std = channel_stats(images, self.channels)
         self.augment.set_fill(torch.tensor(self.norm_mean))
-
-    def predict_on(self, source: str, index: np.ndarray | None = None) -> None:
-        """Make ``predict_dataloader`` serve ``source`` ('train' or 'test'), optionally a subset of it."""
-        if source not in ("train", "test"):
-            raise ValueError(f"unknown split {source!r}")
-        self.predict_source, self.predict_index = source, index
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, source: str, index: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
@@ -248,11 +243,6 @@ class LandslideDataModule(L.LightningDataModule):
     def test_dataloader(self) -> DataLoader:
         return self.val_dataloader()
 
-    def predict_dataloader(self) -> DataLoader:
-        n = len(self._host_tensor(self.predict_source))
-        index = np.arange(n) if self.predict_index is None else self.predict_index
-        return self._loader(self.predict_source, index, self.eval_batch_size, shuffle=False)
-
     # ---------------------------------------------------------------- batches
     def _on_device(self, name: str, device: torch.device, make: Callable[[], Tensor]) -> Tensor:
         """``make()`` on ``device``, moved there once and kept until :meth:`_forget` drops it."""
@@ -270,6 +260,10 @@ class LandslideDataModule(L.LightningDataModule):
             return self._host_tensor(source)
         return self._on_device(source, device, lambda: self._host_tensor(source))
 
+    def labels_on(self, device: torch.device | str) -> Tensor:
+        """The training split's labels (float) on ``device``, moved once and reused across folds."""
+        return self.resident(LABELS, torch.device(device))
+
     def gather(self, source: str, index: np.ndarray | Tensor | None = None,
                device: torch.device | str = "cpu") -> Tensor:
         """Rows ``index`` (all by default) of a split, in the configured band set's channels, on ``device``."""
@@ -278,7 +272,7 @@ class LandslideDataModule(L.LightningDataModule):
         if index is not None:
             images = images[torch.as_tensor(index, device=images.device)]
         if self._picks is not None:
-            images = images.index_select(1, self._on_device("picks", images.device, lambda: self._picks))
+            images = images.index_select(1, self._on_device(PICKS, images.device, lambda: self._picks))
         return images.to(device)
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int = 0) -> Any:
@@ -293,21 +287,8 @@ class LandslideDataModule(L.LightningDataModule):
             x = self.augment(x)
         out["x"] = x
         if source == "train":
-            out["keep"] = self._on_device("keep_train", device, lambda: torch.from_numpy(self.keep["train"]))[index]
-            out["y"] = self.resident("labels", device)[index]
+            out["keep"] = self._on_device(FILTER_KEEP, device, lambda: torch.from_numpy(self.filter_keep))[index]
+            out["y"] = self.labels_on(device)[index]
         else:
             out["keep"] = torch.ones(len(index), dtype=torch.bool, device=device)
         return out
-
-    def sample(self, i: int, split: str = "train") -> tuple[np.ndarray, int | None]:
-        """One sample (channels of the configured band set, physical units) and its label."""
-        image = self.gather(split, [i])[0].numpy()
-        label = int(self.labels[i]) if split == "train" else None
-        return image, label
-
-    def plot(self, i: int, split: str = "train", prediction: float | None = None,
-             path: str | Path | None = None):
-        """Plot sample ``i`` of a split as a band grid (see :func:`plot_sample`)."""
-        image, label = self.sample(i, split)
-        ids = self.train_ids if split == "train" else self.test_ids
-        return plot_sample(image, self.channels, label, prediction, title=ids[i], path=path)

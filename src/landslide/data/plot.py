@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -12,6 +14,10 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from landslide.bands import CHANNEL_NAMES
+
+# ``gather(split, rows)``: those rows of a split as an (n, c, 64, 64) array or CPU tensor in physical units, e.g.
+# ``LandslideDataModule.gather``
+Gather = Callable[[str, list[int]], Any]
 
 
 def _stretch(img: np.ndarray) -> np.ndarray:
@@ -72,3 +78,20 @@ def plot_sample(
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=100)
     return fig
+
+
+def split_sample(gather: Gather, i: int, split: str = "train",
+                 labels: Sequence[int] | np.ndarray | None = None) -> tuple[np.ndarray, int | None]:
+    """Row ``i`` of a split through ``gather`` (as a numpy array) and its label, when ``labels`` are given."""
+    image = np.asarray(gather(split, [i])[0], dtype=np.float32)
+    return image, int(labels[i]) if labels is not None else None
+
+
+def plot_split_sample(gather: Gather, channels: Sequence[str], i: int, split: str = "train", *,
+                      labels: Sequence[int] | np.ndarray | None = None, ids: Sequence[str] | None = None,
+                      prediction: float | None = None, path: Path | str | None = None) -> Figure:
+    """Plot row ``i`` of a split as a band grid (:func:`plot_sample`): its image from ``gather`` in ``channels``,
+    titled with ``ids[i]`` and labelled with ``labels[i]`` when those are given. For a datamodule ``dm``:
+    ``plot_split_sample(dm.gather, dm.channels, i, labels=dm.labels, ids=dm.train_ids)``."""
+    image, label = split_sample(gather, i, split, labels)
+    return plot_sample(image, channels, label, prediction, title=ids[i] if ids is not None else None, path=path)

@@ -33,6 +33,7 @@ from landslide.bands import BAND_SETS
 from landslide.callbacks import EnergyCallback, EnergyTracker, MetricHistory, ResumeState
 from landslide.checkpoint import load_module, network_weights
 from landslide.data.datamodule import LandslideDataModule
+from landslide.data.plot import plot_split_sample
 from landslide.errors import ConfigError, first_line
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
@@ -187,7 +188,8 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     figures = cfg.get("log_figures", True) and bool(loggers) and is_rank_zero()
     if figures:
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
-        log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=fold_dir / "figures")
+        figure = plot_split_sample(dm.gather, dm.channels, positive, labels=dm.labels, ids=dm.train_ids)
+        log_figure(loggers, "samples/validation_positive", figure, folder=fold_dir / "figures")
     try:
         trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
         history = _find(callbacks, MetricHistory)

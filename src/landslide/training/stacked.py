@@ -190,7 +190,7 @@ class StackedFoldsData(L.LightningDataModule):
         k, m = index.shape
         device = index.device
         x = self.dm.gather("train", index.reshape(-1), device)
-        out: dict[str, Any] = {"index": index, "y": self.dm.resident("labels", device)[index]}
+        out: dict[str, Any] = {"index": index, "y": self.dm.labels_on(device)[index]}
         if batch["source"] == "train":
             trainer = getattr(self, "trainer", None)
             if trainer is None or trainer.training:

@@ -1,4 +1,7 @@
-"""Throughput and energy benchmark: ``python -m landslide.bench [--device auto] [--full]``.
+"""Throughput and energy benchmark: ``python benchmarks/throughput.py [--device auto] [--full]``.
+
+Run from a source checkout (``pip install -e .``); it uses the checkout's ``configs/`` and ``train.py``. Its data
+and cache live in a temporary folder, removed when it ends (also on an error); ``bench.json`` goes to ``--out``.
 
 In one run, on the same data and model, it measures
 (a) a reference-style training loop: batch 32, per-sample augmentation in Python, fp32, deterministic kernels and a
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import lightning as L
@@ -35,17 +39,23 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import Callback
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 from torch.utils.data import DataLoader, Dataset
 
-from landslide.cli import CONFIG_DIR, _quiet_third_parties
+from landslide.cli import _quiet_third_parties
+from landslide.data.datamodule import LandslideDataModule
 from landslide.data.synthetic import generate_release
 from landslide.gpu_monitor import GpuMonitor
 from landslide.hardware import tune_host_allocator
 from landslide.inference.predictor import predict_probs
 from landslide.training.cv import build_datamodule, build_module
 from landslide.training.stacked import FoldPart, StackedFoldsData, StackedLandslideModule
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "configs"
+TRAIN_SCRIPT = REPO / "train.py"
+TEMP_PREFIX = "landslide-bench-"
 
 
 class PerSampleDataset(Dataset):
@@ -234,7 +244,7 @@ def prediction(module, images, device, models: int, batch_size: int) -> dict:
 def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
     """The whole recipe through train.py; wall time and energy from its cv_summary.json."""
     run_dir = out / "full_recipe"
-    cmd = [sys.executable, str(Path(CONFIG_DIR).parent / "train.py"), f"data.root={root}",
+    cmd = [sys.executable, str(TRAIN_SCRIPT), f"data.root={root}",
            f"hydra.run.dir={run_dir}", "print_config=false", *overrides]
     started = time.perf_counter()
     with GpuMonitor() as gpu:  # utilisation and power beside wall time and energy (nothing on a CPU)
@@ -245,7 +255,7 @@ def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
             "overrides": overrides, **gpu.summary()}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda")
     parser.add_argument("--n-train", type=int, default=None, help="images to train on (default: 7147 GPU, 600 CPU)")
@@ -265,42 +275,67 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
     parser.add_argument("--data-root", type=Path, default=None, help="an existing release to use")
     parser.add_argument("--out", type=Path, default=Path("logs/bench"), help="folder for bench.json")
-    args = parser.parse_args(argv)
-    _quiet_third_parties()
-    # as train.py does (tune_host_allocator=true); process-wide, so both loops below run with it
-    allocator = "tuned" if tune_host_allocator() else "glibc default"
+    return parser.parse_args(argv)
 
+
+@dataclass
+class Plan:
+    """What one run measures, sizes scaled to the device."""
+
+    device: torch.device
+    n_train: int
+    n_test: int
+    seconds: float  # the reference loop's time budget (the bare steps get half)
+    epochs: int  # of each Trainer.fit path, the first a warm-up
+    compile: bool
+    recipe_overrides: list[str]  # the fast recipe on this device (the framework path and --full)
+    path_overrides: list[str]  # the framework path's: the recipe and model.compile
+
+    @property
+    def cuda(self) -> bool:
+        return self.device.type == "cuda"
+
+
+def make_plan(args: argparse.Namespace) -> Plan:
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
-    device = torch.device("cuda" if cuda else "cpu")
-    n_train = args.n_train or (7147 if cuda else 600)
-    n_test = args.n_test or (5398 if cuda else 300)
-    seconds = args.seconds or (20.0 if cuda else 15.0)
-    epochs = args.epochs or (6 if cuda else 3)
-    args.out.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="landslide-bench-"))
-    root = args.data_root or tmp / "release"
-    if args.data_root is None:
-        generate_release(root, n_train, n_test, seed=0)
+    use_compile = args.compile is not False
     # the framework path trains with the fast recipe's settings (experiment=fast: batch, precision, compile)
-    recipe_overrides = ["experiment=fast", "trainer=gpu" if cuda else "trainer=cpu"]
-    path_overrides = [*recipe_overrides, f"model.compile={str(args.compile is not False).lower()}"]
-    with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
-                                          "paths.output_dir=" + str(args.out), *path_overrides])
-    dm = build_datamodule(cfg)
-    # the reference held its arrays in memory: give its loop a copy in RAM, not the cache's memory map
-    images, labels = dm.gather("train").clone(), dm.labels_tensor
+    recipe = ["experiment=fast", "trainer=gpu" if cuda else "trainer=cpu"]
+    return Plan(device=torch.device("cuda" if cuda else "cpu"), n_train=args.n_train or (7147 if cuda else 600),
+                n_test=args.n_test or (5398 if cuda else 300), seconds=args.seconds or (20.0 if cuda else 15.0),
+                epochs=args.epochs or (6 if cuda else 3), compile=use_compile, recipe_overrides=recipe,
+                path_overrides=[*recipe, f"model.compile={str(use_compile).lower()}"])
 
+
+def prepare_data(args: argparse.Namespace, plan: Plan, work: Path) -> tuple[Path, DictConfig, LandslideDataModule]:
+    """The release (``--data-root``, or one generated in ``work``), the framework path's config and its datamodule
+    (cache in ``work``)."""
+    root = args.data_root or work / "release"
+    if args.data_root is None:
+        generate_release(root, plan.n_train, plan.n_test, seed=0)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={work / 'cache'}",
+                                          "data.progress=false", f"paths.output_dir={args.out}",
+                                          *plan.path_overrides])
+    return root, cfg, build_datamodule(cfg)
+
+
+def measure_paths(cfg: DictConfig, dm: LandslideDataModule, plan: Plan, models: int, images,
+                  labels) -> tuple[dict, float]:
+    """The reference loop, the framework path and ensemble prediction: the figures every run reports, and the
+    reference loop's images/s (unrounded, the base of every speed-up)."""
     reference_cfg = cfg.copy()
     reference_cfg.model.channels_last = False
     reference_cfg.model.compile = False
-    ref = reference_loop(build_module(reference_cfg, dm), images, labels, device, seconds)
-    ours = framework_path(cfg, dm, epochs)
+    ref = reference_loop(build_module(reference_cfg, dm), images, labels, plan.device, plan.seconds)
+    ours = framework_path(cfg, dm, plan.epochs)
     module = ours.pop("module")
-    pred = prediction(module, dm.gather("test", device=device), device, args.models, int(cfg.data.eval_batch_size))
-    result = {
-        "machine": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}, "
-        f"{torch.get_num_threads()} threads)",
+    pred = prediction(module, dm.gather("test", device=plan.device), plan.device, models,
+                      int(cfg.data.eval_batch_size))
+    machine = torch.cuda.get_device_name() if plan.cuda else (
+        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
+    return {
+        "machine": machine,
         "n_train": len(images), "n_test": pred["n"],
         "reference_loop_images_per_s": round(ref["images_per_s"], 1),
         "framework_images_per_s": round(ours["images_per_s"], 1),
@@ -309,30 +344,70 @@ def main(argv: list[str] | None = None) -> dict:
         # test images fully predicted per second, each through every model and all 8 views
         "prediction_images_per_s": round(pred["images_per_s"], 1),
         "prediction_seconds": round(pred["seconds"], 3),
-        "prediction_models": args.models,
-        "overrides": path_overrides,
+        "prediction_models": models,
+        "overrides": plan.path_overrides,
         "precision": OmegaConf.select(cfg, "trainer.precision"),
-        "host_allocator": allocator,
-    }
+    }, ref["images_per_s"]
+
+
+def _precision(cfg: DictConfig) -> str:
+    return str(OmegaConf.select(cfg, "trainer.precision"))
+
+
+def measure_bounds(cfg: DictConfig, dm: LandslideDataModule, plan: Plan, images, labels, reference: float) -> dict:
+    """``--bounds``: the framework's bare model step, the ceiling of its training path."""
+    bare = bare_step(build_module(cfg, dm), images, labels, plan.device, _precision(cfg),
+                     int(cfg.data.batch_size), plan.seconds / 2)
+    return {"bare_step_images_per_s": round(bare["images_per_s"], 1),
+            "bare_step_speedup": round(bare["images_per_s"] / reference, 2)}
+
+
+def measure_stacked(cfg: DictConfig, dm: LandslideDataModule, plan: Plan, k: int, images, labels,
+                    reference: float) -> dict:
+    """``--stacked K``: K fold models at once, their bare step and Trainer.fit on the stacked module."""
+    stacked = stacked_step([build_module(cfg, dm) for _ in range(k)], images, labels, plan.device,
+                           _precision(cfg), int(cfg.data.batch_size), plan.seconds / 2,
+                           compile=plan.compile)
+    path = stacked_path(cfg, dm, k, plan.epochs)
+    return {"stacked_models": stacked["models"],
+            "stacked_step_images_per_s": round(stacked["images_per_s"], 1),
+            "stacked_step_speedup": round(stacked["images_per_s"] / reference, 2),
+            "stacked_path_images_per_s": round(path["images_per_s"], 1),
+            "stacked_path_speedup": round(path["images_per_s"] / reference, 2)}
+
+
+def full_overrides(args: argparse.Namespace, plan: Plan) -> list[str]:
+    """``--full``'s train.py overrides: ``--full-overrides``, else the fast recipe (on a CPU 2 folds x 1 epoch)."""
+    if args.full_overrides is not None:
+        return args.full_overrides
+    return plan.recipe_overrides if plan.cuda else [*plan.recipe_overrides, "data.num_folds=2", "trainer.max_epochs=1"]
+
+
+def benchmark(args: argparse.Namespace, work: Path, allocator: str) -> dict:
+    """Every measurement ``args`` asks for, with data and cache in ``work``."""
+    plan = make_plan(args)
+    root, cfg, dm = prepare_data(args, plan, work)
+    # the reference held its arrays in memory: give its loop a copy in RAM, not the cache's memory map
+    images, labels = dm.gather("train").clone(), dm.labels_tensor
+    result, reference = measure_paths(cfg, dm, plan, args.models, images, labels)
+    result["host_allocator"] = allocator
     if args.bounds:
-        bare = bare_step(build_module(cfg, dm), images, labels, device, str(result["precision"]),
-                         int(cfg.data.batch_size), seconds / 2)
-        result["bare_step_images_per_s"] = round(bare["images_per_s"], 1)
-        result["bare_step_speedup"] = round(bare["images_per_s"] / ref["images_per_s"], 2)
+        result.update(measure_bounds(cfg, dm, plan, images, labels, reference))
     if args.stacked:
-        stacked = stacked_step([build_module(cfg, dm) for _ in range(args.stacked)], images, labels, device,
-                               str(result["precision"]), int(cfg.data.batch_size), seconds / 2,
-                               compile=args.compile is not False)
-        result["stacked_models"] = stacked["models"]
-        result["stacked_step_images_per_s"] = round(stacked["images_per_s"], 1)
-        result["stacked_step_speedup"] = round(stacked["images_per_s"] / ref["images_per_s"], 2)
-        path = stacked_path(cfg, dm, args.stacked, epochs)
-        result["stacked_path_images_per_s"] = round(path["images_per_s"], 1)
-        result["stacked_path_speedup"] = round(path["images_per_s"] / ref["images_per_s"], 2)
+        result.update(measure_stacked(cfg, dm, plan, args.stacked, images, labels, reference))
     if args.full:
-        overrides = args.full_overrides if args.full_overrides is not None else (
-            recipe_overrides if cuda else [*recipe_overrides, "data.num_folds=2", "trainer.max_epochs=1"])
-        result["full_recipe"] = full_recipe(root, overrides, args.out)
+        result["full_recipe"] = full_recipe(root, full_overrides(args, plan), args.out)
+    return result
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = parse_args(argv)
+    _quiet_third_parties()
+    # as train.py does (tune_host_allocator=true); process-wide, so every loop below runs with it
+    allocator = "tuned" if tune_host_allocator() else "glibc default"
+    args.out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=TEMP_PREFIX, ignore_cleanup_errors=True) as work:
+        result = benchmark(args, Path(work), allocator)
     (args.out / "bench.json").write_text(json.dumps(result, indent=2))
     for key, value in result.items():
         print(f"{key:32s} {value}")

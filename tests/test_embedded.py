@@ -1,0 +1,46 @@
+"""The embedded synthetic release: generated once where its settings place it, never elsewhere."""
+
+import pandas as pd
+import pytest
+
+from landslide.data.datamodule import LandslideDataModule
+from landslide.data.embedded import describes, ensure_embedded_release
+from landslide.data.release import ReleaseError
+
+SIZE = {"n_train": 24, "n_test": 6, "seed": 4}
+
+
+def test_generated_once_where_the_settings_place_it(tmp_path):
+    root = tmp_path / "synthetic"
+    settings = {"root": str(root), **SIZE}
+    assert ensure_embedded_release(root, settings, tmp_path / "cache" / ".prepare.lock")
+    assert len(pd.read_csv(root / "Train.csv")) == 24 and len(pd.read_csv(root / "Test.csv")) == 6
+    assert (tmp_path / "cache" / ".prepare.lock").parent.is_dir()
+    before = (root / "Train.csv").stat().st_mtime_ns
+    assert not ensure_embedded_release(root, settings)  # found, not made again
+    assert (root / "Train.csv").stat().st_mtime_ns == before
+
+
+def test_settings_without_a_root_apply_to_the_given_root(tmp_path):
+    root = tmp_path / "release"
+    assert describes(root, SIZE) and describes(root, {"root": str(tmp_path / "x" / ".." / "release"), **SIZE})
+    assert ensure_embedded_release(root, SIZE) and (root / "Test.csv").is_file()
+
+
+@pytest.mark.parametrize("settings", [None, {}, {"root": None, **SIZE}, {"root": "elsewhere", **SIZE}])
+def test_a_release_the_settings_do_not_describe_is_never_generated(tmp_path, settings):
+    root = tmp_path / "real_release"
+    assert not describes(root, settings)
+    assert not ensure_embedded_release(root, settings)
+    assert not root.exists()
+
+
+def test_the_datamodule_generates_the_embedded_release_and_refuses_a_missing_one(tmp_path):
+    root = tmp_path / "synthetic"
+    dm = LandslideDataModule(root, tmp_path / "cache", num_folds=2, progress=False, synthetic={"root": root, **SIZE})
+    dm.prepare_data()
+    assert len(dm.train_ids) == 24 and (tmp_path / "cache" / ".prepare.lock").exists()
+    missing = LandslideDataModule(tmp_path / "typo", tmp_path / "cache", synthetic={"root": root, **SIZE})
+    with pytest.raises(ReleaseError, match="typo/Train.csv: file not found; data.root must be a release folder"):
+        missing.prepare_data()
+    assert not (tmp_path / "typo").exists()
