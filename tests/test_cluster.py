@@ -6,13 +6,12 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
+import entry
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
@@ -21,10 +20,7 @@ TINY = ("debug=tiny", "trainer.max_epochs=1", "cv.parallel_folds=1", "print_conf
 
 
 def run(*args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
-    if check:
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return entry.run(*args, env=env, check=check)
 
 
 def aggregate(*args: str | Path, env: dict, check: bool = True) -> subprocess.CompletedProcess:

@@ -8,6 +8,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
+import entry
 from conftest import REPO
 
 CONFIGS = str(REPO / "configs")
@@ -59,8 +60,7 @@ def test_map_config_composes():
 
 @pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
 def test_train_py_answers(args, project_env):
-    done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=project_env, capture_output=True,
-                          text=True, timeout=120)
+    done = entry.run("train.py", *args, env=project_env, check=False)
     assert done.returncode == 0, done.stderr
     if "--cfg" in args:
         assert "num_folds: 10" in done.stdout and "MultiModalFPN" in done.stdout

@@ -16,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from sklearn.metrics import roc_auc_score
 
+import entry
 from conftest import REPO
 from landslide.checkpoint import load_module
 from landslide.data.batches import IndexBatches
@@ -138,7 +139,8 @@ def test_two_processes_train_one_run(project_env, tmp_path):
 
 
 def test_ddp_inside_a_local_multirun_is_refused(project_env, tmp_path):
-    done = run_train(project_env, "-m", *TINY, *DDP, f"hydra.sweep.dir={tmp_path / 'sweep'}", check=False)
+    done = entry.run("train.py", "-m", *TINY, *DDP, f"hydra.sweep.dir={tmp_path / 'sweep'}", env=project_env,
+                     check=False)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "cannot run inside a local multirun" in output, output[-3000:]
     assert not list(tmp_path.rglob("model.ckpt"))

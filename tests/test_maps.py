@@ -5,13 +5,13 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+import entry
 from conftest import REPO
 
 rasterio = pytest.importorskip("rasterio")
@@ -30,8 +30,7 @@ def _env(root: Path) -> dict[str, str]:
 
 
 def _run(root: Path, script: str, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, script, *args], cwd=REPO, env=_env(root), capture_output=True, text=True,
-                          timeout=600)
+    return entry.run(script, *args, env=_env(root), check=False)
 
 
 @pytest.fixture(scope="module")

@@ -4,26 +4,23 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
-from conftest import REPO
+import entry
 
 
-def run(script: str, *args: str, env: dict, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, script, *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if check:
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+def run(script: str, *args: str, env: dict, check: bool = True, process: bool = False
+        ) -> subprocess.CompletedProcess:
+    return entry.run(script, *args, env=env, check=check, process=process)
 
 
-def train(env: dict, run_dir: Path, *overrides: str, check: bool = True) -> subprocess.CompletedProcess:
+def train(env: dict, run_dir: Path, *overrides: str, check: bool = True, process: bool = False
+          ) -> subprocess.CompletedProcess:
     return run("train.py", "debug=tiny", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", *overrides, env=env,
-               check=check)
+               check=check, process=process)
 
 
 def test_train_then_predict(project_env, tmp_path):

@@ -33,7 +33,7 @@ def test_stacked_run_matches_the_sequential_run_and_resumes_after_a_kill(project
                                                          project_env.get("PYTHONPATH", "")])}
     killer = ["+callbacks.kill_once._target_=kill_once.KillOnce", "+callbacks.kill_once.epoch=1",
               f"+callbacks.kill_once.folder={tmp_path / 'kill'}"]
-    killed = train(env, stk, "cv.parallel_folds=2", *SMALL, *killer, check=False)
+    killed = train(env, stk, "cv.parallel_folds=2", *SMALL, *killer, check=False, process=True)
     assert killed.returncode != 0 and (stk / "stacked" / "stacked_0_1" / "checkpoints" / "last.ckpt").is_file()
     assert not (stk / "cv_summary.json").exists()
     resumed = train(env, stk, "cv.parallel_folds=2", *SMALL, *killer)

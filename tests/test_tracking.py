@@ -5,19 +5,15 @@ from __future__ import annotations
 import json
 import sqlite3
 import subprocess
-import sys
 
 import pytest
 
-from conftest import REPO
+import entry
 from landslide.callbacks.energy import EnergyTracker
 
 
 def run_train(env: dict, *args: str) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
+    return entry.run("train.py", *args, env=env)
 
 
 @pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])

@@ -7,7 +7,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +15,7 @@ import pytest
 import torch
 from hydra import compose, initialize_config_dir
 
+import entry
 from conftest import REPO, write_release
 from landslide.checkpoint import load_module, network_weights
 from landslide.data.cache import load_or_build_split
@@ -28,9 +28,8 @@ from landslide.training.cv import check_options
 TINY = ("debug=tiny", "data.fold=0")
 
 
-def run(script: str, *args: str, env: dict, cwd: Path = REPO) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(REPO / script), *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=600)
+def run(script: str, *args: str, env: dict, cwd: Path = REPO, process: bool = False) -> subprocess.CompletedProcess:
+    return entry.run(script, *args, env=env, check=False, cwd=cwd, process=process)
 
 
 def one_error_line(done: subprocess.CompletedProcess) -> str:
@@ -161,7 +160,7 @@ def test_a_killed_fold_resumes_as_if_never_interrupted(tmp_path):
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert run("train.py", *common, f"hydra.run.dir={whole}", env=env).returncode == 0
     killed = run("train.py", *common, f"hydra.run.dir={resumed}", "+callbacks.kill._target_=kill_callback.KillAtEpoch",
-                 "+callbacks.kill.epoch=1", env=env)
+                 "+callbacks.kill.epoch=1", env=env, process=True)
     assert killed.returncode == 9 and not (resumed / "folds" / "fold_0" / "result.json").exists()
     assert (resumed / "folds" / "fold_0" / "checkpoints" / "last.ckpt").is_file()
     done = run("train.py", *common, f"hydra.run.dir={resumed}", env=env)
