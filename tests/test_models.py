@@ -8,7 +8,7 @@ from conftest import REPO
 from landslide.bands import band_set
 from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
-from landslide.inference.predictor import predict_probs
+from landslide.prediction import predict_probs
 from landslide.models import MultiModalCNN, MultiModalFPN, SeedFPN
 from landslide.module import LandslideModule
 
@@ -148,10 +148,10 @@ def test_prediction_batch_bounds_the_images_through_the_network_views_included()
     seen = []
     module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
     x = torch.randn(10, 13, 64, 64)
-    chunked = predict_probs(module, x, batch_size=16, tta=True, bf16=False)
+    chunked = predict_probs(module, x, batch_size=16, tta=True, device="cpu", bf16=False)
     assert max(seen) <= 16 and sum(seen) == 8 * 10
     seen.clear()
-    whole = predict_probs(module, x, batch_size=1024, tta=True, bf16=False)
+    whole = predict_probs(module, x, batch_size=1024, tta=True, device="cpu", bf16=False)
     assert seen == [80] and chunked.shape == whole.shape == (8, 10)
     assert np.allclose(chunked, whole, atol=1e-5)
 

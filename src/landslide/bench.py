@@ -43,7 +43,7 @@ from landslide.cli import CONFIG_DIR, _quiet_third_parties
 from landslide.data.synthetic import generate_release
 from landslide.gpu_monitor import GpuMonitor
 from landslide.hardware import tune_host_allocator
-from landslide.inference.predictor import predict_probs
+from landslide.prediction import predict_probs
 from landslide.training.cv import build_datamodule, build_module
 from landslide.training.stacked import FoldPart, StackedFoldsData, StackedLandslideModule
 

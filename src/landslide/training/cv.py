@@ -34,7 +34,7 @@ from landslide.errors import ConfigError, first_line
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.filter.negative import filter_report
-from landslide.inference.predictor import predict_probs
+from landslide.prediction import predict_probs
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
@@ -97,18 +97,20 @@ def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
 
 def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
     """The configured callbacks for one fold; progress bars are left out when ``trainer.enable_progress_bar``
-    is false (Lightning refuses the pair)."""
+    is false (Lightning refuses the pair). Checkpoint callbacks write under the fold's folder, energy callbacks
+    there too."""
     callbacks: list[Callback] = []
     progress_bar = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True)
     for _, entry in (cfg.get("callbacks") or {}).items():
         if entry is None or "_target_" not in entry:
             continue
-        if not progress_bar and issubclass(get_class(entry["_target_"]), ProgressBar):
+        cls = get_class(entry["_target_"])
+        if not progress_bar and issubclass(cls, ProgressBar):
             continue
         extra: dict[str, Any] = {}
-        if entry["_target_"].endswith("ModelCheckpoint"):
+        if issubclass(cls, ModelCheckpoint):
             extra["dirpath"] = str(fold_dir / "checkpoints")
-        if entry["_target_"].endswith("EnergyCallback"):
+        if issubclass(cls, EnergyCallback):
             extra["output_dir"] = str(fold_dir)
         callbacks.append(instantiate(entry, **extra))
     callbacks.extend([MetricHistory(), ResumeState()])
