@@ -9,10 +9,19 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from omegaconf import OmegaConf
 
 from landslide.data.synthetic import generate_release
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def data_settings(**overrides) -> dict:
+    """LandslideDataModule's settings as ``configs/data/default.yaml`` gives them (all but its folders and the
+    synthetic set), with ``overrides``: the configs hold the defaults, the code none."""
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "data" / "default.yaml"))
+    settings = {k: v for k, v in cfg.items() if k not in ("_target_", "root", "cache_dir", "synthetic")}
+    return {**settings, **overrides}
 
 
 @pytest.fixture(scope="session")

@@ -100,5 +100,8 @@ def test_realistic_preset_generates_the_realistic_set(tmp_path, monkeypatch):
     assert cfg.data.synthetic.difficulty == "realistic" and cfg.data.synthetic.label_noise == 0.02
     assert cfg.data.root == cfg.data.synthetic.root and cfg.data.root.endswith("realistic")
     with initialize_config_dir(CONFIGS, version_base="1.3"):
+        own = compose("train", overrides=["data=realistic", "data.root=/my/release"], return_hydra_config=False)
+    assert own.data.synthetic.root.endswith("realistic")  # a release of one's own is never generated over
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
         default = compose("train", return_hydra_config=False)
     assert default.data.synthetic.difficulty == "easy" and default.data.synthetic.label_noise == 0.0

@@ -4,13 +4,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, data_settings
 from landslide.bands import band_set
 from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
-from landslide.prediction import predict_probs
 from landslide.models import MultiModalCNN, MultiModalFPN, SeedFPN
 from landslide.module import LandslideModule
+from landslide.prediction import predict_probs
 
 NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml").net)
         for name in ("mm_fpn", "mm_cnn", "seed_fpn")}
@@ -97,7 +97,8 @@ def tiny_dm(tmp_path_factory):
                                             ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical"),
                                             ("seed_fpn", "all")])
 def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands):
-    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", bands=bands, num_folds=2, batch_size=8, progress=False)
+    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **data_settings(bands=bands, num_folds=2, batch_size=8,
+                                                                         progress=False))
     dm.prepare_data()
     dm.setup()
     module = LandslideModule(NETS[net], list(dm.channels), dm.norm_mean, dm.norm_std)
@@ -108,7 +109,7 @@ def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
-    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", num_folds=2, batch_size=8, progress=False)
+    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **data_settings(num_folds=2, batch_size=8, progress=False))
     dm.prepare_data()
     dm.setup()
     module = LandslideModule(NETS["mm_fpn"], list(dm.channels), dm.norm_mean, dm.norm_std)
@@ -194,7 +195,8 @@ class _BatchRecorder(L.Callback):
 
 def test_a_resumed_fit_sees_the_batches_of_an_uninterrupted_one(tiny_dm, tmp_path):
     def fit(max_epochs: int, ckpt_path=None) -> _BatchRecorder:
-        dm = LandslideDataModule(tiny_dm, tmp_path / "cache", num_folds=2, batch_size=8, progress=False)
+        settings = data_settings(num_folds=2, batch_size=8, progress=False)
+        dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **settings)
         dm.prepare_data()
         dm.setup()
         recorder = _BatchRecorder()

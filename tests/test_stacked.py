@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from conftest import data_settings
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import IndexBatches
@@ -126,7 +127,7 @@ def test_folds_step_together_each_on_its_own_stream():
 
 
 def test_erasing_fills_each_sample_with_its_own_values():
-    augment = BatchAugment(flip=False, rotate=False, erase_p=1.0)
+    augment = BatchAugment(**{**data_settings()["augment"], "flip": False, "rotate": False, "erase_p": 1.0})
     fill = torch.tensor([[5.0, 5.0], [-7.0, -7.0]])
     out = augment(torch.zeros(2, 2, 16, 16), fill=fill)
     assert set(out[0].unique().tolist()) == {0.0, 5.0} and set(out[1].unique().tolist()) == {0.0, -7.0}

@@ -34,9 +34,9 @@ from landslide.errors import ConfigError, first_line
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.filter.negative import filter_report
-from landslide.prediction import predict_probs
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
+from landslide.prediction import predict_probs
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
 from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
 from landslide.training.summary import print_summary, summarise
@@ -261,8 +261,9 @@ def run_cv(cfg: DictConfig) -> dict:
     check_options(cfg)
     out = Path(cfg.paths.output_dir)
     started, started_at = time.perf_counter(), time.time()
-    energy = cfg.get("energy", {})
-    tracker = EnergyTracker(out, "landslide-cv", energy.get("country_iso_code"), enabled=bool(energy.get("enabled")))
+    energy = cfg.energy
+    tracker = EnergyTracker(out, "landslide-cv", country_iso_code=str(energy.country_iso_code),
+                            measure_power_secs=float(energy.measure_power_secs), enabled=bool(energy.enabled))
     manifest: RunManifest | None = None
     trained: list[int] = []
     tracker.start()
