@@ -38,7 +38,9 @@ def test_experiment_presets_change_what_they_say():
         ref = compose("train", overrides=["experiment=reference"])
         no_fpn = compose("train", overrides=["experiment=no_fpn"])
         no_filter = compose("train", overrides=["experiment=no_filter"])
-    assert (ref.trainer.max_epochs, ref.data.batch_size, ref.model.lr, ref.data.num_folds) == (100, 32, 1e-3, 10)
+    assert (ref.trainer.max_epochs, ref.data.batch_size, ref.data.num_folds) == (100, 32, 10)
+    assert (ref.model.optimizer._target_, ref.model.optimizer.lr, ref.model.optimizer.weight_decay) == (
+        "torch.optim.Adam", 1e-3, 1e-4)
     assert no_fpn.model.net._target_.endswith("MultiModalCNN") and no_fpn.name == "no_fpn"
     assert no_filter.filter._target_.endswith("KeepAll")
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO, data_settings
+from conftest import REPO, data_settings, model_settings
 from landslide.bands import band_set
 from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
@@ -18,7 +18,7 @@ NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" /
 
 def _module(net: str = "mm_fpn", bands: str = "all", **kw) -> LandslideModule:
     channels = list(band_set(bands))
-    return LandslideModule(NETS[net], channels, [0.0] * len(channels), [1.0] * len(channels), **kw)
+    return LandslideModule(NETS[net], channels, [0.0] * len(channels), [1.0] * len(channels), **model_settings(**kw))
 
 
 @pytest.mark.parametrize("cls", [MultiModalFPN, MultiModalCNN])
@@ -64,7 +64,7 @@ def test_sar_branch_is_shared_between_passes():
 
 def test_statistics_mismatch_raises():
     with pytest.raises(ValueError, match="do not match the band set"):
-        LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13)
+        LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13, **model_settings())
 
 
 @pytest.mark.parametrize("loss", ["bce", "focal", "soft_f1"])
@@ -101,7 +101,7 @@ def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands
                                                                          progress=False))
     dm.prepare_data()
     dm.setup()
-    module = LandslideModule(NETS[net], list(dm.channels), dm.norm_mean, dm.norm_std)
+    module = LandslideModule(NETS[net], list(dm.channels), dm.norm_mean, dm.norm_std, **model_settings())
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
@@ -112,7 +112,7 @@ def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
     dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **data_settings(num_folds=2, batch_size=8, progress=False))
     dm.prepare_data()
     dm.setup()
-    module = LandslideModule(NETS["mm_fpn"], list(dm.channels), dm.norm_mean, dm.norm_std)
+    module = LandslideModule(NETS["mm_fpn"], list(dm.channels), dm.norm_mean, dm.norm_std, **model_settings())
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
@@ -161,9 +161,10 @@ def test_compiled_module_matches_eager_forward_and_gradients():
     """model.compile=true: normalisation, layout and network in one graph, same numbers as eager."""
     torch.manual_seed(0)
     channels = list(band_set("all"))
-    kw = {"norm_mean": [float(i) for i in range(13)], "norm_std": [2.0] * 13, "channels_last": True}
+    kw = {"norm_mean": [float(i) for i in range(13)], "norm_std": [2.0] * 13,
+          **model_settings(channels_last=True, compile=False)}
     eager = LandslideModule(NETS["mm_cnn"], channels, **kw)
-    compiled = LandslideModule(NETS["mm_cnn"], channels, compile=True, **kw)
+    compiled = LandslideModule(NETS["mm_cnn"], channels, **{**kw, "compile": True})
     compiled.load_state_dict(eager.state_dict())
     eager.eval(), compiled.eval()  # no dropout: the compiled graph draws its own random numbers
     x = torch.randn(4, 13, 64, 64) * 3 + 5
@@ -180,7 +181,7 @@ def test_compiled_module_matches_eager_forward_and_gradients():
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    next_fold = LandslideModule(NETS["mm_cnn"], channels, compile=True, **kw).eval()
+    next_fold = LandslideModule(NETS["mm_cnn"], channels, **{**kw, "compile": True}).eval()
     next_fold(x).sum().backward()
     assert counters["stats"]["unique_graphs"] == graphs
 

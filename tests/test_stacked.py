@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from functools import partial
 
 import lightning as L
 import numpy as np
@@ -11,7 +12,7 @@ import torch
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import data_settings
+from conftest import data_settings, model_settings
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import IndexBatches
@@ -35,7 +36,8 @@ def fold_module(k: int) -> LandslideModule:
     c = len(CHANNEL_NAMES)
     mean = (torch.randn(c) * 3).tolist()
     std = (torch.rand(c) * 2 + 0.5).tolist()
-    return LandslideModule(net=NET, channels=list(CHANNEL_NAMES), norm_mean=mean, norm_std=std, lr=0.01)
+    settings = model_settings(channels_last=False, optimizer=partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
+    return LandslideModule(net=NET, channels=list(CHANNEL_NAMES), norm_mean=mean, norm_std=std, **settings)
 
 
 @pytest.fixture(scope="module")

@@ -72,11 +72,12 @@ class PerSampleDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(x)), self.labels[i]
 
 
-def reference_loop(module, images, labels, device, seconds: float, batch_size: int = 32) -> dict:
-    """Images/s of the reference-style loop (fp32, deterministic, host sync each step)."""
+def reference_loop(module, images, labels, device, seconds: float, batch_size: int) -> dict:
+    """Images/s of the reference-style loop (fp32, deterministic, host sync each step), with the module's optimiser
+    (``experiment=reference``'s: Adam, lr 1e-3, weight decay 1e-4) on every parameter."""
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     module = module.to(device).train()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = module.optimizer_factory(module.parameters())
     loader = DataLoader(PerSampleDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True)
     seen, steps, started, warm = 0, 0, None, 3
     while True:
@@ -108,7 +109,8 @@ def bare_step(module, images, labels, device, precision: str, batch_size: int, s
     """
     module = module.to(device).train()
     x, y = images[:batch_size].to(device), labels[:batch_size].to(device)
-    rate = _optimizer_steps_per_s(lambda: module.criterion(module(x).float(), y), module.parameters(), device,
+    rate = _optimizer_steps_per_s(lambda: module.criterion(module(x).float(), y), module.parameters(),
+                                  module.optimizer_factory, device,
                                   precision, seconds)
     return {"images_per_s": rate * batch_size, "batch_size": batch_size}
 
@@ -133,14 +135,17 @@ def stacked_step(modules: list, images, labels, device, precision: str, batch_si
     losses = torch.vmap(one_model_loss, randomness="different")
     losses = torch.compile(losses) if compile else losses
     # a sum: each model gets the gradient of its own mean loss
-    rate = _optimizer_steps_per_s(lambda: losses(params, buffers, x, y).sum(), params.values(), device, precision,
+    rate = _optimizer_steps_per_s(lambda: losses(params, buffers, x, y).sum(), params.values(),
+                                  modules[0].optimizer_factory, device, precision,
                                   seconds)
     return {"images_per_s": rate * k * batch_size, "models": k, "batch_size": batch_size}
 
 
-def _optimizer_steps_per_s(loss_fn, parameters, device: torch.device, precision: str, seconds: float) -> float:
-    """Adam steps a second on ``loss_fn()`` under the precision's autocast, after 3 steps of warm-up/compilation."""
-    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+def _optimizer_steps_per_s(loss_fn, parameters, optimizer_factory, device: torch.device, precision: str,
+                           seconds: float) -> float:
+    """Optimiser steps (``model.optimizer``) a second on ``loss_fn()`` under the precision's autocast, after 3 steps
+    of warm-up/compilation."""
+    optimizer = optimizer_factory(parameters)
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
     def step() -> None:
@@ -284,17 +289,19 @@ def main(argv: list[str] | None = None) -> dict:
     # the framework path trains with the fast recipe's settings (experiment=fast: batch, precision, compile)
     recipe_overrides = ["experiment=fast", "trainer=gpu" if cuda else "trainer=cpu"]
     path_overrides = [*recipe_overrides, f"model.compile={str(args.compile is not False).lower()}"]
+    common = [f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
+              "paths.output_dir=" + str(args.out)]
     with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={tmp / 'cache'}", "data.progress=false",
-                                          "paths.output_dir=" + str(args.out), *path_overrides])
+        cfg = compose("train", overrides=[*common, *path_overrides])
+        # the reference loop: experiment=reference's network, batch and optimiser, eager and in the default layout
+        reference_cfg = compose("train", overrides=[*common, "experiment=reference", "model.channels_last=false",
+                                                    "model.compile=false"])
     dm = build_datamodule(cfg)
     # the reference held its arrays in memory: give its loop a copy in RAM, not the cache's memory map
     images, labels = dm.gather("train").clone(), dm.labels_tensor
 
-    reference_cfg = cfg.copy()
-    reference_cfg.model.channels_last = False
-    reference_cfg.model.compile = False
-    ref = reference_loop(build_module(reference_cfg, dm), images, labels, device, seconds)
+    ref = reference_loop(build_module(reference_cfg, dm), images, labels, device, seconds,
+                         int(reference_cfg.data.batch_size))
     ours = framework_path(cfg, dm, epochs)
     module = ours.pop("module")
     pred = prediction(module, dm.gather("test", device=device), device, args.models, int(cfg.data.eval_batch_size))

@@ -89,10 +89,21 @@ def build_datamodule(cfg: DictConfig) -> LandslideDataModule:
 
 
 def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
-    """The LightningModule for the current fold, with the fold's band set and statistics."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("_target_", None)
-    return LandslideModule(channels=list(dm.channels), norm_mean=dm.norm_mean, norm_std=dm.norm_std, **model_cfg)
+    """The LightningModule ``model._target_`` names (LandslideModule or a subclass) for the current fold, built from
+    the ``model`` config with the fold's band set and statistics. Every other ``_target_`` of the node is built too
+    (the optimiser and scheduler factories, ``_partial_``); the network alone is passed as its plain settings, for
+    the module to build through the allow-list of :func:`landslide.models.build_network`, as a checkpoint is."""
+    with option_errors("model"):
+        try:
+            target = get_class(cfg.model._target_)
+        except (ImportError, ValueError):
+            target = None
+        if not (isinstance(target, type) and issubclass(target, LandslideModule)):
+            raise ValueError(f"_target_ {cfg.model._target_!r} is not LandslideModule or a subclass of it")
+        built = {key: instantiate(node, _convert_="all") for key, node in cfg.model.items()
+                 if key != "net" and OmegaConf.is_dict(node) and "_target_" in node}
+        return instantiate(cfg.model, channels=list(dm.channels), norm_mean=list(dm.norm_mean),
+                           norm_std=list(dm.norm_std), **built, _recursive_=False, _convert_="all")
 
 
 def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:

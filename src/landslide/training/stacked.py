@@ -4,8 +4,8 @@ Each fold keeps what the sequential loop gives it: its filter (fitted on its tra
 stream, its normalisation statistics, its initial weights (seeded ``seed + fold``), its BatchNorm statistics, its
 validation fold and its metrics (logged as ``val/<metric>/fold_<k>``). Weights and BatchNorm buffers are stacked
 along a leading fold axis (``torch.func.stack_module_state``) and one network skeleton runs them all through
-``functional_call`` under ``vmap``; Adam and weight decay act per element, so one optimiser over the stacked
-tensors is K optimisers.
+``functional_call`` under ``vmap``; Adam, AdamW, SGD and weight decay act per element, so one optimiser
+(``model.optimizer``) over the stacked tensors is K optimisers (one that scales by a whole tensor's norm is not).
 
 **Equal step counts.** All folds take a step together, with ``b = min(batch_size, smallest fold)`` images each.
 An epoch is ``max_k round(n_k / b)`` steps for every fold, ``n_k`` being the images fold k's filter kept: the
@@ -28,14 +28,13 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
@@ -53,7 +52,7 @@ from torchmetrics.functional.classification import (
 from landslide.callbacks import EnergyCallback, MetricHistory
 from landslide.data.datamodule import IndexBatches, LandslideDataModule
 from landslide.files import atomic_output
-from landslide.module import LandslideModule, warmup_cosine
+from landslide.module import LandslideModule
 from landslide.training.cv import (
     build_callbacks,
     build_module,
@@ -69,7 +68,8 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------- dispatch
 def parallel_folds(cfg: DictConfig, pending: int) -> int:
     """How many folds train at once: ``cv.parallel_folds`` (``auto``: all pending folds on a GPU, 1 on a CPU, where
-    vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply."""
+    vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply (the
+    filter stage, best-epoch selection, a ``model._target_`` other than LandslideModule)."""
     value = str(OmegaConf.select(cfg, "cv.parallel_folds", default=1))
     if value == "auto":
         accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
@@ -83,6 +83,11 @@ def parallel_folds(cfg: DictConfig, pending: int) -> int:
         return 1
     if k > 1 and cfg.get("epoch_selection", "last") == "best":
         log.warning("epoch_selection=best picks an epoch per fold: the folds train one after another")
+        return 1
+    target = OmegaConf.select(cfg, "model._target_", default=None)
+    if k > 1 and target is not None and get_class(target) is not LandslideModule:
+        log.warning("model._target_=%s: the stacked step is LandslideModule's own, so a subclass trains its folds "
+                    "one after another", target)
         return 1
     return max(1, min(k, pending))
 
@@ -330,19 +335,10 @@ class StackedLandslideModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hp
-        decay, no_decay = [], []
-        for name in self.param_names:  # as LandslideModule groups them; the fold axis does not count
-            p = self.stacked_params[_slot(name)]
-            (no_decay if p.ndim <= 2 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        cls = torch.optim.AdamW if hp["optimizer"] == "adamw" else torch.optim.Adam
-        optimizer = cls(groups, lr=hp["lr"])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = partial(warmup_cosine, total=total, warmup_fraction=hp["warmup_fraction"],
-                         min_lr_ratio=hp["min_lr_ratio"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """The folds' optimiser and schedule (``model.optimizer``, ``model.scheduler``) over the stacked tensors,
+        grouped as LandslideModule groups them (the fold axis does not count as a dimension)."""
+        named = ((name, self.stacked_params[_slot(name)]) for name in self.param_names)
+        return self.templates[0].optimization(named, self.trainer.estimated_stepping_batches, vector_ndim=2)
 
     # ------------------------------------------------------------------ back to K modules
     @torch.no_grad()
