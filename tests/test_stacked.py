@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import copy
-from functools import partial
+from functools import cache, partial
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
-from conftest import data_settings, model_settings
+from conftest import REPO, data_settings, model_settings
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import IndexBatches
@@ -24,6 +25,14 @@ from landslide.training.stacked import (
     fold_history,
     parallel_folds,
 )
+
+
+@cache
+def train_config():
+    """The composed training config (cv, trainer, stage, epoch selection and model as train.py sees them)."""
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose("train")
+
 
 NET = {"_target_": "landslide.models.fpn.MultiModalFPN", "branch_width": 8, "fusion_channels": 16,
        "stage_widths": [16, 24, 32], "pyramid_channels": 16, "head_units": 32, "head_dropout": 0.0}
@@ -141,10 +150,11 @@ def test_erasing_fills_each_sample_with_its_own_values():
     ("10", {"epoch_selection": "best"}, 10, 1), ("10", {"stage": "filter"}, 10, 1),
 ])
 def test_parallel_folds_setting(setting, extra, pending, expected):
-    cfg = OmegaConf.create({"cv": {"parallel_folds": setting}, "trainer": {"accelerator": "auto"}, **extra})
+    cfg = OmegaConf.merge(train_config(), {"cv": {"parallel_folds": setting}, "trainer": {"accelerator": "auto"},
+                                           **extra})
     assert parallel_folds(cfg, pending) == expected
 
 
 def test_parallel_folds_refuses_nonsense():
     with pytest.raises(ValueError, match="auto or a positive integer"):
-        parallel_folds(OmegaConf.create({"cv": {"parallel_folds": "0"}}), 4)
+        parallel_folds(OmegaConf.merge(train_config(), {"cv": {"parallel_folds": "0"}}), 4)

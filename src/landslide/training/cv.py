@@ -51,9 +51,9 @@ def check_options(cfg: DictConfig) -> None:
             raise ConfigError(message)
 
     data, trainer = cfg.data, cfg.trainer
-    need(cfg.get("stage", "all") in ("all", "filter"), f"stage must be all or filter, got {cfg.get('stage')!r}")
-    need(cfg.get("epoch_selection", "last") in ("last", "best"),
-         f"epoch_selection must be last or best, got {cfg.get('epoch_selection')!r}")
+    need(cfg.stage in ("all", "filter"), f"stage must be all or filter, got {cfg.stage!r}")
+    need(cfg.epoch_selection in ("last", "best"),
+         f"epoch_selection must be last or best, got {cfg.epoch_selection!r}")
     need(data.bands in BAND_SETS, f"data.bands must be one of {', '.join(BAND_SETS)}, got {data.bands!r}")
     need(isinstance(data.num_folds, int) and data.num_folds >= 2,
          f"data.num_folds must be an integer >= 2, got {data.num_folds!r}")
@@ -61,7 +61,7 @@ def check_options(cfg: DictConfig) -> None:
          f"data.fold must be null or in [0, {data.num_folds}), got {data.get('fold')!r}")
     for key in ("batch_size", "eval_batch_size"):
         need(int(data[key]) >= 1, f"data.{key} must be >= 1, got {data[key]!r}")
-    if cfg.get("stage", "all") == "all" and not trainer.get("fast_dev_run"):
+    if cfg.stage == "all" and not trainer.get("fast_dev_run"):
         epochs = trainer.get("max_epochs")
         need(isinstance(epochs, int) and epochs >= 1, f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
 
@@ -111,7 +111,7 @@ def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
     is false (Lightning refuses the pair). Checkpoint callbacks write under the fold's folder, energy callbacks
     there too."""
     callbacks: list[Callback] = []
-    progress_bar = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True)
+    progress_bar = cfg.trainer.enable_progress_bar
     for _, entry in (cfg.get("callbacks") or {}).items():
         if entry is None or "_target_" not in entry:
             continue
@@ -176,7 +176,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
-    figures = cfg.get("log_figures", True) and bool(loggers)
+    figures = cfg.log_figures and bool(loggers)
     if figures:
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
         log_figure(loggers, "samples/validation_positive", dm.plot(positive), folder=fold_dir / "figures")
@@ -193,7 +193,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
 
     checkpoint = next((c for c in callbacks if isinstance(c, ModelCheckpoint) and c.monitor), None)
     model_path = fold_dir / "model.ckpt"
-    if cfg.get("epoch_selection", "last") == "best" and checkpoint is not None and checkpoint.best_model_path:
+    if cfg.epoch_selection == "best" and checkpoint is not None and checkpoint.best_model_path:
         log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
                     fold)
         with atomic_output(model_path) as tmp:
@@ -209,7 +209,7 @@ def network_probs(cfg: DictConfig, module: LandslideModule, dm: LandslideDataMod
                   device: torch.device) -> np.ndarray:
     """Mean probability over the test-time views of training rows ``index``."""
     images = dm.gather("train", index)
-    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.get("tta", True)), device).mean(0)
+    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.tta), device).mean(0)
 
 
 def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path) -> dict:
@@ -219,7 +219,7 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     train_part, val_part = dm.folds()[fold]
     filt, keep_train, keep_val, report = fit_fold_filter(cfg, feats, labels, train_part, val_part, fold_dir)
     result: dict[str, Any] = {"fold": fold, "filter": report}
-    if cfg.get("stage", "all") == "filter":
+    if cfg.stage == "filter":
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         return result
 
@@ -233,7 +233,7 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     history = _find(callbacks, MetricHistory)
     result.update({
         "epochs": int(trainer.current_epoch),
-        "epoch_selection": cfg.get("epoch_selection", "last"),
+        "epoch_selection": cfg.epoch_selection,
         "energy_wh": energy.wh if energy else None,
         "history": history.history,
         "wall_seconds": round(time.perf_counter() - started, 2),

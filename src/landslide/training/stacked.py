@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.data import DataLoader, IterableDataset
@@ -70,24 +70,23 @@ def parallel_folds(cfg: DictConfig, pending: int) -> int:
     """How many folds train at once: ``cv.parallel_folds`` (``auto``: all pending folds on a GPU, 1 on a CPU, where
     vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply (the
     filter stage, best-epoch selection, a ``model._target_`` other than LandslideModule)."""
-    value = str(OmegaConf.select(cfg, "cv.parallel_folds", default=1))
+    value = str(cfg.cv.parallel_folds)
     if value == "auto":
-        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+        accelerator = str(cfg.trainer.accelerator)
         gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
         k = pending if gpu else 1
     elif value.isdigit() and int(value) >= 1:
         k = int(value)
     else:
         raise ValueError(f"cv.parallel_folds must be auto or a positive integer, got {value!r}")
-    if k > 1 and cfg.get("stage", "all") == "filter":
+    if k > 1 and cfg.stage == "filter":
         return 1
-    if k > 1 and cfg.get("epoch_selection", "last") == "best":
+    if k > 1 and cfg.epoch_selection == "best":
         log.warning("epoch_selection=best picks an epoch per fold: the folds train one after another")
         return 1
-    target = OmegaConf.select(cfg, "model._target_", default=None)
-    if k > 1 and target is not None and get_class(target) is not LandslideModule:
+    if k > 1 and get_class(cfg.model._target_) is not LandslideModule:
         log.warning("model._target_=%s: the stacked step is LandslideModule's own, so a subclass trains its folds "
-                    "one after another", target)
+                    "one after another", cfg.model._target_)
         return 1
     return max(1, min(k, pending))
 
@@ -405,7 +404,7 @@ def _replay(cfg: DictConfig, module: LandslideModule, fold: int, fold_dir: Path,
             for logger in loggers:
                 logger.log_metrics({**metrics, "epoch": row["epoch"]}, step=(row["epoch"] + 1) * steps_per_epoch - 1)
         history = [r for r in rows if any(k.startswith("val/") for k in r)]
-        if cfg.get("log_figures", True) and loggers and history:
+        if cfg.log_figures and loggers and history:
             figure = f1_curve_figure(history, f"{cfg.name}, fold {fold}")
             log_figure(loggers, "curves/val_f1", figure, step=len(rows) * steps_per_epoch,
                        folder=fold_dir / "figures")
@@ -476,7 +475,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
         result.update(score_fold(cfg, dm, module, part.filt, feats, part.val_index, part.keep_val, device))
         result.update({
             "epochs": int(trainer.current_epoch),
-            "epoch_selection": cfg.get("epoch_selection", "last"),
+            "epoch_selection": cfg.epoch_selection,
             "energy_wh": energy.wh / len(folds) if energy else None,  # the shared run's energy, split evenly
             "history": fold_hist,
             "parallel_folds": list(folds),
