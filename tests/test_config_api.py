@@ -158,6 +158,10 @@ def test_a_checkpoint_holds_plain_settings_and_loads_through_the_allow_list(tmp_
     assert type(again) is LandslideModule and again.optimizer_factory is None and again.scheduler_factory is None
     x = torch.randn(3, 13, 64, 64)
     assert torch.equal(module.eval()(x), again(x))
+    # Lightning's own loader passes the descriptions back: kept as metadata, nothing built
+    lightning = LandslideModule.load_from_checkpoint(path, map_location="cpu")
+    assert lightning.optimizer_factory is None and lightning.hparams.optimizer == settings["optimizer"]
+    assert torch.equal(lightning.eval()(x), again(x))
 
 
 def test_earlier_checkpoints_load_and_the_recorded_optimiser_is_never_built(tmp_path, monkeypatch):

@@ -40,8 +40,9 @@ class LandslideModule(L.LightningModule):
     ``optimizer`` and ``scheduler`` are factories (the config's ``_partial_`` targets): ``optimizer(param_groups)``
     and ``scheduler(optimizer[, total_steps=...])``, called in :meth:`configure_optimizers`; a module built for
     prediction needs neither. The saved hyperparameters hold only plain values: the factories are recorded as plain
-    descriptions (their target and arguments), which a checkpoint carries as metadata and never builds. Every
-    other setting comes from the config (``configs/model/base.yaml``); none has a default here.
+    descriptions (their target and arguments), which a checkpoint carries as metadata and never builds (given such a
+    description back, the module keeps it as it is and builds no optimiser). Every other setting comes from the
+    config (``configs/model/base.yaml``); none has a default here.
     """
 
     def __init__(
@@ -73,9 +74,12 @@ class LandslideModule(L.LightningModule):
         if min(norm_std) <= 0:
             raise ValueError("normalisation standard deviations must be positive")
         for name, factory in (("optimizer", optimizer), ("scheduler", scheduler)):
-            if factory is not None and not callable(factory):
+            if factory is not None and not callable(factory) and not isinstance(factory, Mapping):
                 raise ValueError(f"model.{name} must be a factory (a _partial_ target), got {factory!r}")
-        self.optimizer_factory, self.scheduler_factory = optimizer, scheduler
+        # a Mapping is a recorded description (a checkpoint's settings, as Lightning's load_from_checkpoint passes
+        # them back): metadata, never built, so such a module predicts but does not train
+        self.optimizer_factory = optimizer if callable(optimizer) else None
+        self.scheduler_factory = scheduler if callable(scheduler) else None
         # plain values only: a checkpoint is read with weights_only=True and rebuilt from these settings
         self.save_hyperparameters(ignore=["optimizer", "scheduler"])
         self.hparams.update(optimizer=describe(optimizer), scheduler=describe(scheduler))
@@ -211,6 +215,8 @@ def describe(factory: Callable[..., Any] | None) -> dict[str, Any] | None:
     loggers: nothing ever builds an object from it."""
     if factory is None:
         return None
+    if isinstance(factory, Mapping):  # already a description
+        return _plain(factory)
     func, args, keywords = factory, (), {}
     if isinstance(factory, partial):
         func, args, keywords = factory.func, factory.args, factory.keywords
