@@ -118,10 +118,10 @@ def benchmark(size: str, work: Path, seed: int, extra: list[str], n_train: int |
     result["baseline"]["seconds"] = round(time.perf_counter() - started, 1)
     if baseline_only:
         return result
-    overrides = ["data=realistic", f"data.root={root}", f"data.synthetic.root={root}", f"hydra.run.dir={run_dir}",
+    overrides = ["data=realistic", f"data.root={root}", f"hydra.run.dir={run_dir}",  # the release generated above
                  "data.progress=false", "trainer.enable_progress_bar=false", "callbacks.progress_bar=null",
                  "log_figures=false", *spec["overrides"], *extra]
-    result["overrides"] = [overrides[0], *overrides[4:]]
+    result["overrides"] = [overrides[0], *overrides[3:]]
     train_s = run([sys.executable, "train.py", *overrides], env)
     cv = json.loads((run_dir / "cv_summary.json").read_text())
     result["cv"] = {k: cv.get(k) for k in ("oof_f1", "oof_f1_at_0.5", "f1_mean", "negatives_filtered",

@@ -48,7 +48,7 @@ from landslide.data.datamodule import LandslideDataModule
 from landslide.data.synthetic import generate_release
 from landslide.gpu_monitor import GpuMonitor
 from landslide.hardware import tune_host_allocator
-from landslide.inference.predictor import predict_probs
+from landslide.prediction import predict_probs
 from landslide.training.cv import build_datamodule, build_module
 from landslide.training.stacked import FoldPart, StackedFoldsData, StackedLandslideModule
 
@@ -82,11 +82,12 @@ class PerSampleDataset(Dataset):
         return torch.from_numpy(np.ascontiguousarray(x)), self.labels[i]
 
 
-def reference_loop(module, images, labels, device, seconds: float, batch_size: int = 32) -> dict:
-    """Images/s of the reference-style loop (fp32, deterministic, host sync each step)."""
+def reference_loop(module, images, labels, device, seconds: float, batch_size: int) -> dict:
+    """Images/s of the reference-style loop (fp32, deterministic, host sync each step), with the module's optimiser
+    (``experiment=reference``'s: Adam, lr 1e-3, weight decay 1e-4) on every parameter."""
     torch.backends.cudnn.deterministic, torch.backends.cudnn.benchmark = True, False
     module = module.to(device).train()
-    optimizer = torch.optim.Adam(module.parameters(), lr=1e-3, weight_decay=1e-4)
+    optimizer = module.optimizer_factory(module.parameters())
     loader = DataLoader(PerSampleDataset(images, labels), batch_size=batch_size, shuffle=True, drop_last=True)
     seen, steps, started, warm = 0, 0, None, 3
     while True:
@@ -118,7 +119,8 @@ def bare_step(module, images, labels, device, precision: str, batch_size: int, s
     """
     module = module.to(device).train()
     x, y = images[:batch_size].to(device), labels[:batch_size].to(device)
-    rate = _optimizer_steps_per_s(lambda: module.criterion(module(x).float(), y), module.parameters(), device,
+    rate = _optimizer_steps_per_s(lambda: module.criterion(module(x).float(), y), module.parameters(),
+                                  module.optimizer_factory, device,
                                   precision, seconds)
     return {"images_per_s": rate * batch_size, "batch_size": batch_size}
 
@@ -143,14 +145,17 @@ def stacked_step(modules: list, images, labels, device, precision: str, batch_si
     losses = torch.vmap(one_model_loss, randomness="different")
     losses = torch.compile(losses) if compile else losses
     # a sum: each model gets the gradient of its own mean loss
-    rate = _optimizer_steps_per_s(lambda: losses(params, buffers, x, y).sum(), params.values(), device, precision,
+    rate = _optimizer_steps_per_s(lambda: losses(params, buffers, x, y).sum(), params.values(),
+                                  modules[0].optimizer_factory, device, precision,
                                   seconds)
     return {"images_per_s": rate * k * batch_size, "models": k, "batch_size": batch_size}
 
 
-def _optimizer_steps_per_s(loss_fn, parameters, device: torch.device, precision: str, seconds: float) -> float:
-    """Adam steps a second on ``loss_fn()`` under the precision's autocast, after 3 steps of warm-up/compilation."""
-    optimizer = torch.optim.Adam(parameters, lr=1e-3)
+def _optimizer_steps_per_s(loss_fn, parameters, optimizer_factory, device: torch.device, precision: str,
+                           seconds: float) -> float:
+    """Optimiser steps (``model.optimizer``) a second on ``loss_fn()`` under the precision's autocast, after 3 steps
+    of warm-up/compilation."""
+    optimizer = optimizer_factory(parameters)
     dtype = torch.bfloat16 if precision.startswith("bf16") else torch.float16 if precision.startswith("16") else None
 
     def step() -> None:
@@ -307,27 +312,29 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 path_overrides=[*recipe, f"model.compile={str(use_compile).lower()}"])
 
 
-def prepare_data(args: argparse.Namespace, plan: Plan, work: Path) -> tuple[Path, DictConfig, LandslideDataModule]:
-    """The release (``--data-root``, or one generated in ``work``), the framework path's config and its datamodule
-    (cache in ``work``)."""
+def prepare_data(args: argparse.Namespace, plan: Plan, work: Path
+                 ) -> tuple[Path, DictConfig, DictConfig, LandslideDataModule]:
+    """The release (``--data-root``, or one generated in ``work``), the framework path's config, the reference
+    loop's (``experiment=reference``: its network, batch and optimiser, eager, default layout) and the framework
+    path's datamodule (cache in ``work``)."""
     root = args.data_root or work / "release"
     if args.data_root is None:
         generate_release(root, plan.n_train, plan.n_test, seed=0)
+    common = [f"data.root={root}", f"data.cache_dir={work / 'cache'}", "data.progress=false",
+              f"paths.output_dir={args.out}"]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=[f"data.root={root}", f"data.cache_dir={work / 'cache'}",
-                                          "data.progress=false", f"paths.output_dir={args.out}",
-                                          *plan.path_overrides])
-    return root, cfg, build_datamodule(cfg)
+        cfg = compose("train", overrides=[*common, *plan.path_overrides])
+        reference_cfg = compose("train", overrides=[*common, "experiment=reference", "model.channels_last=false",
+                                                    "model.compile=false"])
+    return root, cfg, reference_cfg, build_datamodule(cfg)
 
 
-def measure_paths(cfg: DictConfig, dm: LandslideDataModule, plan: Plan, models: int, images,
-                  labels) -> tuple[dict, float]:
+def measure_paths(cfg: DictConfig, reference_cfg: DictConfig, dm: LandslideDataModule, plan: Plan, models: int,
+                  images, labels) -> tuple[dict, float]:
     """The reference loop, the framework path and ensemble prediction: the figures every run reports, and the
     reference loop's images/s (unrounded, the base of every speed-up)."""
-    reference_cfg = cfg.copy()
-    reference_cfg.model.channels_last = False
-    reference_cfg.model.compile = False
-    ref = reference_loop(build_module(reference_cfg, dm), images, labels, plan.device, plan.seconds)
+    ref = reference_loop(build_module(reference_cfg, dm), images, labels, plan.device, plan.seconds,
+                         int(reference_cfg.data.batch_size))
     ours = framework_path(cfg, dm, plan.epochs)
     module = ours.pop("module")
     pred = prediction(module, dm.gather("test", device=plan.device), plan.device, models,
@@ -386,10 +393,10 @@ def full_overrides(args: argparse.Namespace, plan: Plan) -> list[str]:
 def benchmark(args: argparse.Namespace, work: Path, allocator: str) -> dict:
     """Every measurement ``args`` asks for, with data and cache in ``work``."""
     plan = make_plan(args)
-    root, cfg, dm = prepare_data(args, plan, work)
+    root, cfg, reference_cfg, dm = prepare_data(args, plan, work)
     # the reference held its arrays in memory: give its loop a copy in RAM, not the cache's memory map
     images, labels = dm.gather("train").clone(), dm.labels_tensor
-    result, reference = measure_paths(cfg, dm, plan, args.models, images, labels)
+    result, reference = measure_paths(cfg, reference_cfg, dm, plan, args.models, images, labels)
     result["host_allocator"] = allocator
     if args.bounds:
         result.update(measure_bounds(cfg, dm, plan, images, labels, reference))

@@ -9,10 +9,29 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from landslide.data.synthetic import generate_release
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def data_settings(**overrides) -> dict:
+    """LandslideDataModule's settings as ``configs/data/default.yaml`` gives them (all but its folders and the
+    synthetic set), with ``overrides``: the configs hold the defaults, the code none."""
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "data" / "default.yaml"))
+    settings = {k: v for k, v in cfg.items() if k not in ("_target_", "root", "cache_dir", "synthetic")}
+    return {**settings, **overrides}
+
+
+def model_settings(**overrides) -> dict:
+    """LandslideModule's settings as ``configs/model/base.yaml`` gives them (the optimiser and scheduler built as
+    the factories train.py passes), with ``overrides``."""
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / "base.yaml"))
+    cfg.pop("_target_")
+    settings = {k: instantiate(v) if isinstance(v, dict) and "_target_" in v else v for k, v in cfg.items()}
+    return {**settings, **overrides}
 
 
 @pytest.fixture(scope="session")

@@ -39,7 +39,9 @@ def test_experiment_presets_change_what_they_say():
         ref = compose("train", overrides=["experiment=reference"])
         no_fpn = compose("train", overrides=["experiment=no_fpn"])
         no_filter = compose("train", overrides=["experiment=no_filter"])
-    assert (ref.trainer.max_epochs, ref.data.batch_size, ref.model.lr, ref.data.num_folds) == (100, 32, 1e-3, 10)
+    assert (ref.trainer.max_epochs, ref.data.batch_size, ref.data.num_folds) == (100, 32, 10)
+    assert (ref.model.optimizer._target_, ref.model.optimizer.lr, ref.model.optimizer.weight_decay) == (
+        "torch.optim.Adam", 1e-3, 1e-4)
     assert no_fpn.model.net._target_.endswith("MultiModalCNN") and no_fpn.name == "no_fpn"
     assert no_filter.filter._target_.endswith("KeepAll")
 
@@ -99,6 +101,9 @@ def test_realistic_preset_generates_the_realistic_set(tmp_path, monkeypatch):
         cfg = compose("train", overrides=["data=realistic"], return_hydra_config=False)
     assert cfg.data.synthetic.difficulty == "realistic" and cfg.data.synthetic.label_noise == 0.02
     assert cfg.data.root == cfg.data.synthetic.root and cfg.data.root.endswith("realistic")
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        own = compose("train", overrides=["data=realistic", "data.root=/my/release"], return_hydra_config=False)
+    assert own.data.synthetic.root.endswith("realistic")  # a release of one's own is never generated over
     with initialize_config_dir(CONFIGS, version_base="1.3"):
         default = compose("train", return_hydra_config=False)
     assert default.data.synthetic.difficulty == "easy" and default.data.synthetic.label_noise == 0.0

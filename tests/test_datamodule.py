@@ -2,6 +2,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import data_settings
 from landslide.data.augment import BatchAugment, dihedral_view, tta_views
 from landslide.data.batches import IndexBatches
 from landslide.data.datamodule import LandslideDataModule
@@ -9,7 +10,8 @@ from landslide.data.datamodule import LandslideDataModule
 
 @pytest.fixture()
 def dm(tiny_release, tmp_path):
-    module = LandslideDataModule(tiny_release, tmp_path / "cache", num_folds=3, batch_size=16, progress=False)
+    module = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=3, batch_size=16,
+                                                                                  progress=False))
     module.prepare_data()
     module.setup()
     return module
@@ -73,7 +75,7 @@ def test_small_folds_and_evaluation_batches():
 def test_augmentation_leaves_the_source_unchanged():
     x = torch.randn(32, 13, 64, 64)
     before = x.clone()
-    aug = BatchAugment(erase_p=1.0)
+    aug = BatchAugment(**{**data_settings()["augment"], "erase_p": 1.0})
     aug.set_fill(torch.full((13,), 7.0))
     out = aug(x, generator=torch.Generator().manual_seed(0))
     assert torch.equal(x, before)
@@ -158,15 +160,16 @@ def test_the_filter_keep_mask_follows_the_fold(dm):
 
 def test_bad_configuration_is_rejected(tiny_release, tmp_path):
     with pytest.raises(ValueError, match="data.stats"):
-        LandslideDataModule(tiny_release, tmp_path, stats="imagenet")
+        LandslideDataModule(tiny_release, tmp_path, **data_settings(stats="imagenet"))
     with pytest.raises(ValueError, match="data.fold"):
-        LandslideDataModule(tiny_release, tmp_path, num_folds=3, fold=3)
+        LandslideDataModule(tiny_release, tmp_path, **data_settings(num_folds=3, fold=3))
 
 
 def test_band_sets_are_gathered_from_the_cached_channels(tiny_release, tmp_path):
     from landslide.bands import band_set, channel_indices
 
-    sar = LandslideDataModule(tiny_release, tmp_path / "cache", bands="sar", num_folds=3, progress=False)
+    sar = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(bands="sar", num_folds=3,
+                                                                               progress=False))
     sar.prepare_data()
     sar.setup()
     full = torch.from_numpy(np.array(sar.split("train").images[[4, 7]]))

@@ -7,6 +7,15 @@ from landslide.data.synthetic import generate_batch
 from landslide.features import compute_features
 from landslide.filter.negative import KeepAll, NegativeFilter, filter_report, load_filter, positive_threshold
 
+# the trees these tests were tuned with (the reference's depth; configs/filter/xgboost.yaml keeps shallower ones)
+TREES = {"max_depth": 5, "min_child_weight": 10, "tree_method": "hist", "n_jobs": 2}
+
+
+def negative_filter(n_estimators: int = 200, calibration_folds: int = 5, safety_margin: float = 0.5,
+                    max_positive_loss: float = 0.0) -> NegativeFilter:
+    return NegativeFilter({**TREES, "n_estimators": n_estimators}, calibration_folds=calibration_folds,
+                          safety_margin=safety_margin, seed=0, max_positive_loss=max_positive_loss)
+
 
 @pytest.fixture(scope="module")
 def generated():
@@ -17,7 +26,7 @@ def generated():
 def test_held_out_recall_and_removal(generated):
     feats, y = generated
     tr, va = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))
-    filt = NegativeFilter({"n_estimators": 100}, calibration_folds=4).fit(feats[tr], y[tr], index=tr)
+    filt = negative_filter(100, calibration_folds=4).fit(feats[tr], y[tr], index=tr)
     report = filter_report(filt.keep(feats[va]), y[va])
     assert report["positives_lost"] <= max(1, round(0.01 * y[va].sum()))
     assert report["negatives_filtered"] > 0.3
@@ -27,7 +36,7 @@ def test_held_out_recall_and_removal(generated):
 
 def test_save_and_load_give_identical_scores(generated, tmp_path):
     feats, y = generated
-    filt = NegativeFilter({"n_estimators": 30}, calibration_folds=3).fit(feats[:600], y[:600], np.arange(600))
+    filt = negative_filter(30, calibration_folds=3).fit(feats[:600], y[:600], np.arange(600))
     filt.save(tmp_path)
     assert (tmp_path / "filter.ubj").is_file()
     again = load_filter(tmp_path)
@@ -47,9 +56,9 @@ def test_keep_all_keeps_every_image(generated, tmp_path):
 def test_bad_settings(generated):
     feats, _ = generated
     with pytest.raises(ValueError, match="safety_margin"):
-        NegativeFilter(safety_margin=-0.5)
+        negative_filter(safety_margin=-0.5)
     with pytest.raises(ValueError, match="positives"):
-        NegativeFilter(calibration_folds=5).fit(feats[:20], np.r_[np.ones(2), np.zeros(18)].astype(int))
+        negative_filter(calibration_folds=5).fit(feats[:20], np.r_[np.ones(2), np.zeros(18)].astype(int))
 
 
 def test_threshold_rule_zero_share_is_the_lowest_positive():
@@ -65,11 +74,11 @@ def test_positive_loss_share_survives_planted_wrong_labels(generated):
     tr, va = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))
     noisy = y[tr].copy()
     # wrong labels on the most obvious negatives: they would drag a zero-loss threshold down to nothing
-    scores = NegativeFilter({"n_estimators": 50}, calibration_folds=3).fit(feats[tr], y[tr]).scores(feats[tr])
+    scores = negative_filter(50, calibration_folds=3).fit(feats[tr], y[tr]).scores(feats[tr])
     planted = np.argsort(np.where(noisy == 0, scores, np.inf))[:3]
     noisy[planted] = 1
-    strict = NegativeFilter({"n_estimators": 100}, calibration_folds=4).fit(feats[tr], noisy)
-    robust = NegativeFilter({"n_estimators": 100}, calibration_folds=4, max_positive_loss=0.05).fit(feats[tr], noisy)
+    strict = negative_filter(100, calibration_folds=4).fit(feats[tr], noisy)
+    robust = negative_filter(100, calibration_folds=4, max_positive_loss=0.05).fit(feats[tr], noisy)
     strict_report = filter_report(strict.keep(feats[va]), y[va])
     robust_report = filter_report(robust.keep(feats[va]), y[va])
     assert robust_report["negatives_filtered"] > strict_report["negatives_filtered"] + 0.2
@@ -80,7 +89,7 @@ def test_positive_loss_share_survives_planted_wrong_labels(generated):
 
 def test_positive_loss_share_is_saved(generated, tmp_path):
     feats, y = generated
-    NegativeFilter({"n_estimators": 20}, calibration_folds=3, max_positive_loss=0.01).fit(feats, y).save(tmp_path)
+    negative_filter(20, calibration_folds=3, max_positive_loss=0.01).fit(feats, y).save(tmp_path)
     assert load_filter(tmp_path).max_positive_loss == 0.01
     with pytest.raises(ValueError, match="max_positive_loss"):
-        NegativeFilter(max_positive_loss=0.7)
+        negative_filter(max_positive_loss=0.7)

@@ -4,13 +4,13 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from conftest import REPO
+from conftest import REPO, data_settings, model_settings
 from landslide.bands import band_set
 from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
-from landslide.inference.predictor import predict_probs
 from landslide.models import MultiModalCNN, MultiModalFPN, SeedFPN
 from landslide.module import LandslideModule
+from landslide.prediction import predict_probs
 
 NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml").net)
         for name in ("mm_fpn", "mm_cnn", "seed_fpn")}
@@ -18,7 +18,7 @@ NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" /
 
 def _module(net: str = "mm_fpn", bands: str = "all", **kw) -> LandslideModule:
     channels = list(band_set(bands))
-    return LandslideModule(NETS[net], channels, [0.0] * len(channels), [1.0] * len(channels), **kw)
+    return LandslideModule(NETS[net], channels, [0.0] * len(channels), [1.0] * len(channels), **model_settings(**kw))
 
 
 @pytest.mark.parametrize("cls", [MultiModalFPN, MultiModalCNN])
@@ -64,7 +64,7 @@ def test_sar_branch_is_shared_between_passes():
 
 def test_statistics_mismatch_raises():
     with pytest.raises(ValueError, match="do not match the band set"):
-        LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13)
+        LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13, **model_settings())
 
 
 @pytest.mark.parametrize("loss", ["bce", "focal", "soft_f1"])
@@ -97,10 +97,11 @@ def tiny_dm(tmp_path_factory):
                                             ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical"),
                                             ("seed_fpn", "all")])
 def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands):
-    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", bands=bands, num_folds=2, batch_size=8, progress=False)
+    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **data_settings(bands=bands, num_folds=2, batch_size=8,
+                                                                         progress=False))
     dm.prepare_data()
     dm.setup()
-    module = LandslideModule(NETS[net], list(dm.channels), dm.norm_mean, dm.norm_std)
+    module = LandslideModule(NETS[net], list(dm.channels), dm.norm_mean, dm.norm_std, **model_settings())
     trainer = L.Trainer(fast_dev_run=True, accelerator="cpu", logger=False, enable_progress_bar=False,
                         enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
@@ -108,10 +109,10 @@ def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands
 
 
 def test_checkpoint_round_trip_gives_identical_outputs(tiny_dm, tmp_path):
-    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", num_folds=2, batch_size=8, progress=False)
+    dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **data_settings(num_folds=2, batch_size=8, progress=False))
     dm.prepare_data()
     dm.setup()
-    module = LandslideModule(NETS["mm_fpn"], list(dm.channels), dm.norm_mean, dm.norm_std)
+    module = LandslideModule(NETS["mm_fpn"], list(dm.channels), dm.norm_mean, dm.norm_std, **model_settings())
     trainer = L.Trainer(max_epochs=1, limit_train_batches=2, limit_val_batches=1, accelerator="cpu", logger=False,
                         enable_progress_bar=False, enable_checkpointing=False, enable_model_summary=False)
     trainer.fit(module, datamodule=dm)
@@ -145,10 +146,10 @@ def test_prediction_batch_bounds_the_images_through_the_network_views_included()
     seen = []
     module.net.register_forward_pre_hook(lambda _, args: seen.append(args[0].shape[0]))
     x = torch.randn(10, 13, 64, 64)
-    chunked = predict_probs(module, x, batch_size=16, tta=True, bf16=False)
+    chunked = predict_probs(module, x, batch_size=16, tta=True, device="cpu", bf16=False)
     assert max(seen) <= 16 and sum(seen) == 8 * 10
     seen.clear()
-    whole = predict_probs(module, x, batch_size=1024, tta=True, bf16=False)
+    whole = predict_probs(module, x, batch_size=1024, tta=True, device="cpu", bf16=False)
     assert seen == [80] and chunked.shape == whole.shape == (8, 10)
     assert np.allclose(chunked, whole, atol=1e-5)
 
@@ -157,9 +158,10 @@ def test_compiled_module_matches_eager_forward_and_gradients():
     """model.compile=true: normalisation, layout and network in one graph, same numbers as eager."""
     torch.manual_seed(0)
     channels = list(band_set("all"))
-    kw = {"norm_mean": [float(i) for i in range(13)], "norm_std": [2.0] * 13, "channels_last": True}
+    kw = {"norm_mean": [float(i) for i in range(13)], "norm_std": [2.0] * 13,
+          **model_settings(channels_last=True, compile=False)}
     eager = LandslideModule(NETS["mm_cnn"], channels, **kw)
-    compiled = LandslideModule(NETS["mm_cnn"], channels, compile=True, **kw)
+    compiled = LandslideModule(NETS["mm_cnn"], channels, **{**kw, "compile": True})
     compiled.load_state_dict(eager.state_dict())
     eager.eval(), compiled.eval()  # no dropout: the compiled graph draws its own random numbers
     x = torch.randn(4, 13, 64, 64) * 3 + 5
@@ -176,7 +178,7 @@ def test_compiled_module_matches_eager_forward_and_gradients():
     from torch._dynamo.utils import counters
 
     graphs = counters["stats"]["unique_graphs"]
-    next_fold = LandslideModule(NETS["mm_cnn"], channels, compile=True, **kw).eval()
+    next_fold = LandslideModule(NETS["mm_cnn"], channels, **{**kw, "compile": True}).eval()
     next_fold(x).sum().backward()
     assert counters["stats"]["unique_graphs"] == graphs
 
@@ -191,7 +193,8 @@ class _BatchRecorder(L.Callback):
 
 def test_a_resumed_fit_sees_the_batches_of_an_uninterrupted_one(tiny_dm, tmp_path):
     def fit(max_epochs: int, ckpt_path=None) -> _BatchRecorder:
-        dm = LandslideDataModule(tiny_dm, tmp_path / "cache", num_folds=2, batch_size=8, progress=False)
+        settings = data_settings(num_folds=2, batch_size=8, progress=False)
+        dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **settings)
         dm.prepare_data()
         dm.setup()
         recorder = _BatchRecorder()

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import copy
+from functools import cache, partial
 
 import lightning as L
 import numpy as np
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
 
+from conftest import REPO, data_settings, model_settings
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
@@ -23,6 +26,14 @@ from landslide.training.stacked import (
     parallel_folds,
 )
 
+
+@cache
+def train_config():
+    """The composed training config (cv, trainer, stage, epoch selection and model as train.py sees them)."""
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose("train")
+
+
 NET = {"_target_": "landslide.models.fpn.MultiModalFPN", "branch_width": 8, "fusion_channels": 16,
        "stage_widths": [16, 24, 32], "pyramid_channels": 16, "head_units": 32, "head_dropout": 0.0}
 K, B = 3, 6
@@ -34,7 +45,8 @@ def fold_module(k: int) -> LandslideModule:
     c = len(CHANNEL_NAMES)
     mean = (torch.randn(c) * 3).tolist()
     std = (torch.rand(c) * 2 + 0.5).tolist()
-    return LandslideModule(net=NET, channels=list(CHANNEL_NAMES), norm_mean=mean, norm_std=std, lr=0.01)
+    settings = model_settings(channels_last=False, optimizer=partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
+    return LandslideModule(net=NET, channels=list(CHANNEL_NAMES), norm_mean=mean, norm_std=std, **settings)
 
 
 @pytest.fixture(scope="module")
@@ -126,7 +138,7 @@ def test_folds_step_together_each_on_its_own_stream():
 
 
 def test_erasing_fills_each_sample_with_its_own_values():
-    augment = BatchAugment(flip=False, rotate=False, erase_p=1.0)
+    augment = BatchAugment(**{**data_settings()["augment"], "flip": False, "rotate": False, "erase_p": 1.0})
     fill = torch.tensor([[5.0, 5.0], [-7.0, -7.0]])
     out = augment(torch.zeros(2, 2, 16, 16), fill=fill)
     assert set(out[0].unique().tolist()) == {0.0, 5.0} and set(out[1].unique().tolist()) == {0.0, -7.0}
@@ -138,10 +150,11 @@ def test_erasing_fills_each_sample_with_its_own_values():
     ("10", {"epoch_selection": "best"}, 10, 1), ("10", {"stage": "filter"}, 10, 1),
 ])
 def test_parallel_folds_setting(setting, extra, pending, expected):
-    cfg = OmegaConf.create({"cv": {"parallel_folds": setting}, "trainer": {"accelerator": "auto"}, **extra})
+    cfg = OmegaConf.merge(train_config(), {"cv": {"parallel_folds": setting}, "trainer": {"accelerator": "auto"},
+                                           **extra})
     assert parallel_folds(cfg, pending) == expected
 
 
 def test_parallel_folds_refuses_nonsense():
     with pytest.raises(ValueError, match="auto or a positive integer"):
-        parallel_folds(OmegaConf.create({"cv": {"parallel_folds": "0"}}), 4)
+        parallel_folds(OmegaConf.merge(train_config(), {"cv": {"parallel_folds": "0"}}), 4)

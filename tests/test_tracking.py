@@ -40,7 +40,7 @@ def test_each_logger_leaves_its_files(project_env, tmp_path, logger):
 
 
 def test_codecarbon_measures_non_zero_energy(tmp_path):
-    with EnergyTracker(tmp_path, measure_power_secs=1) as tracker:
+    with EnergyTracker(tmp_path, "test", country_iso_code="USA", measure_power_secs=1, enabled=True) as tracker:
         sum(i * i for i in range(2_000_000))
     assert tracker.wh > 0
     assert (tmp_path / "emissions.csv").is_file()

@@ -53,10 +53,12 @@ def trained(tmp_path_factory) -> tuple[Path, dict]:
 
 
 def module_settings() -> dict:
+    """The plain settings a checkpoint carries (the module's optimiser is not among them)."""
     channels = ["red", "green", "blue", "nir", "cloud_mask"]
     return {"net": {"_target_": "landslide.models.fpn.MultiModalCNN", "stage_widths": [8, 8, 8], "branch_width": 8,
                     "fusion_channels": 8, "head_units": 8}, "channels": channels,
-            "norm_mean": [0.0] * 5, "norm_std": [1.0] * 5}
+            "norm_mean": [0.0] * 5, "norm_std": [1.0] * 5, "loss": "bce", "pos_weight": 2.0, "focal_gamma": 2.0,
+            "focal_alpha": 0.75, "channels_last": False, "compile": False}
 
 
 # ------------------------------------------------------------------ no code from a model file

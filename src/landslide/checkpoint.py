@@ -36,16 +36,33 @@ def network_weights(path: Path | str) -> dict[str, torch.Tensor]:
     return weights
 
 
-def load_module(path: Path | str, device: torch.device | str = "cpu") -> LandslideModule:
-    """The LandslideModule saved in ``path``, rebuilt from its plain settings and weights, in eval mode."""
-    ckpt = read_checkpoint(path)
-    settings = ckpt.get("hyper_parameters")
+#: Training-only settings a checkpoint may carry: the optimiser and schedule as plain descriptions (metadata, never
+#: built), and the plain settings they replaced in checkpoints written before they became factories.
+TRAINING_ONLY = frozenset({"optimizer", "scheduler", "lr", "weight_decay", "warmup_fraction", "min_lr_ratio"})
+#: Settings that checkpoints written before they existed lack, with the value the code then used.
+EARLIER_VALUES = {"focal_alpha": 0.75}
+
+
+def module_settings(path: Path | str, settings: Any) -> dict[str, Any]:
+    """The checkpoint's settings as :class:`LandslideModule` takes them for prediction: training-only ones left
+    out, earlier checkpoints completed; anything unknown is refused."""
     if not isinstance(settings, dict) or "net" not in settings:
         raise RunError(f"{path}: no network settings; not a model of this project")
-    accepted = set(inspect.signature(LandslideModule).parameters)
+    settings = {k: v for k, v in settings.items() if k not in TRAINING_ONLY}
+    for key, value in EARLIER_VALUES.items():
+        settings.setdefault(key, value)
+    accepted = set(inspect.signature(LandslideModule).parameters) - TRAINING_ONLY
     unknown = sorted(set(settings) - accepted)
     if unknown:
         raise RunError(f"{path}: unknown model setting(s) {unknown}")
+    return settings
+
+
+def load_module(path: Path | str, device: torch.device | str = "cpu") -> LandslideModule:
+    """The LandslideModule saved in ``path``, rebuilt from its plain settings and weights, in eval mode (with no
+    optimiser: the recorded one is metadata). A checkpoint of a subclass is rebuilt as LandslideModule."""
+    ckpt = read_checkpoint(path)
+    settings = module_settings(path, ckpt.get("hyper_parameters"))
     try:
         module = LandslideModule(**settings)
         module.load_state_dict(ckpt["state_dict"])

@@ -58,7 +58,7 @@ def _quiet_third_parties() -> None:
 def _tune_host(cfg: DictConfig) -> None:
     from landslide.hardware import tune_host_allocator
 
-    if cfg.get("tune_host_allocator", True) and tune_host_allocator():
+    if cfg.tune_host_allocator and tune_host_allocator():
         log.debug("host allocator tuned: freed memory stays in the process")
 
 
@@ -101,12 +101,12 @@ def train(cfg: DictConfig) -> float | None:
 
     _quiet_third_parties()
     _tune_host(cfg)
-    if cfg.get("print_config", True) and is_rank_zero():
+    if cfg.print_config and is_rank_zero():
         print_config(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     with user_errors():
         summary = run_cv(cfg)
-    value = summary.get(cfg.get("optimized_metric", "oof_f1"))
+    value = summary.get(cfg.optimized_metric)
     return None if value is None else float(value)
 
 

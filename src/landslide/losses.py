@@ -8,7 +8,9 @@ from torch import Tensor, nn
 
 
 class WeightedBCE(nn.Module):
-    def __init__(self, pos_weight: float = 1.0) -> None:
+    """Binary cross-entropy with the positive class weighted by ``pos_weight``."""
+
+    def __init__(self, pos_weight: float) -> None:
         super().__init__()
         self.register_buffer("pos_weight", torch.tensor(float(pos_weight)))
 
@@ -19,7 +21,7 @@ class WeightedBCE(nn.Module):
 class FocalLoss(nn.Module):
     """Focal loss (Lin et al.), with ``alpha`` weighting the positive class."""
 
-    def __init__(self, gamma: float = 2.0, alpha: float = 0.75) -> None:
+    def __init__(self, gamma: float, alpha: float) -> None:
         super().__init__()
         self.gamma, self.alpha = gamma, alpha
 
@@ -40,7 +42,9 @@ class SoftF1Loss(nn.Module):
         return 1 - 2 * tp / (p.sum() + target.sum()).clamp_min(1e-6)
 
 
-def build_loss(name: str, pos_weight: float = 1.0, focal_gamma: float = 2.0, focal_alpha: float = 0.75) -> nn.Module:
+def build_loss(name: str, *, pos_weight: float, focal_gamma: float, focal_alpha: float) -> nn.Module:
+    """The loss ``name`` (``model.loss``) with the model config's settings: ``pos_weight`` for bce, ``focal_gamma``
+    and ``focal_alpha`` for focal."""
     if name == "bce":
         return WeightedBCE(pos_weight)
     if name == "focal":

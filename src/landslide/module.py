@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
-import math
+import copy
+import inspect
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from functools import partial
 from typing import Any
 
 import lightning as L
 import torch
 from torch import Tensor
+from torch.optim import Optimizer
 from torchmetrics import MetricCollection
 from torchmetrics.classification import (
     BinaryAUROC,
@@ -33,6 +36,13 @@ class LandslideModule(L.LightningModule):
     settings read from a file can build nothing else. Inputs are in physical units and are normalised with
     ``norm_mean``/``norm_std`` (one value per channel, fitted on the fold's training part), which the checkpoint
     also carries together with the channel names.
+
+    ``optimizer`` and ``scheduler`` are factories (the config's ``_partial_`` targets): ``optimizer(param_groups)``
+    and ``scheduler(optimizer[, total_steps=...])``, called in :meth:`configure_optimizers`; a module built for
+    prediction needs neither. The saved hyperparameters hold only plain values: the factories are recorded as plain
+    descriptions (their target and arguments), which a checkpoint carries as metadata and never builds (given such a
+    description back, the module keeps it as it is and builds no optimiser). Every other setting comes from the
+    config (``configs/model/base.yaml``); none has a default here.
     """
 
     def __init__(
@@ -41,16 +51,15 @@ class LandslideModule(L.LightningModule):
         channels: list[str],
         norm_mean: list[float],
         norm_std: list[float],
-        loss: str = "bce",
-        pos_weight: float = 2.0,
-        focal_gamma: float = 2.0,
-        optimizer: str = "adam",
-        lr: float = 1e-3,
-        weight_decay: float = 1e-4,
-        warmup_fraction: float = 0.1,
-        min_lr_ratio: float = 0.01,
-        channels_last: bool = False,
-        compile: bool = False,
+        *,
+        loss: str,
+        pos_weight: float,
+        focal_gamma: float,
+        focal_alpha: float,
+        channels_last: bool,
+        compile: bool,
+        optimizer: Callable[..., Optimizer] | None = None,
+        scheduler: Callable[..., Any] | None = None,
     ) -> None:
         super().__init__()
         channels = list(channels)
@@ -64,14 +73,23 @@ class LandslideModule(L.LightningModule):
             )
         if min(norm_std) <= 0:
             raise ValueError("normalisation standard deviations must be positive")
-        if optimizer not in ("adam", "adamw"):
-            raise ValueError(f"unknown optimizer {optimizer!r}; choose adam or adamw")
-        self.save_hyperparameters()
+        for name, factory in (("optimizer", optimizer), ("scheduler", scheduler)):
+            if factory is not None and not callable(factory) and not isinstance(factory, Mapping):
+                raise ValueError(f"model.{name} must be a factory (a _partial_ target), got {factory!r}")
+        # a Mapping is a recorded description (a checkpoint's settings, as Lightning's load_from_checkpoint passes
+        # them back): metadata, never built, so such a module predicts but does not train
+        self.optimizer_factory = optimizer if callable(optimizer) else None
+        self.scheduler_factory = scheduler if callable(scheduler) else None
+        # plain values only: a checkpoint is read with weights_only=True and rebuilt from these settings
+        self.save_hyperparameters(ignore=["optimizer", "scheduler"])
+        self.hparams.update(optimizer=describe(optimizer), scheduler=describe(scheduler))
+        # what the loggers record (Lightning's frozen copy, taken before the update): the descriptions included
+        self._hparams_initial = copy.deepcopy(self.hparams)
         self.channels = channels
         self.net = build_network(net, channels)
         self.register_buffer("mean", torch.tensor(norm_mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(norm_std, dtype=torch.float32).view(1, -1, 1, 1))
-        self.criterion = build_loss(loss, pos_weight, focal_gamma)
+        self.criterion = build_loss(loss, pos_weight=pos_weight, focal_gamma=focal_gamma, focal_alpha=focal_alpha)
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # normalisation, layout and network in one compiled graph, so that Inductor fuses the input passes;
@@ -156,23 +174,54 @@ class LandslideModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hparams
+        return self.optimization(self.net.named_parameters(), self.trainer.estimated_stepping_batches)
+
+    def optimization(self, named_parameters: Iterable[tuple[str, Tensor]], total_steps: int | float,
+                     vector_ndim: int = 1) -> dict[str, Any]:
+        """The optimiser (``model.optimizer``) over ``named_parameters`` and its schedule (``model.scheduler``,
+        stepped after every optimiser step, over ``total_steps``). Biases and parameters of at most ``vector_ndim``
+        dimensions (normalisation weights) take no weight decay; the others the optimiser's own."""
+        if self.optimizer_factory is None:
+            raise ValueError("no optimizer: this module was built for prediction (model.optimizer is not set)")
         decay, no_decay = [], []
-        for name, p in self.net.named_parameters():
-            (no_decay if p.ndim <= 1 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-        cls = torch.optim.AdamW if hp.optimizer == "adamw" else torch.optim.Adam
-        optimizer = cls(groups, lr=hp.lr)
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = partial(warmup_cosine, total=total, warmup_fraction=hp.warmup_fraction, min_lr_ratio=hp.min_lr_ratio)
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        for name, p in named_parameters:
+            (no_decay if p.ndim <= vector_ndim or name.endswith(".bias") else decay).append(p)
+        optimizer = self.optimizer_factory([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}])
+        if self.scheduler_factory is None:
+            return {"optimizer": optimizer}
+        total = max(int(total_steps), 1)
+        takes_total = "total_steps" in inspect.signature(self.scheduler_factory).parameters
+        scheduler = self.scheduler_factory(optimizer, total_steps=total) if takes_total else \
+            self.scheduler_factory(optimizer)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
 
-def warmup_cosine(step: int, total: int, warmup_fraction: float, min_lr_ratio: float) -> float:
-    """The learning-rate factor at ``step`` of ``total``: linear warm-up, then cosine annealing to ``min_lr_ratio``."""
-    warmup = round(warmup_fraction * total)
-    if step < warmup:
-        return (step + 1) / warmup
-    progress = min((step - warmup) / max(total - warmup, 1), 1.0)
-    return min_lr_ratio + (1 - min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+def _plain(value: Any) -> Any:
+    """``value`` as JSON-like plain data (numbers, strings, lists, dicts); anything else as its ``repr``."""
+    if isinstance(value, (bool, int, float, str, type(None))):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, Sequence):
+        return [_plain(v) for v in value]
+    return repr(value)
+
+
+def describe(factory: Callable[..., Any] | None) -> dict[str, Any] | None:
+    """A plain description of a factory, as the config wrote it: ``{"_target_": ..., "_partial_": True, **kwargs}``
+    for a ``functools.partial`` (what Hydra builds from a ``_partial_`` target). Metadata for checkpoints and
+    loggers: nothing ever builds an object from it."""
+    if factory is None:
+        return None
+    if isinstance(factory, Mapping):  # already a description
+        return _plain(factory)
+    func, args, keywords = factory, (), {}
+    if isinstance(factory, partial):
+        func, args, keywords = factory.func, factory.args, factory.keywords
+    name = getattr(func, "__qualname__", type(func).__qualname__)
+    out: dict[str, Any] = {"_target_": f"{getattr(func, '__module__', None) or type(func).__module__}.{name}",
+                           "_partial_": True}
+    if args:
+        out["_args_"] = _plain(list(args))
+    out.update({k: _plain(v) for k, v in keywords.items()})
+    return out

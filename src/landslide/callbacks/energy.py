@@ -16,10 +16,11 @@ class EnergyTracker:
     """Start/stop wrapper around ``codecarbon.OfflineEmissionsTracker``; ``wh`` holds the last measurement.
 
     Writes CodeCarbon's ``emissions.csv`` in ``output_dir``. Usable as a context manager; stopping is idempotent.
+    ``country_iso_code``, ``measure_power_secs`` and ``enabled`` come from the config (``energy.*``).
     """
 
-    def __init__(self, output_dir: str | Path, project_name: str = "landslide", country_iso_code: str = "USA",
-                 measure_power_secs: float = 15, enabled: bool = True) -> None:
+    def __init__(self, output_dir: str | Path, project_name: str, *, country_iso_code: str,
+                 measure_power_secs: float, enabled: bool) -> None:
         self.output_dir = Path(output_dir)
         self.project_name = project_name
         self.country_iso_code = country_iso_code
@@ -77,10 +78,12 @@ class EnergyTracker:
 
 
 class EnergyCallback(Callback):
-    """Measures each ``fit`` with CodeCarbon and logs ``energy/wh`` (and its CPU/GPU/RAM parts) to every logger."""
+    """Measures each ``fit`` with CodeCarbon and logs ``energy/wh`` (and its CPU/GPU/RAM parts) to every logger.
+    ``output_dir``: where ``emissions.csv`` goes (default: the trainer's root folder); the other settings come from
+    the config (``callbacks.energy``, which reads ``energy.*``)."""
 
-    def __init__(self, output_dir: str | Path | None = None, country_iso_code: str = "USA",
-                 measure_power_secs: float = 15, enabled: bool = True) -> None:
+    def __init__(self, output_dir: str | Path | None = None, *, country_iso_code: str, measure_power_secs: float,
+                 enabled: bool) -> None:
         self.output_dir = output_dir
         self.country_iso_code = country_iso_code
         self.measure_power_secs = measure_power_secs
@@ -91,8 +94,9 @@ class EnergyCallback(Callback):
     def on_fit_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         folder = self.output_dir or trainer.default_root_dir
         # one tracker per run: with several processes (DDP) rank zero measures the machine, the others nothing
-        self.tracker = EnergyTracker(folder, "landslide-fit", self.country_iso_code, self.measure_power_secs,
-                                     self.enabled and trainer.is_global_zero)
+        self.tracker = EnergyTracker(folder, "landslide-fit", country_iso_code=self.country_iso_code,
+                                     measure_power_secs=self.measure_power_secs,
+                                     enabled=self.enabled and trainer.is_global_zero)
         self.tracker.start()
 
     def _finish(self, trainer: L.Trainer) -> None:

@@ -28,21 +28,26 @@ class BatchAugment(nn.Module):
     """Random flips, 90-degree rotations and patch erasing applied per sample to a whole batch at once.
 
     Erased patches take ``fill`` (per-channel values, normally the training means) so that after
-    normalisation they read as zero.
+    normalisation they read as zero. A patch covers a share of the image drawn from ``erase_scale``, with the log of
+    its aspect ratio (height / width) drawn from ``erase_log_ratio``. The settings come from the config
+    (``data.augment``).
     """
 
     def __init__(
         self,
-        flip: bool = True,
-        rotate: bool = True,
-        erase_p: float = 0.5,
-        erase_scale: tuple[float, float] = (0.02, 0.15),
+        *,
+        flip: bool,
+        rotate: bool,
+        erase_p: float,
+        erase_scale: tuple[float, float],
+        erase_log_ratio: tuple[float, float],
     ) -> None:
         super().__init__()
         self.flip = flip
         self.rotate = rotate
         self.erase_p = erase_p
         self.erase_scale = tuple(erase_scale)
+        self.erase_log_ratio = tuple(erase_log_ratio)
         self.fill = torch.zeros(0)
         self._fill_on: dict[tuple[str, torch.dtype], Tensor] = {}
 
@@ -79,7 +84,7 @@ class BatchAugment(nn.Module):
         n, c, h, w = x.shape
         dev = x.device
         area = torch.empty(n, device=dev).uniform_(*self.erase_scale, generator=generator) * h * w
-        ratio = torch.exp(torch.empty(n, device=dev).uniform_(-1.1, 1.1, generator=generator))  # aspect 1/3..3
+        ratio = torch.exp(torch.empty(n, device=dev).uniform_(*self.erase_log_ratio, generator=generator))
         eh = (area * ratio).sqrt().round().clamp(1, h).long()
         ew = (area / ratio).sqrt().round().clamp(1, w).long()
         top = (torch.rand(n, device=dev, generator=generator) * (h - eh + 1)).long()

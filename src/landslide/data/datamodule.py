@@ -49,9 +49,11 @@ class LandslideDataModule(L.LightningDataModule):
         num_folds: int = 10,
         fold: int | None = None,
         split_seed: int = 42,
+        *,
+        fold_seed_stride: int,
         holdout_fraction: float = 0.0,
-        batch_size: int = 64,
-        eval_batch_size: int = 512,
+        batch_size: int,
+        eval_batch_size: int,
         stats: str = "train",
         cloud_threshold: float = 3500.0,
         nan_policy: str = "error",
@@ -77,6 +79,7 @@ class LandslideDataModule(L.LightningDataModule):
         self.num_folds = num_folds
         self.fold = fold
         self.split_seed = split_seed
+        self.fold_seed_stride = fold_seed_stride
         if not 0 <= holdout_fraction < 1:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {holdout_fraction}")
         self.holdout_fraction = holdout_fraction
@@ -203,7 +206,7 @@ class LandslideDataModule(L.LightningDataModule):
         """
         train_part, val_part = self.folds()[fold]
         self.fold = fold
-        self.epoch_seed = self.split_seed + 1000 * fold
+        self.epoch_seed = self.split_seed + self.fold_seed_stride * fold
         if train_keep is not None:
             train_part = train_part[np.asarray(train_keep, bool)]
         self.train_index, self.val_index = train_part, val_part

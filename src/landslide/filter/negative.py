@@ -58,12 +58,13 @@ class KeepAll:
 
 
 class NegativeFilter:
-    """XGBoost filter with an out-of-fold threshold. ``params`` go to ``xgboost.XGBClassifier``."""
+    """XGBoost filter with an out-of-fold threshold. ``params`` go to ``xgboost.XGBClassifier`` as they are; every
+    setting comes from the config (``configs/filter/xgboost.yaml``)."""
 
     kind = "xgboost"
 
-    def __init__(self, params: dict | None = None, calibration_folds: int = 5, safety_margin: float = 0.5,
-                 seed: int = 0, max_positive_loss: float = 0.0) -> None:
+    def __init__(self, params: dict, *, calibration_folds: int, safety_margin: float, seed: int,
+                 max_positive_loss: float) -> None:
         if not 0 <= max_positive_loss < 0.5:
             raise ValueError(f"filter.max_positive_loss must be in [0, 0.5) (a share of positives), got "
                              f"{max_positive_loss}")
@@ -71,8 +72,7 @@ class NegativeFilter:
             raise ValueError(f"filter.safety_margin must be >= 0 (log-odds), got {safety_margin}")
         if calibration_folds < 2:
             raise ValueError(f"filter.calibration_folds must be at least 2, got {calibration_folds}")
-        self.params = {"max_depth": 5, "min_child_weight": 10, "n_estimators": 200, "tree_method": "hist",
-                       "n_jobs": 2, **dict(params or {})}
+        self.params = dict(params)
         self.calibration_folds = calibration_folds
         self.safety_margin = safety_margin
         self.max_positive_loss = max_positive_loss
@@ -147,8 +147,9 @@ class NegativeFilter:
         meta = json.loads((folder / META_FILE).read_text())
         if meta["feature_names"] != list(FEATURE_NAMES):
             raise ValueError(f"{folder / META_FILE}: saved with other features than this version computes")
-        self = cls(meta["params"], meta["calibration_folds"], meta["safety_margin"], meta["seed"],
-                   meta.get("max_positive_loss", 0.0))
+        # filters saved before max_positive_loss existed used the lowest positive (0.0)
+        self = cls(meta["params"], calibration_folds=meta["calibration_folds"], safety_margin=meta["safety_margin"],
+                   seed=meta["seed"], max_positive_loss=meta.get("max_positive_loss", 0.0))
         self.model = xgb.XGBClassifier()
         self.model.load_model(folder / MODEL_FILE)
         self.threshold = meta["threshold"]

@@ -28,8 +28,8 @@ from landslide.features.cached import split_features
 from landslide.files import atomic_output, read_config, read_json, write_json
 from landslide.filter.negative import load_filter
 from landslide.hardware import bf16_supported
-from landslide.inference.predictor import predict_probs, resolve_device
 from landslide.metrics import calibrate
+from landslide.prediction import predict_probs, resolve_device
 from landslide.run_record import read_prediction_settings
 
 log = logging.getLogger(__name__)

@@ -38,9 +38,9 @@ from landslide.errors import ConfigError, first_line
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.filter.negative import filter_report, load_filter
-from landslide.inference.predictor import predict_probs
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.module import LandslideModule
+from landslide.prediction import predict_probs
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
 from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
 from landslide.training.ranks import is_rank_zero, planned_processes, wait_for_rank_zero
@@ -56,9 +56,9 @@ def check_options(cfg: DictConfig) -> None:
             raise ConfigError(message)
 
     data, trainer = cfg.data, cfg.trainer
-    need(cfg.get("stage", "all") in ("all", "filter"), f"stage must be all or filter, got {cfg.get('stage')!r}")
-    need(cfg.get("epoch_selection", "last") in ("last", "best"),
-         f"epoch_selection must be last or best, got {cfg.get('epoch_selection')!r}")
+    need(cfg.stage in ("all", "filter"), f"stage must be all or filter, got {cfg.stage!r}")
+    need(cfg.epoch_selection in ("last", "best"),
+         f"epoch_selection must be last or best, got {cfg.epoch_selection!r}")
     need(data.bands in BAND_SETS, f"data.bands must be one of {', '.join(BAND_SETS)}, got {data.bands!r}")
     need(isinstance(data.num_folds, int) and data.num_folds >= 2,
          f"data.num_folds must be an integer >= 2, got {data.num_folds!r}")
@@ -69,7 +69,7 @@ def check_options(cfg: DictConfig) -> None:
     need(not (planned_processes(cfg) > 1 and _local_multirun()),
          "a multi-device trainer (DDP) cannot run inside a local multirun: its processes would start the sweep "
          "again; run one job per command, or on SLURM one job per node (hydra.launcher.tasks_per_node = GPUs)")
-    if cfg.get("stage", "all") == "all" and not trainer.get("fast_dev_run"):
+    if cfg.stage == "all" and not trainer.get("fast_dev_run"):
         epochs = trainer.get("max_epochs")
         need(isinstance(epochs, int) and epochs >= 1, f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
 
@@ -104,26 +104,39 @@ def build_datamodule(cfg: DictConfig) -> LandslideDataModule:
 
 
 def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
-    """The LightningModule for the current fold, with the fold's band set and statistics."""
-    model_cfg = OmegaConf.to_container(cfg.model, resolve=True)
-    model_cfg.pop("_target_", None)
-    return LandslideModule(channels=list(dm.channels), norm_mean=dm.norm_mean, norm_std=dm.norm_std, **model_cfg)
+    """The LightningModule ``model._target_`` names (LandslideModule or a subclass) for the current fold, built from
+    the ``model`` config with the fold's band set and statistics. Every other ``_target_`` of the node is built too
+    (the optimiser and scheduler factories, ``_partial_``); the network alone is passed as its plain settings, for
+    the module to build through the allow-list of :func:`landslide.models.build_network`, as a checkpoint is."""
+    with option_errors("model"):
+        try:
+            target = get_class(cfg.model._target_)
+        except (ImportError, ValueError):
+            target = None
+        if not (isinstance(target, type) and issubclass(target, LandslideModule)):
+            raise ValueError(f"_target_ {cfg.model._target_!r} is not LandslideModule or a subclass of it")
+        built = {key: instantiate(node, _convert_="all") for key, node in cfg.model.items()
+                 if key != "net" and OmegaConf.is_dict(node) and "_target_" in node}
+        return instantiate(cfg.model, channels=list(dm.channels), norm_mean=list(dm.norm_mean),
+                           norm_std=list(dm.norm_std), **built, _recursive_=False, _convert_="all")
 
 
 def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
     """The configured callbacks for one fold; progress bars are left out when ``trainer.enable_progress_bar``
-    is false (Lightning refuses the pair)."""
+    is false (Lightning refuses the pair). Checkpoint callbacks write under the fold's folder, energy callbacks
+    there too."""
     callbacks: list[Callback] = []
-    progress_bar = OmegaConf.select(cfg, "trainer.enable_progress_bar", default=True)
+    progress_bar = cfg.trainer.enable_progress_bar
     for _, entry in (cfg.get("callbacks") or {}).items():
         if entry is None or "_target_" not in entry:
             continue
-        if not progress_bar and issubclass(get_class(entry["_target_"]), ProgressBar):
+        cls = get_class(entry["_target_"])
+        if not progress_bar and issubclass(cls, ProgressBar):
             continue
         extra: dict[str, Any] = {}
-        if entry["_target_"].endswith("ModelCheckpoint"):
+        if issubclass(cls, ModelCheckpoint):
             extra["dirpath"] = str(fold_dir / "checkpoints")
-        if entry["_target_"].endswith("EnergyCallback"):
+        if issubclass(cls, EnergyCallback):
             extra["output_dir"] = str(fold_dir)
         callbacks.append(instantiate(entry, **extra))
     callbacks.extend([MetricHistory(), ResumeState()])
@@ -185,7 +198,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
-    figures = cfg.get("log_figures", True) and bool(loggers) and is_rank_zero()
+    figures = cfg.log_figures and bool(loggers) and is_rank_zero()
     if figures:
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
         figure = plot_split_sample(dm.gather, dm.channels, positive, labels=dm.labels, ids=dm.train_ids)
@@ -205,7 +218,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     model_path = fold_dir / "model.ckpt"
     if not trainer.is_global_zero:  # every process takes part in saving; rank zero writes
         trainer.save_checkpoint(model_path, weights_only=True)
-    elif cfg.get("epoch_selection", "last") == "best" and checkpoint is not None and checkpoint.best_model_path:
+    elif cfg.epoch_selection == "best" and checkpoint is not None and checkpoint.best_model_path:
         log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
                     fold)
         with atomic_output(model_path) as tmp:
@@ -221,7 +234,7 @@ def network_probs(cfg: DictConfig, module: LandslideModule, dm: LandslideDataMod
                   device: torch.device) -> np.ndarray:
     """Mean probability over the test-time views of training rows ``index``."""
     images = dm.gather("train", index)
-    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.get("tta", True)), device).mean(0)
+    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.tta), device).mean(0)
 
 
 def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path) -> dict:
@@ -231,7 +244,7 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     train_part, val_part = dm.folds()[fold]
     filt, keep_train, keep_val, report = fit_fold_filter(cfg, feats, labels, train_part, val_part, fold_dir)
     result: dict[str, Any] = {"fold": fold, "filter": report}
-    if cfg.get("stage", "all") == "filter":
+    if cfg.stage == "filter":
         result["wall_seconds"] = round(time.perf_counter() - started, 2)
         return result
 
@@ -247,7 +260,7 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     history = _find(callbacks, MetricHistory)
     result.update({
         "epochs": int(trainer.current_epoch),
-        "epoch_selection": cfg.get("epoch_selection", "last"),
+        "epoch_selection": cfg.epoch_selection,
         "energy_wh": energy.wh if energy else None,
         "history": history.history,
         "wall_seconds": round(time.perf_counter() - started, 2),
@@ -286,10 +299,10 @@ def run_cv(cfg: DictConfig) -> dict:
     check_options(cfg)
     out = Path(cfg.paths.output_dir)
     started, started_at = time.perf_counter(), time.time()
-    energy = cfg.get("energy", {})
+    energy = cfg.energy
     lead = is_rank_zero()  # with several processes (DDP) the others only train
-    tracker = EnergyTracker(out, "landslide-cv", energy.get("country_iso_code"),
-                            enabled=bool(energy.get("enabled")) and lead)
+    tracker = EnergyTracker(out, "landslide-cv", country_iso_code=str(energy.country_iso_code),
+                            measure_power_secs=float(energy.measure_power_secs), enabled=bool(energy.enabled) and lead)
     manifest: RunManifest | None = None
     trained: list[int] = []
     tracker.start()

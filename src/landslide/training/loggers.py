@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
 
@@ -38,13 +38,13 @@ def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
     for _, entry in (cfg.get("logger") or {}).items():
         if entry is None or "_target_" not in entry:
             continue
-        target = entry["_target_"]
+        cls = get_class(entry["_target_"])
         extra: dict[str, Any] = {}
-        if target.endswith("WandbLogger") and lead:
+        if issubclass(cls, WandbLogger) and lead:
             extra = {"name": f"{cfg.name}-fold{fold}", "id": _remembered(fold_dir / "wandb_id", uuid.uuid4().hex[:12]),
                      "group": _remembered(fold_dir.parent.parent / "wandb_group", entry.get("group")),
                      "resume": "allow"}
-        elif target.endswith(("CSVLogger", "TensorBoardLogger")):
+        elif issubclass(cls, (CSVLogger, TensorBoardLogger)):
             extra = {"version": f"fold_{fold}"}
         logger = instantiate(entry, **extra)
         if isinstance(logger, WandbLogger):

@@ -4,8 +4,8 @@ Each fold keeps what the sequential loop gives it: its filter (fitted on its tra
 stream, its normalisation statistics, its initial weights (seeded ``seed + fold``), its BatchNorm statistics, its
 validation fold and its metrics (logged as ``val/<metric>/fold_<k>``). Weights and BatchNorm buffers are stacked
 along a leading fold axis (``torch.func.stack_module_state``) and one network skeleton runs them all through
-``functional_call`` under ``vmap``; Adam and weight decay act per element, so one optimiser over the stacked
-tensors is K optimisers.
+``functional_call`` under ``vmap``; Adam, AdamW, SGD and weight decay act per element, so one optimiser
+(``model.optimizer``) over the stacked tensors is K optimisers (one that scales by a whole tensor's norm is not).
 
 **Equal step counts.** All folds take a step together, with ``b = min(batch_size, smallest fold)`` images each.
 An epoch is ``max_k round(n_k / b)`` steps for every fold, ``n_k`` being the images fold k's filter kept: the
@@ -28,16 +28,15 @@ import logging
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
 from torch.utils.data import DataLoader, IterableDataset
@@ -55,7 +54,7 @@ from landslide.data.batches import IndexBatches
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError
 from landslide.files import atomic_output
-from landslide.module import LandslideModule, warmup_cosine
+from landslide.module import LandslideModule
 from landslide.training.cv import (
     build_callbacks,
     build_module,
@@ -72,8 +71,9 @@ log = logging.getLogger(__name__)
 # ---------------------------------------------------------------------------------------------------- dispatch
 def parallel_folds(cfg: DictConfig, pending: int) -> int:
     """How many folds train at once: ``cv.parallel_folds`` (``auto``: all pending folds on a GPU, 1 on a CPU, where
-    vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply."""
-    value = str(OmegaConf.select(cfg, "cv.parallel_folds", default=1))
+    vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply (the
+    filter stage, best-epoch selection, a ``model._target_`` other than LandslideModule, several processes)."""
+    value = str(cfg.cv.parallel_folds)
     if planned_processes(cfg) > 1:  # DDP: one fold at a time over every device
         if value not in ("auto", "1"):
             raise ConfigError(f"cv.parallel_folds={value} trains folds stacked on one device and cannot be combined "
@@ -81,17 +81,21 @@ def parallel_folds(cfg: DictConfig, pending: int) -> int:
                               "one per GPU (python train.py -m data.fold=0,1,... hydra/launcher=submitit_slurm)")
         return 1
     if value == "auto":
-        accelerator = str(OmegaConf.select(cfg, "trainer.accelerator", default="auto"))
+        accelerator = str(cfg.trainer.accelerator)
         gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
         k = pending if gpu else 1
     elif value.isdigit() and int(value) >= 1:
         k = int(value)
     else:
         raise ValueError(f"cv.parallel_folds must be auto or a positive integer, got {value!r}")
-    if k > 1 and cfg.get("stage", "all") == "filter":
+    if k > 1 and cfg.stage == "filter":
         return 1
-    if k > 1 and cfg.get("epoch_selection", "last") == "best":
+    if k > 1 and cfg.epoch_selection == "best":
         log.warning("epoch_selection=best picks an epoch per fold: the folds train one after another")
+        return 1
+    if k > 1 and get_class(cfg.model._target_) is not LandslideModule:
+        log.warning("model._target_=%s: the stacked step is LandslideModule's own, so a subclass trains its folds "
+                    "one after another", cfg.model._target_)
         return 1
     return max(1, min(k, pending))
 
@@ -339,19 +343,10 @@ class StackedLandslideModule(L.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
     def configure_optimizers(self) -> dict[str, Any]:
-        hp = self.hp
-        decay, no_decay = [], []
-        for name in self.param_names:  # as LandslideModule groups them; the fold axis does not count
-            p = self.stacked_params[_slot(name)]
-            (no_decay if p.ndim <= 2 or name.endswith(".bias") else decay).append(p)
-        groups = [{"params": decay, "weight_decay": hp["weight_decay"]}, {"params": no_decay, "weight_decay": 0.0}]
-        cls = torch.optim.AdamW if hp["optimizer"] == "adamw" else torch.optim.Adam
-        optimizer = cls(groups, lr=hp["lr"])
-        total = max(int(self.trainer.estimated_stepping_batches), 1)
-        factor = partial(warmup_cosine, total=total, warmup_fraction=hp["warmup_fraction"],
-                         min_lr_ratio=hp["min_lr_ratio"])
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        """The folds' optimiser and schedule (``model.optimizer``, ``model.scheduler``) over the stacked tensors,
+        grouped as LandslideModule groups them (the fold axis does not count as a dimension)."""
+        named = ((name, self.stacked_params[_slot(name)]) for name in self.param_names)
+        return self.templates[0].optimization(named, self.trainer.estimated_stepping_batches, vector_ndim=2)
 
     # ------------------------------------------------------------------ back to K modules
     @torch.no_grad()
@@ -418,7 +413,7 @@ def _replay(cfg: DictConfig, module: LandslideModule, fold: int, fold_dir: Path,
             for logger in loggers:
                 logger.log_metrics({**metrics, "epoch": row["epoch"]}, step=(row["epoch"] + 1) * steps_per_epoch - 1)
         history = [r for r in rows if any(k.startswith("val/") for k in r)]
-        if cfg.get("log_figures", True) and loggers and history:
+        if cfg.log_figures and loggers and history:
             figure = f1_curve_figure(history, f"{cfg.name}, fold {fold}")
             log_figure(loggers, "curves/val_f1", figure, step=len(rows) * steps_per_epoch,
                        folder=fold_dir / "figures")
@@ -489,7 +484,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
         result.update(score_fold(cfg, dm, module, part.filt, feats, part.val_index, part.keep_val, device))
         result.update({
             "epochs": int(trainer.current_epoch),
-            "epoch_selection": cfg.get("epoch_selection", "last"),
+            "epoch_selection": cfg.epoch_selection,
             "energy_wh": energy.wh / len(folds) if energy else None,  # the shared run's energy, split evenly
             "history": fold_hist,
             "parallel_folds": list(folds),

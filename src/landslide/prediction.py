@@ -1,4 +1,7 @@
-"""Batched probabilities of a trained module on a resident tensor, with the 8 dihedral views."""
+"""Batched probabilities of a trained module on a resident tensor, with the 8 dihedral views.
+
+A room below training and inference: both score with it (out-of-fold probabilities, test sets, maps), and it
+imports neither."""
 
 from __future__ import annotations
 
@@ -11,15 +14,16 @@ from landslide.hardware import bf16_supported
 from landslide.module import LandslideModule
 
 
-def resolve_device(device: str = "auto") -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """``auto``: the GPU where there is one, else the CPU; any other name as torch reads it."""
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
 
 
 @torch.inference_mode()
-def predict_probs(module: LandslideModule, images: Tensor, batch_size: int = 1024, tta: bool = True,
-                  device: torch.device | str = "cpu", bf16: bool | None = None) -> np.ndarray:
+def predict_probs(module: LandslideModule, images: Tensor, batch_size: int, tta: bool, device: torch.device | str,
+                  bf16: bool | None = None) -> np.ndarray:
     """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units.
 
     ``batch_size`` bounds the images that pass through the network at once, views included (with ``tta`` each
