@@ -64,7 +64,7 @@ def test_the_temporary_folder_is_removed_when_the_run_fails(tmp_path, temp_root,
     bench = load_benchmark()
     seen = recording_work(bench, monkeypatch)
 
-    def fail(cfg, dm, *args):
+    def fail(cfg, reference_cfg, dm, *args):
         assert (dm.root / "Train.csv").is_file() and dm.root.parent == seen[0]  # data generated in the folder
         raise RuntimeError("stopped after the data")
 
