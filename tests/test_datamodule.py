@@ -135,7 +135,8 @@ def test_folds_and_holdout_are_computed_once(tiny_release, tmp_path, monkeypatch
 
     monkeypatch.setattr(datamodule.StratifiedKFold, "split", counted("kfold", kfold_split))
     monkeypatch.setattr(datamodule.StratifiedShuffleSplit, "split", counted("holdout", holdout_split))
-    module = LandslideDataModule(tiny_release, tmp_path / "cache", num_folds=3, holdout_fraction=0.2, progress=False)
+    module = LandslideDataModule(tiny_release, tmp_path / "cache",
+                                 **data_settings(num_folds=3, holdout_fraction=0.2, progress=False))
     module.prepare_data()
     module.setup()  # selects fold 0
     for fold in (1, 2, 0):

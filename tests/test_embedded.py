@@ -3,6 +3,7 @@
 import pandas as pd
 import pytest
 
+from conftest import data_settings
 from landslide.data.datamodule import LandslideDataModule
 from landslide.data.embedded import describes, ensure_embedded_release
 from landslide.data.release import ReleaseError
@@ -37,10 +38,12 @@ def test_a_release_the_settings_do_not_describe_is_never_generated(tmp_path, set
 
 def test_the_datamodule_generates_the_embedded_release_and_refuses_a_missing_one(tmp_path):
     root = tmp_path / "synthetic"
-    dm = LandslideDataModule(root, tmp_path / "cache", num_folds=2, progress=False, synthetic={"root": root, **SIZE})
+    dm = LandslideDataModule(root, tmp_path / "cache", **data_settings(num_folds=2, progress=False),
+                             synthetic={"root": root, **SIZE})
     dm.prepare_data()
     assert len(dm.train_ids) == 24 and (tmp_path / "cache" / ".prepare.lock").exists()
-    missing = LandslideDataModule(tmp_path / "typo", tmp_path / "cache", synthetic={"root": root, **SIZE})
+    missing = LandslideDataModule(tmp_path / "typo", tmp_path / "cache", **data_settings(),
+                                  synthetic={"root": root, **SIZE})
     with pytest.raises(ReleaseError, match="typo/Train.csv: file not found; data.root must be a release folder"):
         missing.prepare_data()
     assert not (tmp_path / "typo").exists()
