@@ -91,6 +91,19 @@ def score_predictions(folder: Path, truth: pd.DataFrame) -> dict:
     }
 
 
+def filter_by_fold(run_dir: Path, root: Path) -> list[dict]:
+    """Each fold's filter on its held-out part, scored with the clean labels (the run only knew the noisy ones): the
+    share of true negatives it removed and the true positives it lost."""
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    clean = pd.read_csv(truth_dir(root) / "train_truth.csv")[["ID", "true_label"]]
+    rows = []
+    for fold, part in oof.merge(clean, on="ID", validate="one_to_one").groupby("fold"):
+        positive, negative = part[part.true_label == 1], part[part.true_label == 0]
+        rows.append({"fold": int(fold), "negatives_filtered": round(float(negative.filtered.mean()), 3),
+                     "positives_lost": int(positive.filtered.sum()), "positives": len(positive)})
+    return rows
+
+
 def single_model_run(run_dir: Path, out: Path) -> Path:
     """A run directory holding fold 0 only (its network, filter and threshold), for a single model's score."""
     out.mkdir(parents=True)
@@ -127,6 +140,7 @@ def benchmark(size: str, work: Path, seed: int, extra: list[str], n_train: int |
     result["cv"] = {k: cv.get(k) for k in ("oof_f1", "oof_f1_at_0.5", "f1_mean", "negatives_filtered",
                                            "positives_lost", "positives_total", "epochs")}
     result["train_seconds"] = round(train_s, 1)
+    result["filter_by_fold"] = filter_by_fold(run_dir, root)
     predict_s = run([sys.executable, "predict.py", f"run_dir={run_dir}", f"out={work / 'pred'}"], env)
     result["pipeline"] = {**score_predictions(work / "pred", truth), "predict_seconds": round(predict_s, 1)}
     single = single_model_run(run_dir, work / "single")
@@ -150,6 +164,9 @@ def report(result: dict) -> str:
         f"  out-of-fold F1 {cv['oof_f1']:.3f} (at 0.5: {cv['oof_f1_at_0.5']:.3f}), epochs {cv['epochs']}",
         f"  filter on the test set: {p['negatives_filtered']:.1%} of negatives removed, "
         f"{p['positives_filtered']} of {p['positives']} positives lost",
+        "  filter on each held-out fold (clean labels): " + "; ".join(
+            f"fold {f['fold']} {f['negatives_filtered']:.1%} of negatives, {f['positives_lost']}/{f['positives']} "
+            "positives lost" for f in result["filter_by_fold"]),
     ])
 
 

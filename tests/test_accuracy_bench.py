@@ -3,6 +3,7 @@
 import importlib.util
 import json
 
+import pandas as pd
 import pytest
 
 from conftest import REPO
@@ -31,3 +32,23 @@ def test_temporary_folder_is_removed_when_the_run_fails(tmp_path, monkeypatch):
     with pytest.raises(SystemExit):
         bench.main(["--size", "tiny", "trainer.max_epochs=not_a_number"])
     assert not (tmp_path / "work").exists()
+
+
+def test_filter_figures_per_fold_use_the_clean_labels(tmp_path):
+    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    run_dir, root = tmp_path / "run", tmp_path / "realistic"
+    run_dir.mkdir()
+    truth = bench.truth_dir(root)
+    truth.mkdir(parents=True)
+    # fold 0: a wrong "positive" label on a filtered negative is no loss; fold 1 loses one true positive
+    pd.DataFrame({"ID": list("abcdef"), "label": [1, 1, 0, 1, 0, 0], "prob": 0.5,
+                  "filtered": [True, False, True, True, False, False], "fold": [0, 0, 0, 1, 1, 1]}
+                 ).to_csv(run_dir / "oof_predictions.csv", index=False)
+    pd.DataFrame({"ID": list("abcdef"), "label": [1, 1, 0, 1, 0, 0], "true_label": [0, 1, 0, 1, 0, 0],
+                  "kind": "x"}).to_csv(truth / "train_truth.csv", index=False)
+    assert bench.filter_by_fold(run_dir, root) == [
+        {"fold": 0, "negatives_filtered": 1.0, "positives_lost": 0, "positives": 1},
+        {"fold": 1, "negatives_filtered": 0.0, "positives_lost": 1, "positives": 1},
+    ]

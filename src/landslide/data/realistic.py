@@ -38,7 +38,7 @@ from landslide.data.synthetic import (
 )
 
 KINDS = ("positive", "water", "flat", "old_scar", "change_only", "harvest", "urban_change", "decoy", "plain")
-KIND_SHARES = (0.18, 0.115, 0.05, 0.12, 0.055, 0.04, 0.04, 0.03, 0.37)
+KIND_SHARES = (0.18, 0.15, 0.08, 0.13, 0.08, 0.10, 0.04, 0.11, 0.13)
 HAZE = np.array([1.0, 0.9, 0.8, 0.5])
 
 
@@ -132,7 +132,7 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
     level = rng.uniform(-1.5, 1.2, n)[col]
     alpha = np.clip((smooth_field(rng, n, (4, 9)) - level) * 1.5, 0, 1) * rng.uniform(0.4, 1.0, n)[col]
     alpha *= cloudy[col]
-    over_scar = positive & (rng.random(n) < 0.12)
+    over_scar = positive & (rng.random(n) < 0.18)
     alpha = np.where(over_scar[col], np.maximum(alpha, fresh * 1.0), alpha)
     cloud = CLOUD * rng.uniform(0.9, 1.15, (n, 1, 1, 1)) * (1 + 0.03 * rng.standard_normal(optical.shape))
     optical = ((1 - alpha[..., None]) * optical + alpha[..., None] * cloud).clip(1, 15000)
@@ -140,7 +140,7 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
     # SAR: a drop where the ground was stripped (scars, fields, works), a rise where a town grew
     drop_where = fresh | fields | (blob & ~is_["urban_change"][col])
     rise_where = blob & is_["urban_change"][col]
-    weak = positive & (rng.random(n) < 0.08)
+    weak = positive & (rng.random(n) < 0.14)
     out = np.empty((n, PATCH_SIZE, PATCH_SIZE, len(RAW_NAMES)))
     out[..., [raw_index(b) for b in ("red", "green", "blue", "nir")]] = optical
     for orbit, facing in (("desc", 1.0), ("asc", -1.0)):
