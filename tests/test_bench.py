@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import runpy
 import subprocess
 import sys
 import tempfile
@@ -75,11 +76,19 @@ def test_the_temporary_folder_is_removed_when_the_run_fails(tmp_path, temp_root,
     assert not (tmp_path / "out" / "bench.json").exists()
 
 
-@pytest.mark.parametrize("command", [["benchmarks/throughput.py"], ["-m", "benchmarks.throughput"]])
-def test_runs_from_the_source_checkout(command):
-    done = subprocess.run([sys.executable, *command, "--help"], cwd=REPO, capture_output=True, text=True, timeout=300)
+def test_runs_from_the_source_checkout(monkeypatch, capsys):
+    # as a script, in an interpreter of its own
+    done = subprocess.run([sys.executable, "benchmarks/throughput.py", "--help"], cwd=REPO, capture_output=True,
+                          text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "--stacked K" in done.stdout and "Throughput and energy benchmark" in done.stdout
+    # as a module of the checkout (python -m benchmarks.throughput), run here to spare a second interpreter
+    monkeypatch.chdir(REPO)
+    monkeypatch.syspath_prepend(str(REPO))
+    monkeypatch.setattr(sys, "argv", ["benchmarks.throughput", "--help"])
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_module("benchmarks.throughput", run_name="__main__", alter_sys=True)
+    assert stop.value.code == 0 and "--stacked K" in capsys.readouterr().out
 
 
 def test_gpu_monitor_integrates_power_and_reports_nothing_without_a_gpu():

@@ -105,7 +105,7 @@ def test_two_processes_train_one_run(project_env, tmp_path):
     # 2 processes x 16 images per step, against 1 process x 32: the same global batch and step count
     run_train(env, *TINY, *DDP, "data.batch_size=16", f"hydra.run.dir={ddp}",
               "+callbacks.seen._target_=seen_batches.SeenBatches", f"+callbacks.seen.folder={notes}")
-    run_train(env, *TINY, "data.batch_size=32", f"hydra.run.dir={single}")
+    entry.run("train.py", *TINY, "data.batch_size=32", f"hydra.run.dir={single}", env=env)
 
     # every rank trained on its own images, and the ranks validated disjoint parts of each fold
     rank0, rank1 = seen(notes, 0), seen(notes, 1)

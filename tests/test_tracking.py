@@ -6,8 +6,6 @@ import json
 import sqlite3
 import subprocess
 
-import pytest
-
 import entry
 from landslide.callbacks.energy import EnergyTracker
 
@@ -16,27 +14,24 @@ def run_train(env: dict, *args: str) -> subprocess.CompletedProcess:
     return entry.run("train.py", *args, env=env)
 
 
-@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb"])
-def test_each_logger_leaves_its_files(project_env, tmp_path, logger):
+def test_every_logger_leaves_its_files(project_env, tmp_path):
     run_dir = tmp_path / "run"
-    # a fast-dev-run-sized job (fast_dev_run itself replaces loggers with a dummy, so limit the batches instead)
-    run_train(project_env, "debug=tiny", f"logger={logger}", f"hydra.run.dir={run_dir}",
+    # logger=many: CSV, TensorBoard and W&B (offline) side by side in one fast-dev-run-sized job (fast_dev_run itself
+    # replaces loggers with a dummy, so limit the batches instead)
+    run_train(project_env, "debug=tiny", "logger=many", f"hydra.run.dir={run_dir}",
               "+trainer.limit_train_batches=2", "+trainer.limit_val_batches=1", "log_figures=true")
-    if logger == "csv":
-        metrics = (run_dir / "csv" / "fold_0" / "metrics.csv").read_text()
-        assert "val/f1" in metrics and "energy/wh" in metrics
-        figures = {p.name for p in (run_dir / "folds" / "fold_0" / "figures").glob("*.png")}
-        assert figures == {"samples_validation_positive.png", "curves_val_f1.png"}
-    elif logger == "tensorboard":
-        assert list((run_dir / "tensorboard" / "fold_0").glob("events.out.tfevents.*"))
-    else:
-        runs = sorted((run_dir / "wandb").glob("offline-run-*"))
-        assert len(runs) == 2  # one W&B run per fold, each finished
-        assert all(list(r.glob("run-*.wandb")) for r in runs)
-        assert all(len(list((r / "files" / "media" / "images").rglob("*.png"))) == 2 for r in runs)  # grid, curve
-        assert (run_dir / "wandb_group").read_text().startswith("final-")
-        ids = {(run_dir / "folds" / f"fold_{k}" / "wandb_id").read_text() for k in (0, 1)}
-        assert all(any(i in r.name for r in runs) for i in ids)
+    metrics = (run_dir / "csv" / "fold_0" / "metrics.csv").read_text()
+    assert "val/f1" in metrics and "energy/wh" in metrics
+    figures = {p.name for p in (run_dir / "folds" / "fold_0" / "figures").glob("*.png")}
+    assert figures == {"samples_validation_positive.png", "curves_val_f1.png"}  # the CSV logger's PNG files
+    assert all(list((run_dir / "tensorboard" / f"fold_{k}").glob("events.out.tfevents.*")) for k in (0, 1))
+    runs = sorted((run_dir / "wandb").glob("offline-run-*"))
+    assert len(runs) == 2  # one W&B run per fold, each finished
+    assert all(list(r.glob("run-*.wandb")) for r in runs)
+    assert all(len(list((r / "files" / "media" / "images").rglob("*.png"))) == 2 for r in runs)  # grid, curve
+    assert (run_dir / "wandb_group").read_text().startswith("final-")
+    ids = {(run_dir / "folds" / f"fold_{k}" / "wandb_id").read_text() for k in (0, 1)}
+    assert all(any(i in r.name for r in runs) for i in ids)
 
 
 def test_codecarbon_measures_non_zero_energy(tmp_path):
