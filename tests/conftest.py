@@ -25,6 +25,14 @@ def data_settings(**overrides) -> dict:
     return {**settings, **overrides}
 
 
+def map_settings(**overrides) -> dict:
+    """``predict_scene``'s settings as ``configs/map.yaml`` gives them, with ``overrides``."""
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "map.yaml"))
+    keys = ("stride", "blend", "dtype", "threshold", "min_valid", "resolution_m", "resolution_tolerance",
+            "windows_per_batch", "batch_size", "tta", "device", "progress", "gdal_cache_mb")
+    return {**{k: cfg[k] for k in keys}, **overrides}
+
+
 def model_settings(**overrides) -> dict:
     """LandslideModule's settings as ``configs/model/base.yaml`` gives them (the optimiser and scheduler built as
     the factories train.py passes), with ``overrides``."""

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import entry
-from conftest import REPO
+from conftest import REPO, map_settings
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -102,8 +102,8 @@ def _peak(ensemble: FoldEnsemble, scene: Path, out: Path) -> tuple[int, dict]:
     """Peak of the memory that Python and numpy allocate while mapping (the models are loaded before)."""
     tracemalloc.start()
     try:
-        report = predict_scene(ensemble.run_dir, scene, out, stride=64, dtype="float32", windows_per_batch=4,
-                               progress=False, ensemble=ensemble)
+        report = predict_scene(ensemble.run_dir, scene, out, **map_settings(stride=64, dtype="float32",
+                               windows_per_batch=4, progress=False), ensemble=ensemble)
         return tracemalloc.get_traced_memory()[1], report
     finally:
         tracemalloc.stop()
@@ -114,7 +114,7 @@ def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path):
     short, tall = tmp_path / "short.tif", tmp_path / "tall.tif"
     generate_scene(short, width=128, height=256, seed=1, nodata_corner=False)
     generate_scene(tall, width=128, height=1024, seed=1, nodata_corner=False)
-    ensemble = FoldEnsemble(run_dir, device="cpu", tta=False)
+    ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=map_settings()["batch_size"], tta=False)
     _peak(ensemble, short, tmp_path / "warm.tif")  # first calls allocate lasting caches
     peak_short, report_short = _peak(ensemble, short, tmp_path / "short_map.tif")
     peak_tall, report_tall = _peak(ensemble, tall, tmp_path / "tall_map.tif")

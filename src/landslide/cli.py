@@ -132,11 +132,12 @@ def make_map(cfg: DictConfig) -> dict:
     with user_errors():
         bands = cfg.get("bands")
         report = predict_scene(
-            cfg.run_dir, cfg.scene, cfg.out, int(cfg.stride), str(cfg.blend), str(cfg.dtype), float(cfg.threshold),
-            float(cfg.min_valid), cfg.get("vector"), cfg.get("summary"),
-            None if bands is None else OmegaConf.to_container(bands), float(cfg.resolution_m),
-            float(cfg.resolution_tolerance), int(cfg.windows_per_batch), int(cfg.batch_size), cfg.get("tta"),
-            str(cfg.device), bool(cfg.progress), int(cfg.gdal_cache_mb),
+            cfg.run_dir, cfg.scene, cfg.out, stride=int(cfg.stride), blend=str(cfg.blend), dtype=str(cfg.dtype),
+            threshold=float(cfg.threshold), min_valid=float(cfg.min_valid), resolution_m=float(cfg.resolution_m),
+            resolution_tolerance=float(cfg.resolution_tolerance), windows_per_batch=int(cfg.windows_per_batch),
+            batch_size=int(cfg.batch_size), tta=cfg.tta, device=str(cfg.device), progress=bool(cfg.progress),
+            gdal_cache_mb=int(cfg.gdal_cache_mb), vector=cfg.vector, summary=cfg.summary,
+            band_map=None if bands is None else OmegaConf.to_container(bands),
         )
         if cfg.get("figure"):
             from landslide.data.plot_scene import plot_scene_map

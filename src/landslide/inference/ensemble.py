@@ -105,7 +105,7 @@ class FoldEnsemble:
     probability is their mean over folds and views, 0 where the majority of the fold filters reject the image.
     """
 
-    def __init__(self, run_dir: Path | str, device: str = "auto", batch_size: int = 1024, tta: bool | None = None,
+    def __init__(self, run_dir: Path | str, device: str, batch_size: int, tta: bool | None = None,
                  precision: str | None = None, nan_policy: str | None = None) -> None:
         self.run_dir = Path(run_dir)
         self.cfg, self.summary, self.fold_dirs = load_run(self.run_dir)
@@ -151,9 +151,9 @@ class FoldEnsemble:
         }
 
 
-def predict_run(run_dir: Path | str, out: Path | str | None = None, data_root: str | None = None,
-                cache_dir: str | None = None, batch_size: int = 1024, tta: bool | None = None,
-                device: str = "auto", precision: str | None = None, nan_policy: str | None = None) -> dict:
+def predict_run(run_dir: Path | str, out: Path | str | None, data_root: str | None, cache_dir: str | None,
+                batch_size: int, tta: bool | None, device: str, precision: str | None = None,
+                nan_policy: str | None = None) -> dict:
     """Predict ``Test.csv`` of the run's release (or of ``data_root``); write submission.csv and predictions.csv.
 
     Reads only ``Test.csv`` and ``test_data/``: statistics, filters and thresholds come from the run. TTA, precision

@@ -158,13 +158,11 @@ class MapSink:
                 sink.close()
 
 
-def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, stride: int = 32, blend: str = "mean",
-                  dtype: str = "uint8", threshold: float = 0.5, min_valid: float = 0.5,
-                  vector: Path | str | None = None, summary: Path | str | None = None,
-                  band_map: dict[str, int] | None = None, resolution_m: float = 10.0,
-                  resolution_tolerance: float = 0.2, windows_per_batch: int = 256, batch_size: int = 1024,
-                  tta: bool | None = None, device: str = "auto", progress: bool = True, gdal_cache_mb: int = 256,
-                  ensemble: FoldEnsemble | None = None) -> dict:
+def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, stride: int, blend: str, dtype: str,
+                  threshold: float, min_valid: float, resolution_m: float, resolution_tolerance: float,
+                  windows_per_batch: int, batch_size: int, tta: bool | None, device: str, progress: bool,
+                  gdal_cache_mb: int, vector: Path | str | None = None, summary: Path | str | None = None,
+                  band_map: dict[str, int] | None = None, ensemble: FoldEnsemble | None = None) -> dict:
     """Map ``scene`` with the fold ensemble of ``run_dir`` (or an ``ensemble`` already loaded from it): write the
     COG ``out``, optionally the GeoJSON ``vector``, and the summary (default ``out`` with ``.json``); return the
     summary.
