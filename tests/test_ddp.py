@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -82,14 +80,6 @@ def test_stacked_folds_are_refused_with_several_processes():
         parallel_folds(compose_train(*DDP, "cv.parallel_folds=2"), 2)
 
 
-def run_train(env: dict, *args: str, check: bool = True) -> subprocess.CompletedProcess:
-    done = subprocess.run([sys.executable, "train.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
-                          timeout=600)
-    if check:
-        assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done
-
-
 def files_of(run: Path) -> set[str]:
     return {str(p.relative_to(run)) for p in run.rglob("*") if p.is_file()}
 
@@ -103,8 +93,10 @@ def test_two_processes_train_one_run(project_env, tmp_path):
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers"), project_env.get("PYTHONPATH", "")])}
     ddp, single, notes = tmp_path / "ddp", tmp_path / "single", tmp_path / "seen"
     # 2 processes x 16 images per step, against 1 process x 32: the same global batch and step count
-    run_train(env, *TINY, *DDP, "data.batch_size=16", f"hydra.run.dir={ddp}",
-              "+callbacks.seen._target_=seen_batches.SeenBatches", f"+callbacks.seen.folder={notes}")
+    # a real interpreter: Lightning starts the second process by running its command line again
+    entry.run("train.py", *TINY, *DDP, "data.batch_size=16", f"hydra.run.dir={ddp}",
+              "+callbacks.seen._target_=seen_batches.SeenBatches", f"+callbacks.seen.folder={notes}", env=env,
+              process=True)
     entry.run("train.py", *TINY, "data.batch_size=32", f"hydra.run.dir={single}", env=env)
 
     # every rank trained on its own images, and the ranks validated disjoint parts of each fold

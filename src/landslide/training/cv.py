@@ -152,14 +152,14 @@ def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, trai
     """Fit the fold's filter on its training part only, save it, and report what it keeps on both parts.
 
     With several processes (DDP) rank zero fits and saves it; the others wait for it and load the saved filter."""
-    if is_rank_zero():
+    lead = is_rank_zero()
+    if lead:
         with option_errors("filter"):
             filt = instantiate(cfg.filter)
         filt.fit(feats[train_part], labels[train_part], index=train_part)
         filt.save(fold_dir)
-        wait_for_rank_zero()
-    else:
-        wait_for_rank_zero()
+    wait_for_rank_zero()
+    if not lead:
         filt = load_filter(fold_dir)
     keep_train = filt.keep(feats[train_part])
     keep_val = filt.keep(feats[val_part])
