@@ -67,7 +67,7 @@ def _run_here(main, argv: list[str], env: dict, cwd: Path) -> subprocess.Complet
                 torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
             os.chdir(cwd)
             try:
-                main() if main.__module__ == "landslide.cli" else main(argv[1:])
+                main()  # every entry reads its arguments from sys.argv, as from a command line
             except SystemExit as stop:
                 code = stop.code
     finally:
