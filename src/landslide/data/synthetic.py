@@ -27,6 +27,7 @@ import argparse
 import hashlib
 import os
 import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
@@ -48,6 +49,8 @@ CLOUD = np.array([6400, 6500, 6700, 6900], np.float64)
 #: Mean backscatter in dB (VV, VH) per land-cover class.
 BACKSCATTER = np.array([[-9.0, -15.5], [-13.0, -21.0], [-22.0, -28.0], [-3.0, -9.5]], np.float64)
 BATCH = 256
+#: ``(seed, n) -> (patches (n, 64, 64, 12), labels (n,), kind indices (n,))``: a generator of patches
+BatchMaker = Callable[[np.random.SeedSequence, int], tuple[np.ndarray, np.ndarray, np.ndarray]]
 
 
 def _interp_matrix(coarse: int, size: int = PATCH_SIZE) -> np.ndarray:
@@ -193,9 +196,12 @@ def kinds_of(difficulty: str) -> tuple[str, ...]:
     return REALISTIC_KINDS
 
 
-def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str, str]) -> tuple[np.ndarray, np.ndarray]:
-    seed, n, ids, folder, difficulty = args
-    if difficulty == "easy":
+def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str, str, BatchMaker | None]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    seed, n, ids, folder, difficulty, batch = args
+    if batch is not None:
+        patches, labels, kind = batch(seed, n)
+    elif difficulty == "easy":
         patches, labels, kind = generate_batch(seed, n)
     else:
         from landslide.data.realistic import generate_batch as realistic_batch
@@ -215,15 +221,22 @@ def flip_labels(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 
 def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None,
-                     difficulty: str = "easy", label_noise: float = 0.0) -> dict:
+                     difficulty: str = "easy", label_noise: float = 0.0, *, batch: BatchMaker | None = None,
+                     kinds: Sequence[str] | None = None) -> dict:
     """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` under ``out`` and the true labels in
-    ``truth_dir(out)``; return a summary."""
-    if difficulty not in DIFFICULTIES:
+    ``truth_dir(out)``; return a summary.
+
+    ``batch`` (a picklable ``(seed, n) -> (patches, labels, kind indices)``, e.g. a family of
+    :mod:`landslide.synth.families`) with its ``kinds`` (names) draws the patches instead of ``difficulty``'s
+    generator; ``difficulty`` then only names them in the summary."""
+    if (batch is None) != (kinds is None):
+        raise ValueError("batch and kinds go together")
+    if batch is None and difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if not 0 <= label_noise < 0.5:
         raise ValueError(f"label_noise must be in [0, 0.5) (a share of training labels), got {label_noise}")
     out = Path(out)
-    kinds_named = kinds_of(difficulty)
+    kinds_named = tuple(kinds) if kinds is not None else kinds_of(difficulty)
     workers = workers or min(4, os.cpu_count() or 1)
     split_seeds = np.random.SeedSequence(seed).spawn(2)
     truth = truth_dir(out)
@@ -237,7 +250,8 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
         ids = make_ids(seed, split, n)
         starts = list(range(0, n, BATCH))
         seeds = split_seed.spawn(len(starts))
-        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder), difficulty) for s, a in zip(seeds, starts)]
+        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder), difficulty, batch)
+                for s, a in zip(seeds, starts)]
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(workers) as pool:
                 results = list(pool.map(_write_batch, jobs))

@@ -14,11 +14,13 @@ from typing import Any
 from torch import nn
 
 from landslide.models.fpn import MultiModalCNN, MultiModalFPN
+from landslide.models.fusion import FusionCNN
+from landslide.models.plain import PlainCNN
 from landslide.models.seed import SeedFPN
 
 #: The networks that settings may name, by their ``_target_``.
 NETWORKS: dict[str, type[nn.Module]] = {
-    f"{cls.__module__}.{cls.__name__}": cls for cls in (MultiModalFPN, MultiModalCNN, SeedFPN)
+    f"{cls.__module__}.{cls.__name__}": cls for cls in (MultiModalFPN, MultiModalCNN, SeedFPN, PlainCNN, FusionCNN)
 }
 _PLAIN = (bool, int, float, str, type(None))
 
@@ -26,7 +28,8 @@ _PLAIN = (bool, int, float, str, type(None))
 def _plain(value: Any) -> bool:
     if isinstance(value, _PLAIN):
         return True
-    return isinstance(value, Sequence) and not isinstance(value, str) and all(isinstance(v, _PLAIN) for v in value)
+    # lists of plain values, nested lists included (e.g. the widths of each stage); never a mapping
+    return isinstance(value, Sequence) and not isinstance(value, str) and all(_plain(v) for v in value)
 
 
 def build_network(spec: Mapping[str, Any], channels: Sequence[str]) -> nn.Module:
@@ -48,4 +51,4 @@ def build_network(spec: Mapping[str, Any], channels: Sequence[str]) -> nn.Module
     return cls(channels=list(channels), **spec)
 
 
-__all__ = ["NETWORKS", "MultiModalCNN", "MultiModalFPN", "SeedFPN", "build_network"]
+__all__ = ["NETWORKS", "FusionCNN", "MultiModalCNN", "MultiModalFPN", "PlainCNN", "SeedFPN", "build_network"]

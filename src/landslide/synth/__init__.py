@@ -1,0 +1,1 @@
+"""Generated data: the accuracy benchmark's families."""
