@@ -92,6 +92,18 @@ def user_errors() -> Iterator[None]:
         raise SystemExit(2) from None
 
 
+def _trust(cfg: DictConfig) -> None:
+    """Register the user's network classes that the config names (``trusted_networks``): the run's checkpoints may
+    then be rebuilt with them."""
+    from landslide.errors import ConfigError
+    from landslide.models import trust_networks
+
+    try:
+        trust_networks(list(cfg.get("trusted_networks") or []))
+    except ValueError as err:
+        raise ConfigError(f"trusted_networks: {err}") from None
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
     import lightning as L
@@ -117,6 +129,7 @@ def predict(cfg: DictConfig) -> dict:
     _quiet_third_parties()
     _tune_host(cfg)
     with user_errors():
+        _trust(cfg)
         return predict_run(
             cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
             cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
@@ -130,6 +143,7 @@ def make_map(cfg: DictConfig) -> dict:
     _quiet_third_parties()
     _tune_host(cfg)
     with user_errors():
+        _trust(cfg)
         bands = cfg.get("bands")
         report = predict_scene(
             cfg.run_dir, cfg.scene, cfg.out, stride=int(cfg.stride), blend=str(cfg.blend), dtype=str(cfg.dtype),

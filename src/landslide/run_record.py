@@ -30,7 +30,7 @@ def _plain(node: Any) -> Any:
 def defining_settings(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:
     """The settings whose change makes another run."""
     data = cfg.data
-    model = {k: v for k, v in _plain(cfg.model).items() if k != "compile"}
+    model = {k: v for k, v in _plain(cfg.model).items() if k not in ("compile", "trusted_networks")}
     trainer = cfg.trainer
     return {
         "data": {
