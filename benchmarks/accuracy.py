@@ -7,10 +7,10 @@ release and the same folds:
 
 - fits a statistics+XGBoost baseline (6 statistics of each of the 12 raw bands; threshold chosen out-of-fold on the
   noisy training labels);
-- trains a plain-CNN baseline with a short fixed loop (the ``PlainCNN`` of ``landslide.models.plain``, batch 64,
-  Adam 1e-3, 5% warm-up and cosine, random flips and transposes, bf16 where fast; the same folds, one network per
-  fold, each fold's out-of-fold probabilities setting one threshold, the fold networks averaged over the 8 dihedral
-  views on the test set);
+- trains a plain-CNN baseline with a short fixed loop (the ``PlainCNN`` of ``landslide.models.plain`` with batch
+  norm, batch 64, Adam 1e-3, 5% warm-up and cosine, random flips and transposes, bf16 where fast, plain BCE; the
+  same folds, one network per fold, no filter; all out-of-fold probabilities set one threshold; the fold networks
+  are averaged over the 8 dihedral views on the test set);
 - trains the pipeline through ``train.py`` for every network asked for (``--models``: model config names, or
   ``default`` for the default pipeline; ``--variant LABEL "OVERRIDES"`` adds a named set of overrides), predicts the
   test set with ``predict.py`` (the fold ensemble with TTA and filter; and fold 0's model alone) and scores it.
@@ -102,10 +102,10 @@ def read_channels(folder: Path, ids: list[str]) -> torch.Tensor:
 
 
 def train_plain_cnn(x: torch.Tensor, y: torch.Tensor, epochs: int, seed: int, device: torch.device,
-                    batch: int = 64, lr: float = 1e-3) -> PlainCNN:
+                    batch: int = 64, lr: float = 1e-3, batch_norm: bool = True) -> PlainCNN:
     """The plain baseline's fixed loop on standardised images ``x`` (n, 13, 64, 64) and labels ``y``."""
     torch.manual_seed(seed)
-    net = PlainCNN(CHANNEL_NAMES).to(device).train()
+    net = PlainCNN(CHANNEL_NAMES, batch_norm=batch_norm).to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
     n = len(x)
     total = epochs * math.ceil(n / batch)
