@@ -158,3 +158,20 @@ def test_parallel_folds_setting(setting, extra, pending, expected):
 def test_parallel_folds_refuses_nonsense():
     with pytest.raises(ValueError, match="auto or a positive integer"):
         parallel_folds(OmegaConf.merge(train_config(), {"cv": {"parallel_folds": "0"}}), 4)
+
+
+def test_the_full_resolution_networks_stack(batch):
+    """The early-fusion and plain networks (derived channels by index, max pooling) run stacked as they run alone."""
+    for net in ({"_target_": "landslide.models.fusion.FusionCNN", "stages": [[8], [12]], "head_units": 8},
+                {"_target_": "landslide.models.plain.PlainCNN", "stages": [[8], [12]], "batch_norm": True}):
+        templates = []
+        for k in range(K):
+            torch.manual_seed(200 + k)
+            templates.append(LandslideModule(net=net, channels=list(CHANNEL_NAMES), norm_mean=[0.0] * 13,
+                                             norm_std=[1.0] * 13, **model_settings(channels_last=False)))
+        stacked = StackedLandslideModule([copy.deepcopy(t) for t in templates], [B] * K, list(range(K))).train()
+        logits, losses = stacked(batch["x"], batch["y"])
+        losses.sum().backward()
+        for k, module in enumerate(templates):
+            module.train()
+            torch.testing.assert_close(logits[k], module(batch["x"][k]), atol=1e-5, rtol=1e-4)
