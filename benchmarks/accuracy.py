@@ -26,8 +26,8 @@ import xgboost as xgb
 from sklearn.metrics import f1_score, roc_auc_score
 from sklearn.model_selection import StratifiedKFold, cross_val_predict
 
-from landslide.data.synthetic import generate_release, truth_dir
 from landslide.metrics import f1_optimal_threshold
+from landslide.synth.release import generate_release, truth_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SIZES = {

@@ -12,7 +12,7 @@ import pytest
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
-from landslide.data.synthetic import generate_release
+from landslide.synth.release import generate_release
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -29,8 +29,9 @@ from landslide.filter.negative import NegativeFilter
 from landslide.losses import FocalLoss
 from landslide.module import LandslideModule
 from landslide.schedules import warmup_cosine
-from landslide.training.cv import build_module
-from landslide.training.stacked import StackedLandslideModule, parallel_folds
+from landslide.training.cv import parallel_folds
+from landslide.training.fold import build_module
+from landslide.training.stacked_module import StackedLandslideModule
 
 CONFIGS = str(REPO / "configs")
 SRC = REPO / "src" / "landslide"

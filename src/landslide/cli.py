@@ -5,12 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
+
+from landslide.errors import user_errors
 
 log = logging.getLogger(__name__)
 
@@ -77,21 +77,6 @@ def print_config(cfg: DictConfig) -> None:
     rprint(tree)
 
 
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Bad input (a broken release, an incomplete run directory) ends the run with one line naming the problem,
-    not a traceback."""
-    from landslide.data.release import ReleaseError
-    from landslide.data.scene import SceneError
-    from landslide.errors import ConfigError, RunError
-
-    try:
-        yield
-    except (ReleaseError, RunError, ConfigError, SceneError) as err:
-        log.error("%s", err)
-        raise SystemExit(2) from None
-
-
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
     import lightning as L
@@ -140,7 +125,7 @@ def make_map(cfg: DictConfig) -> dict:
             band_map=None if bands is None else OmegaConf.to_container(bands),
         )
         if cfg.get("figure"):
-            from landslide.data.plot_scene import plot_scene_map
+            from landslide.plots.scene import plot_scene_map
 
             plot_scene_map(cfg.scene, cfg.out, cfg.figure, cfg.get("truth"), float(cfg.threshold),
                            None if bands is None else OmegaConf.to_container(bands))

@@ -7,13 +7,11 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
+
+from landslide.plots.curves import approach_curves_figure, save_figure, table_figure
 
 COLUMNS = {
     "name": "approach",
@@ -90,33 +88,16 @@ def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]
     out = Path(out) if out else Path(folder) / "report"
     out.mkdir(parents=True, exist_ok=True)
 
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for s in summaries:
-        curve = f1_curve(s)
-        ax.plot(np.arange(1, len(curve) + 1), curve, marker="o" if len(curve) < 15 else None, label=s["name"])
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation F1 (mean over folds, threshold 0.5)")
-    ax.set_title("Validation F1 per approach")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
     curves = out / "f1_curves.png"
-    fig.savefig(curves, dpi=110)
-    plt.close(fig)
+    save_figure(approach_curves_figure({s["name"]: f1_curve(s) for s in summaries}), curves)
 
     frame = table(summaries)
     missing = missing_jobs(folder)
     markdown = out / "table.md"
     note = "".join(f"\n**Missing (failed or not run): {job}**\n" for job in missing)
     markdown.write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n" + note)
-    fig, ax = plt.subplots(figsize=(min(2 + 1.3 * len(frame.columns), 16), 0.6 + 0.4 * len(frame)))
-    ax.axis("off")
-    cells = [[f"{v:.4f}" if isinstance(v, float) else str(v) for v in row] for row in frame.itertuples(index=False)]
-    ax.table(cellText=cells, colLabels=list(frame.columns), loc="center").auto_set_font_size(True)
-    fig.tight_layout()
     table_png = out / "table.png"
-    fig.savefig(table_png, dpi=110)
-    plt.close(fig)
+    save_figure(table_figure(frame), table_png)
     return {"curves": curves, "table_md": markdown, "table_png": table_png, "missing": missing}
 
 

@@ -19,15 +19,12 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES
+from landslide.errors import ReleaseError
 
 log = logging.getLogger(__name__)
 
 RAW_SHAPE = (PATCH_SIZE, PATCH_SIZE, len(RAW_NAMES))
 SPLITS = {"train": ("Train.csv", "train_data"), "test": ("Test.csv", "test_data")}
-
-
-class ReleaseError(ValueError):
-    """A problem with the release files; the message names the file."""
 
 
 @dataclass(frozen=True)

@@ -107,21 +107,3 @@ def log_figure(loggers: list[Logger], key: str, figure, step: int = 0, folder: P
             figure.savefig(folder / f"{key.replace('/', '_')}.png", dpi=90)
             saved = True
     plt.close(figure)
-
-
-def f1_curve_figure(history: list[dict], title: str):
-    """Validation F1 (at 0.5 and at the best threshold) per epoch of one fold."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    epochs = [h["epoch"] + 1 for h in history]
-    for key, label in (("val/f1", "F1 at 0.5"), ("val/f1_best", "F1 at best threshold")):
-        ax.plot(epochs, [h.get(key, float("nan")) for h in history], label=label)
-    ax.set(xlabel="epoch", ylabel="validation F1", title=title, ylim=(0, 1.02))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    return fig

@@ -1,0 +1,174 @@
+"""Merge folds trained as separate jobs into one run directory, as a single ``train.py`` run writes it.
+
+``python train.py -m data.fold=0,1,...,9 hydra/launcher=joblib`` trains each fold in its own job folder;
+``python -m landslide.aggregate <job folders or the sweep folder> --out <dir>`` then writes ``<dir>/folds/fold_<k>/``
+(copied), ``.hydra/config.yaml`` (the first job's, ``data.fold`` null), ``run.json`` (the jobs' defining settings,
+which must be equal, and all their invocations: time and energy add up), ``cv_summary.json`` and
+``oof_predictions.csv``. ``predict.py run_dir=<dir>`` reads it like any run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from landslide.errors import RunError, user_errors
+from landslide.files import read_config, read_json, write_json, write_text
+from landslide.run_record import MANIFEST, RunManifest, differences
+
+log = logging.getLogger("landslide.aggregate")
+
+#: per-fold logger folders of a run directory, copied with the folds
+LOGGER_DIRS = ("csv", "tensorboard")
+
+
+@dataclass
+class Job:
+    """One job folder: its config, its ``run.json`` and the folds it was meant to train."""
+
+    folder: Path
+    cfg: DictConfig
+    record: dict
+    folds: list[int]
+
+
+def read_job(folder: Path) -> Job:
+    """A job folder's config and record; it trains ``data.fold`` or, when that is null, every fold."""
+    config, record = folder / ".hydra" / "config.yaml", folder / MANIFEST
+    for path in (config, record):
+        if not path.is_file():
+            raise RunError(f"{path}: not found; is {folder} a train.py job folder?")
+    cfg = read_config(config)
+    data = read_json(record)
+    num_folds = data.get("defining", {}).get("data", {}).get("num_folds")
+    if not isinstance(num_folds, int):
+        raise RunError(f"{record}: holds no run record (defining settings, folds); was {folder} made by train.py?")
+    fold = OmegaConf.select(cfg, "data.fold")
+    folds = [int(fold)] if fold is not None else list(range(num_folds))
+    return Job(folder, cfg, data, folds)
+
+
+def _job_number(folder: Path) -> tuple[int, str]:
+    """Hydra's job folders by job number (``2_...`` before ``10_...``), others after them by name."""
+    head = folder.name.split("_", 1)[0]
+    return (int(head) if head.isdigit() else 1 << 30, folder.name)
+
+
+def job_folders(paths: list[Path]) -> list[Path]:
+    """The given folders; a sweep folder (Hydra's ``multirun.yaml``, no ``run.json``) stands for its job folders."""
+    out: list[Path] = []
+    for path in paths:
+        if not (path / MANIFEST).is_file() and (path / "multirun.yaml").is_file():
+            jobs = [p for p in path.iterdir() if (p / MANIFEST).is_file()]
+            out.extend(sorted(jobs, key=_job_number))
+        else:
+            out.append(path)
+    return out
+
+
+def collect(folders: list[Path]) -> tuple[list[Job], dict[int, Job]]:
+    """Read and check the jobs: equal defining settings, every fold finished exactly once."""
+    jobs = [read_job(f) for f in folders]
+    if not jobs:
+        raise RunError("no job folders given")
+    first = jobs[0]
+    owner: dict[int, Job] = {}
+    for job in jobs:
+        for part in ("defining", "prediction"):
+            diff = differences(first.record.get(part, {}), job.record.get(part, {}))
+            if diff:
+                raise RunError(f"{job.folder}: other settings than {first.folder} ({'; '.join(diff)})")
+        for fold in job.folds:
+            done = job.folder / "folds" / f"fold_{fold}" / "result.json"
+            if not done.is_file():
+                raise RunError(f"{done}: missing; fold {fold} of {job.folder} is unfinished")
+            if fold in owner:
+                raise RunError(f"fold {fold} is in both {owner[fold].folder} and {job.folder}")
+            owner[fold] = job
+    num_folds = int(first.record["defining"]["data"]["num_folds"])
+    missing = sorted(set(range(num_folds)) - set(owner))
+    if missing:
+        raise RunError(f"fold(s) {missing} of {num_folds} missing: no job folder among {len(jobs)} holds them")
+    return jobs, owner
+
+
+def labelled_data(cfg: DictConfig, fingerprint: str):
+    """The jobs' datamodule (labels, IDs, folds) from the cached training split, which must be the one they trained
+    on."""
+    from hydra.utils import instantiate
+
+    from landslide.training.fold import option_errors
+
+    with option_errors("data"):
+        dm = instantiate(cfg.data)
+    dm.prepare_data()
+    if dm.split("train").meta["key"] != fingerprint:
+        raise RunError(f"{dm.root}: its training split is not the one the jobs trained on; run the aggregate where "
+                       "data.root resolves as it did for the jobs")
+    return dm
+
+
+def _copy_fold(job: Job, fold: int, out: Path) -> None:
+    name = f"fold_{fold}"
+    shutil.copytree(job.folder / "folds" / name, out / "folds" / name, dirs_exist_ok=True)
+    for sub in LOGGER_DIRS:
+        if (job.folder / sub / name).is_dir():
+            shutil.copytree(job.folder / sub / name, out / sub / name, dirs_exist_ok=True)
+
+
+def aggregate(folders: list[Path], out: Path) -> dict:
+    """Write the merged run directory ``out``; return its CV summary."""
+    from landslide.training.cv import write_oof
+    from landslide.training.summary import print_summary, summarise
+
+    jobs, owner = collect(job_folders([Path(f) for f in folders]))
+    if (out / MANIFEST).is_file():
+        raise RunError(f"{out / MANIFEST}: {out} already holds a run; choose another --out")
+    first = jobs[0]
+    cfg = OmegaConf.create(OmegaConf.to_container(first.cfg))
+    cfg.data.fold = None
+    dm = labelled_data(cfg, first.record["defining"]["data"]["fingerprint"])
+
+    for fold, job in sorted(owner.items()):
+        _copy_fold(job, fold, out)
+    config_text = OmegaConf.to_yaml(cfg)
+    write_text(out / ".hydra" / "config.yaml", config_text)
+    results = [read_json(out / "folds" / f"fold_{fold}" / "result.json") for fold in sorted(owner)]
+
+    record = RunManifest(out)
+    record.data = {
+        **first.record,
+        "hydra_files": {"config.yaml": config_text},
+        "invocations": [inv for job in jobs for inv in job.record.get("invocations", [])],
+        "merged_from": [str(job.folder) for job in jobs],
+    }
+    wall, wh = record.totals()
+    summary = summarise(cfg, dm, results, wall, wh)
+    summary["invocations"] = len(record.invocations)
+    if summary.get("oof_f1") is not None:
+        write_oof(out / "oof_predictions.csv", dm, results)
+    write_json(out / "cv_summary.json", summary)
+    record.save()  # last: a folder with run.json is a finished merge
+    print_summary(summary)
+    log.info("merged %d fold(s) from %d job(s) into %s", len(owner), len(jobs), out)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m landslide.aggregate",
+                                     description="Merge folds trained as separate jobs into one run directory.")
+    parser.add_argument("runs", nargs="+", type=Path, help="job folders (or a sweep folder holding them)")
+    parser.add_argument("--out", required=True, type=Path, help="the run directory to write")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    with user_errors():
+        aggregate(args.runs, args.out)
+
+
+if __name__ == "__main__":
+    main()
