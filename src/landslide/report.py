@@ -4,14 +4,19 @@ CV metrics, wall time and energy. ``python -m landslide.report <multirun dir> [-
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from omegaconf import OmegaConf
 
+from landslide.errors import RunError, first_line, user_errors
+from landslide.files import read_json
 from landslide.plots.curves import approach_curves_figure, save_figure, table_figure
+
+log = logging.getLogger("landslide.report")
 
 COLUMNS = {
     "name": "approach",
@@ -27,16 +32,37 @@ COLUMNS = {
 }
 
 
+def _summary(path: Path) -> dict | None:
+    """A run's CV summary; None (with a warning naming it) when it is damaged."""
+    try:
+        summary = read_json(path)
+    except RunError as err:
+        log.warning("%s; left out of the report", err)
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("folds", []), list):
+        log.warning("%s: not a CV summary; left out of the report", path)
+        return None
+    return summary
+
+
+def _plain_yaml(path: Path) -> Any:
+    """A YAML file of a job folder as plain values: nothing in it is resolved or built."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # a YAML or OmegaConf error
+        raise RunError(f"{path}: cannot be read ({first_line(err)})") from None
+
+
 def collect(folder: Path | str) -> list[dict]:
     """Every ``cv_summary.json`` below ``folder`` that trained a network."""
     summaries = []
     for path in sorted(Path(folder).rglob("cv_summary.json")):
-        summary = json.loads(path.read_text())
-        if summary.get("oof_f1") is not None:
+        summary = _summary(path)
+        if summary is not None and summary.get("oof_f1") is not None:
             summary["path"] = str(path.parent)
             summaries.append(summary)
     if not summaries:
-        raise FileNotFoundError(f"{folder}: no cv_summary.json of a trained run below it")
+        raise RunError(f"{folder}: no cv_summary.json of a trained run below it")
     return summaries
 
 
@@ -49,10 +75,15 @@ def expected_jobs(folder: Path) -> list[list[str]]:
     path = folder / "multirun.yaml"
     if not path.is_file():
         return []
-    config = OmegaConf.load(path)
-    if "basic_sweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+    config = _plain_yaml(path)
+    hydra = config.get("hydra", {}) if isinstance(config, dict) else {}
+    if "basic_sweeper" not in str((hydra.get("sweeper") or {}).get("_target_", "")):
         return []
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    task = (hydra.get("overrides") or {}).get("task") or []
+    try:
+        overrides = OverridesParser.create().parse_overrides([str(o) for o in task])
+    except Exception as err:  # Hydra's override grammar
+        raise RunError(f"{path}: its overrides cannot be read ({first_line(err)})") from None
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 
@@ -60,10 +91,11 @@ def missing_jobs(folder: Path | str) -> list[str]:
     """The expected jobs of a multirun that left no finished ``cv_summary.json`` (failed or never started)."""
     folder = Path(folder)
     finished = []
-    for summary in folder.rglob("cv_summary.json"):
-        overrides = summary.parent / ".hydra" / "overrides.yaml"
-        if overrides.is_file() and json.loads(summary.read_text()).get("oof_f1") is not None:
-            finished.append(sorted(OmegaConf.load(overrides)))
+    for path in folder.rglob("cv_summary.json"):
+        overrides = path.parent / ".hydra" / "overrides.yaml"
+        summary = _summary(path) if overrides.is_file() else None
+        if summary is not None and summary.get("oof_f1") is not None:
+            finished.append(sorted(str(o) for o in _plain_yaml(overrides) or []))
     return [" ".join(job) for job in expected_jobs(folder) if sorted(job) not in finished]
 
 
@@ -106,7 +138,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="a multirun folder (or any folder holding training runs)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <folder>/report)")
     args = parser.parse_args(argv)
-    paths = render(args.folder, args.out)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    with user_errors():
+        paths = render(args.folder, args.out)
     print(paths["table_md"].read_text())
     for key in ("curves", "table_md", "table_png"):
         print(f"wrote {paths[key]}")
