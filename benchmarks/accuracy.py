@@ -44,11 +44,11 @@ from sklearn.model_selection import StratifiedKFold, cross_val_predict
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import tta_views
 from landslide.data.preprocess import channel_stats, to_channels
-from landslide.data.synthetic import truth_dir
 from landslide.hardware import bf16_supported
 from landslide.metrics import f1_optimal_threshold
 from landslide.models.plain import PlainCNN
-from landslide.synth.families import FAMILY_NAMES, RELEASE_SIZE, generate_family
+from landslide.synth.families import FAMILY_NAMES, RELEASE_SIZE
+from landslide.synth.release import generate_release, truth_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SPLIT_SEED = 42  # configs/data/default.yaml's data.split_seed: the plain baseline uses the pipeline's folds
@@ -209,6 +209,7 @@ def single_model_run(run_dir: Path, out: Path) -> Path:
     """A run directory holding fold 0 only (its network, filter and threshold), for a single model's score."""
     out.mkdir(parents=True)
     shutil.copytree(run_dir / ".hydra", out / ".hydra")
+    shutil.copy(run_dir / "run.json", out / "run.json")  # the config and prediction settings the run recorded
     shutil.copytree(run_dir / "folds" / "fold_0", out / "folds" / "fold_0")
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     summary["folds"] = [f for f in summary["folds"] if f["fold"] == 0]
@@ -256,7 +257,7 @@ def benchmark_family(family: str, spec: dict, work: Path, seed: int, runs: dict[
     result: dict = {"family": family}
     if not (root / "Train.csv").is_file():
         started = time.perf_counter()
-        summary = generate_family(root, family, spec["n_train"], spec["n_test"], seed=seed, label_noise=0.02)
+        summary = generate_release(root, spec["n_train"], spec["n_test"], seed, difficulty=family, label_noise=0.02)
         result["generate_seconds"] = round(time.perf_counter() - started, 1)
         result["positives"] = {"train": summary["train"]["positives"], "test": summary["test"]["positives"]}
     truth = pd.read_csv(truth_dir(root) / "test_labels.csv")

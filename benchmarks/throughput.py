@@ -12,7 +12,7 @@ In one run, on the same data and model, it measures
 (c) ensemble prediction: K models x 8 test-time views;
 with ``--bounds`` (d) the framework's bare model step (no data path, no Lightning), the ceiling of (b);
 with ``--stacked K`` K fold models trained at once (stacked weights, ``vmap``): their bare step, the bound, and
-    ``Trainer.fit`` on ``training.stacked.StackedLandslideModule``, the path ``train.py`` takes on a GPU;
+    ``Trainer.fit`` on ``training.stacked_module.StackedLandslideModule``, the path ``train.py`` takes on a GPU;
 with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy, and on a GPU
     its utilisation and power sampled with NVML or nvidia-smi; with ``cv.parallel_folds=auto`` the folds train
     stacked there).
@@ -45,12 +45,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from landslide.cli import _quiet_third_parties
 from landslide.data.datamodule import LandslideDataModule
-from landslide.data.synthetic import generate_release
 from landslide.gpu_monitor import GpuMonitor
 from landslide.hardware import tune_host_allocator
 from landslide.prediction import predict_probs
-from landslide.training.cv import build_datamodule, build_module
-from landslide.training.stacked import FoldPart, StackedFoldsData, StackedLandslideModule
+from landslide.synth.release import generate_release
+from landslide.training.fold import build_datamodule, build_module
+from landslide.training.stacked import FoldPart, StackedFoldsData
+from landslide.training.stacked_module import StackedLandslideModule
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG_DIR = REPO / "configs"

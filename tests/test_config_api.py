@@ -29,8 +29,9 @@ from landslide.filter.negative import NegativeFilter
 from landslide.losses import FocalLoss
 from landslide.module import LandslideModule
 from landslide.schedules import warmup_cosine
-from landslide.training.cv import build_module
-from landslide.training.stacked import StackedLandslideModule, parallel_folds
+from landslide.training.cv import parallel_folds
+from landslide.training.fold import build_module
+from landslide.training.stacked_module import StackedLandslideModule
 
 CONFIGS = str(REPO / "configs")
 SRC = REPO / "src" / "landslide"
@@ -229,7 +230,7 @@ def test_the_configs_hold_the_defaults_and_the_code_none():
         assert not missing, f"{cls.__name__} does not take {missing}"
         return {n: parameters[n].default for n in names if parameters[n].default is not inspect.Parameter.empty}
 
-    model = set(config("model/base.yaml")) - {"_target_", "optimizer", "scheduler", "trusted_networks"}
+    model = set(config("model_base.yaml")) - {"_target_", "optimizer", "scheduler", "trusted_networks"}
     assert defaults(LandslideModule, model) == {}
     assert defaults(BatchAugment, config("data/default.yaml")["augment"]) == {}
     assert defaults(LandslideDataModule, ["batch_size", "eval_batch_size", "fold_seed_stride"]) == {}

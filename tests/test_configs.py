@@ -84,7 +84,7 @@ def test_progress_bar_follows_the_trainer_switch(enabled, tmp_path):
     from lightning.pytorch.callbacks import ProgressBar
 
     from landslide.cli import register_resolvers
-    from landslide.training.cv import build_callbacks
+    from landslide.training.fold import build_callbacks
 
     register_resolvers()
     with initialize_config_dir(CONFIGS, version_base="1.3"):

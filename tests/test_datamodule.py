@@ -92,7 +92,7 @@ def test_tta_views_are_the_dihedral_group():
 
 
 def test_plot_writes_a_png(dm, tmp_path):
-    from landslide.data.plot import plot_split_sample
+    from landslide.plots.samples import plot_split_sample
 
     path = tmp_path / "sample.png"
     figure = plot_split_sample(dm.gather, dm.channels, 0, labels=dm.labels, ids=dm.train_ids, prediction=0.7,
@@ -103,7 +103,7 @@ def test_plot_writes_a_png(dm, tmp_path):
 
 def test_plot_takes_any_gather_callable_and_the_band_set():
     from landslide.bands import band_set
-    from landslide.data.plot import plot_split_sample, split_sample
+    from landslide.plots.samples import plot_split_sample, split_sample
 
     channels = band_set("sar")
     calls = []

@@ -19,8 +19,8 @@ from conftest import REPO
 from landslide.checkpoint import load_module
 from landslide.data.batches import IndexBatches
 from landslide.errors import ConfigError
+from landslide.training.cv import parallel_folds
 from landslide.training.ranks import planned_processes
-from landslide.training.stacked import parallel_folds
 
 TINY = ("debug=tiny", "trainer.max_epochs=2", "cv.parallel_folds=1", "print_config=false")
 DDP = ("trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2")

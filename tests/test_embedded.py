@@ -5,8 +5,8 @@ import pytest
 
 from conftest import data_settings
 from landslide.data.datamodule import LandslideDataModule
-from landslide.data.embedded import describes, ensure_embedded_release
 from landslide.data.release import ReleaseError
+from landslide.synth.embedded import describes, ensure_embedded_release
 
 SIZE = {"n_train": 24, "n_test": 6, "seed": 4}
 

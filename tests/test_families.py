@@ -11,8 +11,8 @@ import pytest
 
 from landslide.bands import raw_index
 from landslide.data.release import read_release_index
-from landslide.data.synthetic import truth_dir
-from landslide.synth.families import FAMILY_NAMES, KINDS, family_batch, generate_family
+from landslide.synth.families import FAMILY_NAMES, KINDS, family_batch
+from landslide.synth.release import generate_release, main, truth_dir
 
 N_TRAIN, N_TEST = 240, 60
 
@@ -20,7 +20,7 @@ N_TRAIN, N_TEST = 240, 60
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
 def family(request, tmp_path_factory) -> tuple[str, dict, object]:
     root = tmp_path_factory.mktemp(request.param) / "release"
-    summary = generate_family(root, request.param, N_TRAIN, N_TEST, seed=4, label_noise=0.02, workers=1)
+    summary = generate_release(root, N_TRAIN, N_TEST, seed=4, workers=1, difficulty=request.param, label_noise=0.02)
     return request.param, summary, root
 
 
@@ -43,8 +43,15 @@ def test_a_family_is_a_release_with_clean_truths_beside_it(family):
 
 
 def test_unknown_family_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown family 'nope'"):
-        generate_family(tmp_path / "x", "nope", 10, 10)
+    with pytest.raises(ValueError, match="difficulty must be one of .*small.*got 'nope'"):
+        generate_release(tmp_path / "x", 10, 10, difficulty="nope")
+
+
+def test_the_command_line_draws_a_family(tmp_path):
+    main(["--out", str(tmp_path / "cloud"), "--n-train", "20", "--n-test", "10", "--difficulty", "cloud",
+          "--workers", "1"])
+    kinds = set(pd.read_csv(truth_dir(tmp_path / "cloud") / "train_truth.csv").kind)
+    assert kinds <= set(KINDS) and "positive" in kinds
 
 
 @functools.cache

@@ -3,9 +3,9 @@ import pytest
 from sklearn.model_selection import StratifiedKFold
 
 from landslide.data.preprocess import to_channels
-from landslide.data.synthetic import generate_batch
 from landslide.features import compute_features
 from landslide.filter.negative import KeepAll, NegativeFilter, filter_report, load_filter, positive_threshold
+from landslide.synth.easy import generate_batch
 
 # the trees these tests were tuned with (the reference's depth; configs/filter/xgboost.yaml keeps shallower ones)
 TREES = {"max_depth": 5, "min_child_weight": 10, "tree_method": "hist", "n_jobs": 2}

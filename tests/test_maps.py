@@ -17,9 +17,9 @@ from conftest import REPO, map_settings
 rasterio = pytest.importorskip("rasterio")
 
 from landslide.data.scene import SceneError, SceneReader  # noqa: E402
-from landslide.data.synthetic_scene import NODATA, generate_scene, truth_paths  # noqa: E402
 from landslide.inference.ensemble import FoldEnsemble  # noqa: E402
 from landslide.inference.scene import Blender, predict_scene, window_origins, window_weights  # noqa: E402
+from landslide.synth.scene import NODATA, generate_scene, truth_paths  # noqa: E402
 
 
 def _env(root: Path) -> dict[str, str]:

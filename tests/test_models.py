@@ -89,7 +89,7 @@ def test_a_few_steps_overfit_a_tiny_batch_with_every_loss(loss):
 
 @pytest.fixture(scope="module")
 def tiny_dm(tmp_path_factory):
-    from landslide.data.synthetic import generate_release
+    from landslide.synth.release import generate_release
 
     root = tmp_path_factory.mktemp("mrel")
     generate_release(root, 60, 10, seed=5, workers=1)

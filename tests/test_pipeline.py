@@ -95,7 +95,7 @@ def test_resume_skips_finished_folds(project_env, tmp_path):
 def test_bad_release_stops_with_one_line_naming_the_file(project_env, tmp_path):
     import numpy as np
 
-    from landslide.data.synthetic import generate_release
+    from landslide.synth.release import generate_release
 
     root = tmp_path / "bad"
     generate_release(root, 20, 4, seed=0, workers=1)

@@ -4,8 +4,8 @@ import pytest
 
 from landslide.bands import channel_index
 from landslide.data.preprocess import to_channels
-from landslide.data.realistic import KINDS, generate_batch
-from landslide.data.synthetic import generate_release, main, truth_dir
+from landslide.synth.realistic import KINDS, generate_batch
+from landslide.synth.release import generate_release, main, truth_dir
 
 
 @pytest.fixture(scope="module")

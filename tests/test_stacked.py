@@ -18,13 +18,9 @@ from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
 from landslide.module import LandslideModule
-from landslide.training.stacked import (
-    StackedLandslideModule,
-    StackedTrainBatches,
-    _slot,
-    fold_history,
-    parallel_folds,
-)
+from landslide.training.cv import parallel_folds
+from landslide.training.stacked import StackedTrainBatches, fold_history
+from landslide.training.stacked_module import StackedLandslideModule, _slot
 
 
 @cache

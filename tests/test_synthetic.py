@@ -3,7 +3,8 @@ import pandas as pd
 
 from landslide.bands import channel_index
 from landslide.data.preprocess import to_channels
-from landslide.data.synthetic import KINDS, generate_batch, main
+from landslide.synth.easy import KINDS, generate_batch
+from landslide.synth.release import main
 
 
 def test_deterministic_for_a_seed():

@@ -19,10 +19,10 @@ from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_
 from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
 from landslide.data.cache import CachedSplit, load_or_build_split
-from landslide.data.embedded import ensure_embedded_release
 from landslide.data.preprocess import channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
 from landslide.errors import ConfigError
+from landslide.synth.embedded import ensure_embedded_release
 
 log = logging.getLogger(__name__)
 
@@ -112,7 +112,7 @@ class LandslideDataModule(L.LightningDataModule):
     # ---------------------------------------------------------------- data on disk
     def prepare_data(self) -> None:
         """Generate the embedded synthetic release if it is the configured root and absent
-        (:func:`~landslide.data.embedded.ensure_embedded_release`); build the cache. Jobs started together (a
+        (:func:`~landslide.synth.embedded.ensure_embedded_release`); build the cache. Jobs started together (a
         multirun) take turns through a lock file in the cache folder: the first one makes the data, the others
         find it."""
         self.cache_dir.mkdir(parents=True, exist_ok=True)
@@ -190,7 +190,11 @@ class LandslideDataModule(L.LightningDataModule):
         if self._folds is None:
             y = self.labels
             rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
-            smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
+            positives = int((y[rows] > 0.5).sum())
+            if positives in (0, len(rows)):
+                raise ReleaseError(f"{self.root / 'Train.csv'}: every label is {int(positives > 0)} ({len(rows)} "
+                                   "images to train on); training needs images of both classes")
+            smallest = min(positives, len(rows) - positives)
             if smallest < self.num_folds:
                 raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and "
                                   f"the smaller class has {smallest} (choose 2 to {smallest} folds)")

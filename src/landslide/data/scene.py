@@ -16,22 +16,11 @@ from typing import Any
 import numpy as np
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES
+from landslide.errors import SceneError
+from landslide.geo import import_rasterio
 
 #: metres per degree of latitude (and of longitude at the equator), for scenes in geographic coordinates
 METRES_PER_DEGREE = 111_320.0
-
-
-class SceneError(ValueError):
-    """A scene that cannot be mapped; the message is one line naming the file."""
-
-
-def import_rasterio() -> Any:
-    """rasterio, or a clear error saying how to install it (an optional dependency)."""
-    try:
-        import rasterio
-    except ImportError:  # pragma: no cover - depends on the environment
-        raise SceneError('landslide maps need rasterio: pip install -e ".[geo]"') from None
-    return rasterio
 
 
 @dataclass(frozen=True)

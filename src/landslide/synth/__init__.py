@@ -1,1 +1,1 @@
-"""Generated data: the accuracy benchmark's families."""
+"""Generated data: difficulty profiles of the patch generator, the embedded release, synthetic scenes."""

@@ -18,22 +18,21 @@ confounders: the evidence is where an optical scar and a SAR change coincide), `
 thick cloud: the evidence is in the SAR bands), ``optical`` (SAR-quiet slides: the evidence is the fresh scar's
 look and shape), ``large`` (large slides and confounders), ``weak`` (faint optical scars and weak SAR drops) and
 ``offset`` (a radiometric offset between the pre- and post-event passes, several dB, per pass and polarisation).
-``realistic`` (:mod:`landslide.data.realistic`) is one more family of the benchmark.
+``realistic`` (:mod:`landslide.synth.realistic`) is one more family of the benchmark.
 
-:func:`generate_family` writes a family in the release layout with ``generate_release``'s machinery (2% wrong
-training labels by default; the clean labels beside the release, in ``<out>_truth``).
+Each family is a difficulty profile of :mod:`landslide.synth.release` (:data:`PROFILES`): ``generate_release(out,
+..., difficulty="small", label_noise=0.02)``, ``python -m landslide.synth --difficulty small`` and
+``data.synthetic.difficulty=small`` draw it.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import partial
-from pathlib import Path
 
 import numpy as np
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES, raw_index
-from landslide.data.synthetic import (
+from landslide.synth.fields import (
     BACKSCATTER,
     BARE,
     CLOUD,
@@ -42,9 +41,8 @@ from landslide.data.synthetic import (
     URBAN,
     VEG,
     WATER,
-    _speckle_db,
-    generate_release,
     smooth_field,
+    speckle_db,
 )
 
 KINDS = ("positive", "water", "flat", "old_scar", "harvest", "moisture", "decoy", "plain")
@@ -123,7 +121,7 @@ FAMILIES: dict[str, Family] = {
         _shares(**_CONFOUNDED), scar_half_len=(6.0, 18.0), scar_half_wid=(2.5, 6.0), prepost_offset_db=3.0,
         optical_gain=(0.6, 1.4)),
 }
-#: Every family of the accuracy benchmark, ``realistic`` (``landslide.data.realistic``) included.
+#: Every family of the accuracy benchmark, ``realistic`` (:mod:`landslide.synth.realistic`) included.
 FAMILY_NAMES: tuple[str, ...] = (*FAMILIES, "realistic")
 
 _YY, _XX = np.mgrid[0:PATCH_SIZE, 0:PATCH_SIZE].astype(np.float64)
@@ -259,8 +257,8 @@ def family_batch(name: str, seed: int | np.random.SeedSequence, n: int) -> tuple
         bias = rng.normal(0, fam.prepost_offset_db, (n, 1, 1, 2))
         post_true = (base + fresh[..., None] * drop * slide_scale + decoy_change[..., None] * drop
                      + fields[..., None] * field_drop + wet[..., None] * rise + bias)
-        post = post_true + _speckle_db(rng, base.shape, fam.looks)
-        pre = base + _speckle_db(rng, base.shape, fam.looks)
+        post = post_true + speckle_db(rng, base.shape, fam.looks)
+        pre = base + speckle_db(rng, base.shape, fam.looks)
         out[..., raw_index(f"{orbit}_vv")] = post[..., 0]
         out[..., raw_index(f"{orbit}_vh")] = post[..., 1]
         out[..., raw_index(f"{orbit}_diff_vv")] = post[..., 0] - pre[..., 0]
@@ -268,13 +266,17 @@ def family_batch(name: str, seed: int | np.random.SeedSequence, n: int) -> tuple
     return out, positive.astype(np.int64), kind
 
 
-def generate_family(out: Path | str, name: str, n_train: int, n_test: int, seed: int = 0,
-                    label_noise: float = 0.02, workers: int | None = None) -> dict:
-    """Write family ``name`` (one of :data:`FAMILY_NAMES`) in the release layout under ``out``, its true labels in
-    ``<out>_truth``; return ``generate_release``'s summary."""
-    if name == "realistic":
-        return generate_release(out, n_train, n_test, seed, workers, difficulty="realistic", label_noise=label_noise)
-    if name not in FAMILIES:
-        raise ValueError(f"unknown family {name!r}; choose one of {', '.join(FAMILY_NAMES)}")
-    return generate_release(out, n_train, n_test, seed, workers, difficulty=name, label_noise=label_noise,
-                            batch=partial(family_batch, name), kinds=KINDS)
+@dataclass(frozen=True)
+class FamilyProfile:
+    """Family ``name`` as a difficulty profile of :mod:`landslide.synth.release` (``KINDS``, ``generate_batch``)."""
+
+    name: str
+    KINDS: tuple[str, ...] = KINDS
+
+    def generate_batch(self, seed: int | np.random.SeedSequence, n: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return family_batch(self.name, seed, n)
+
+
+#: The families as difficulty profiles, by name.
+PROFILES: dict[str, FamilyProfile] = {name: FamilyProfile(name) for name in FAMILIES}

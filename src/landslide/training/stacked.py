@@ -2,10 +2,8 @@
 
 Each fold keeps what the sequential loop gives it: its filter (fitted on its training part), its filtered training
 stream, its normalisation statistics, its initial weights (seeded ``seed + fold``), its BatchNorm statistics, its
-validation fold and its metrics (logged as ``val/<metric>/fold_<k>``). Weights and BatchNorm buffers are stacked
-along a leading fold axis (``torch.func.stack_module_state``) and one network skeleton runs them all through
-``functional_call`` under ``vmap``; Adam, AdamW, SGD and weight decay act per element, so one optimiser
-(``model.optimizer``) over the stacked tensors is K optimisers (one that scales by a whole tensor's norm is not).
+validation fold and its metrics (logged as ``val/<metric>/fold_<k>``). The networks train as one
+:class:`~landslide.training.stacked_module.StackedLandslideModule` (stacked weights, one ``vmap``-ed step).
 
 **Equal step counts.** All folds take a step together, with ``b = min(batch_size, smallest fold)`` images each.
 An epoch is ``max_k round(n_k / b)`` steps for every fold, ``n_k`` being the images fold k's filter kept: the
@@ -34,70 +32,30 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import get_class, instantiate
+from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
-from torch import Tensor, nn
-from torch.func import functional_call, stack_module_state
+from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_f1_score,
-    binary_precision,
-    binary_precision_recall_curve,
-    binary_recall,
-)
 
 from landslide.callbacks import EnergyCallback, MetricHistory
 from landslide.data.batches import IndexBatches
 from landslide.data.datamodule import LandslideDataModule
-from landslide.errors import ConfigError
 from landslide.files import atomic_output
 from landslide.module import LandslideModule
-from landslide.training.cv import (
+from landslide.plots.curves import f1_curve_figure
+from landslide.training.fold import (
     build_callbacks,
     build_module,
     fit_fold_filter,
     load_initial_weights,
+    resume_point,
     score_fold,
 )
-from landslide.training.loggers import build_loggers, f1_curve_figure, finish_loggers, log_figure
-from landslide.training.ranks import planned_processes
+from landslide.training.loggers import build_loggers, finish_loggers, log_figure
+from landslide.training.stacked_module import StackedLandslideModule
 
 log = logging.getLogger(__name__)
-
-
-# ---------------------------------------------------------------------------------------------------- dispatch
-def parallel_folds(cfg: DictConfig, pending: int) -> int:
-    """How many folds train at once: ``cv.parallel_folds`` (``auto``: all pending folds on a GPU, 1 on a CPU, where
-    vmap's grouped convolutions are slower), capped by the pending folds; 1 where stacking does not apply (the
-    filter stage, best-epoch selection, a ``model._target_`` other than LandslideModule, several processes)."""
-    value = str(cfg.cv.parallel_folds)
-    if planned_processes(cfg) > 1:  # DDP: one fold at a time over every device
-        if value not in ("auto", "1"):
-            raise ConfigError(f"cv.parallel_folds={value} trains folds stacked on one device and cannot be combined "
-                              "with a multi-device trainer; use cv.parallel_folds=1, or train the folds as jobs, "
-                              "one per GPU (python train.py -m data.fold=0,1,... hydra/launcher=submitit_slurm)")
-        return 1
-    if value == "auto":
-        accelerator = str(cfg.trainer.accelerator)
-        gpu = torch.cuda.is_available() and accelerator in ("auto", "gpu", "cuda")
-        k = pending if gpu else 1
-    elif value.isdigit() and int(value) >= 1:
-        k = int(value)
-    else:
-        raise ValueError(f"cv.parallel_folds must be auto or a positive integer, got {value!r}")
-    if k > 1 and cfg.stage == "filter":
-        return 1
-    if k > 1 and cfg.epoch_selection == "best":
-        log.warning("epoch_selection=best picks an epoch per fold: the folds train one after another")
-        return 1
-    if k > 1 and get_class(cfg.model._target_) is not LandslideModule:
-        log.warning("model._target_=%s: the stacked step is LandslideModule's own, so a subclass trains its folds "
-                    "one after another", cfg.model._target_)
-        return 1
-    return max(1, min(k, pending))
 
 
 # ---------------------------------------------------------------------------------------------------- data
@@ -208,176 +166,6 @@ class StackedFoldsData(L.LightningDataModule):
         return out
 
 
-# ---------------------------------------------------------------------------------------------------- module
-def _slot(name: str) -> str:
-    """A state-dict name made into an attribute name (no dots)."""
-    return name.replace(".", "-")
-
-
-class StackedLandslideModule(L.LightningModule):
-    """K :class:`LandslideModule` networks trained at once as stacked weights (one leading fold axis).
-
-    ``templates`` are the folds' own modules (initial weights, normalisation statistics, hyperparameters; the
-    same architecture); they stay outside the module tree and receive the trained weights from :meth:`unstack`.
-    ``val_sizes`` are the folds' numbers of validation images; ``folds`` their numbers, used in metric names.
-    """
-
-    def __init__(self, templates: list[LandslideModule], val_sizes: list[int], folds: list[int]) -> None:
-        super().__init__()
-        if len(templates) < 2:
-            raise ValueError("stacking needs at least two folds")
-        object.__setattr__(self, "templates", templates)
-        self.folds, self.val_sizes = list(folds), list(val_sizes)
-        self.hp = dict(templates[0].hparams)
-        nets = [t.net for t in templates]
-        persistent = set(nets[0].state_dict())
-        params, buffers = stack_module_state(nets)
-        self.param_names = list(params)
-        self.buffer_names = [n for n in buffers if n in persistent]
-        self.stacked_params = nn.ParameterDict({_slot(n): nn.Parameter(p.detach().clone()) for n, p in params.items()})
-        self.stacked_buffers = nn.Module()
-        for n in self.buffer_names:
-            self.stacked_buffers.register_buffer(_slot(n), buffers[n].clone())
-        # buffers that are not state (the branches' channel indices): one copy, shared by every fold
-        self.shared = nn.Module()
-        self.shared_names = [n for n, _ in nets[0].named_buffers() if n not in persistent]
-        for n in self.shared_names:
-            self.shared.register_buffer(_slot(n), nets[0].get_buffer(n).clone(), persistent=False)
-        self.register_buffer("mean", torch.stack([t.mean for t in templates]))  # (K, 1, c, 1, 1)
-        self.register_buffer("std", torch.stack([t.std for t in templates]))
-        self.criterion = copy.deepcopy(templates[0].criterion)
-        skeletons = {mode: copy.deepcopy(nets[0]).to("meta").train(mode) for mode in (True, False)}
-        compile_ = bool(self.hp.get("compile"))
-        object.__setattr__(self, "_steps", {
-            mode: self._vmapped(skel, compile_) for mode, skel in skeletons.items()
-        })
-        k = len(templates)
-        self.register_buffer("_train_loss", torch.zeros(k), persistent=False)
-        self.register_buffer("_train_counts", torch.zeros(k, 3), persistent=False)  # tp, fp, fn
-        self.register_buffer("_train_steps", torch.zeros(()), persistent=False)
-        self._val_logits: Tensor | None = None
-        self.train_history: list[dict] = []
-
-    # ------------------------------------------------------------------ the stacked forward
-    def _vmapped(self, skeleton: nn.Module, compile_: bool):
-        criterion = self.criterion
-
-        def one_fold(params: dict, buffers: dict, shared: dict, mean: Tensor, std: Tensor, x: Tensor, y: Tensor):
-            logits = functional_call(skeleton, ({**params, **buffers, **shared},), ((x - mean) / std,))
-            return logits, criterion(logits.float(), y)
-
-        fn = torch.vmap(one_fold, in_dims=(0, 0, None, 0, 0, 0, 0), randomness="different")
-        return torch.compile(fn) if compile_ else fn
-
-    def _state(self) -> tuple[dict, dict, dict]:
-        params = {n: self.stacked_params[_slot(n)] for n in self.param_names}
-        buffers = {n: self.stacked_buffers.get_buffer(_slot(n)) for n in self.buffer_names}
-        shared = {n: self.shared.get_buffer(_slot(n)) for n in self.shared_names}
-        return params, buffers, shared
-
-    def forward(self, x: Tensor, y: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """Logits (K, n) and per-fold losses (K,) of a stacked batch ``x`` (K, n, c, h, w) in physical units."""
-        if y is None:
-            y = torch.zeros(x.shape[:2], device=x.device)
-        return self._steps[self.training](*self._state(), self.mean, self.std, x, y)
-
-    # ------------------------------------------------------------------ training
-    def on_train_epoch_start(self) -> None:
-        self._train_loss.zero_()
-        self._train_counts.zero_()
-        self._train_steps.zero_()
-
-    def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits, losses = self(batch["x"], batch["y"])
-        with torch.no_grad():  # accumulated on the device: no host synchronisation per step
-            pred, y = logits.detach() > 0, batch["y"] > 0.5
-            self._train_loss += losses.detach()
-            self._train_counts += torch.stack([(pred & y).sum(1), (pred & ~y).sum(1), (~pred & y).sum(1)], 1)
-            self._train_steps += 1
-        # a sum: each fold's weights get the gradient of that fold's own mean loss
-        return losses.sum()
-
-    def on_train_epoch_end(self) -> None:
-        loss = self._train_loss / self._train_steps.clamp_min(1)
-        tp, fp, fn = self._train_counts.unbind(1)
-        f1 = 2 * tp / (2 * tp + fp + fn).clamp_min(1)
-        metrics = {"train/loss": loss.mean(), "train/f1": f1.mean()}
-        for k, fold in enumerate(self.folds):
-            metrics[f"train/loss/fold_{fold}"] = loss[k]
-            metrics[f"train/f1/fold_{fold}"] = f1[k]
-        self.log_dict(metrics)
-        # per-fold rows for the folds' own loggers after the run (one host copy an epoch)
-        names = list(metrics)
-        self.train_history.append({"epoch": self.current_epoch,
-                                   **dict(zip(names, torch.stack(list(metrics.values())).tolist()))})
-
-    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["train_history"] = self.train_history
-
-    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        self.train_history = list(checkpoint.get("train_history", []))
-
-    # ------------------------------------------------------------------ validation
-    def on_validation_epoch_start(self) -> None:
-        self._val_logits = torch.zeros(len(self.folds), max(self.val_sizes), device=self.device)
-        self._val_prob = torch.zeros_like(self._val_logits)
-        self._val_y = torch.zeros_like(self._val_logits)
-
-    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["x"])[0].float()
-        start, m = batch["start"], logits.shape[1]
-        self._val_logits[:, start : start + m] = logits
-        # the whole pipeline's prediction: images the negative filter removed count as predicted negative
-        self._val_prob[:, start : start + m] = torch.sigmoid(logits) * batch["keep"]
-        self._val_y[:, start : start + m] = batch["y"]
-
-    def on_validation_epoch_end(self) -> None:
-        metrics: dict[str, Tensor] = {}
-        for k, (fold, n) in enumerate(zip(self.folds, self.val_sizes)):
-            fold_metrics = fold_val_metrics(self._val_logits[k, :n], self._val_prob[k, :n], self._val_y[k, :n],
-                                            self.criterion)
-            metrics.update({f"{name}/fold_{fold}": value for name, value in fold_metrics.items()})
-        for name in ("val/f1", "val/f1_best", "val/loss"):  # means over folds, e.g. for ModelCheckpoint
-            metrics[name] = torch.stack([metrics[f"{name}/fold_{f}"] for f in self.folds]).mean()
-        self.log_dict(metrics)
-
-    # ------------------------------------------------------------------ optimisation
-    def configure_optimizers(self) -> dict[str, Any]:
-        """The folds' optimiser and schedule (``model.optimizer``, ``model.scheduler``) over the stacked tensors,
-        grouped as LandslideModule groups them (the fold axis does not count as a dimension)."""
-        named = ((name, self.stacked_params[_slot(name)]) for name in self.param_names)
-        return self.templates[0].optimization(named, self.trainer.estimated_stepping_batches, vector_ndim=2)
-
-    # ------------------------------------------------------------------ back to K modules
-    @torch.no_grad()
-    def unstack(self) -> list[LandslideModule]:
-        """The fold modules with the trained weights and BatchNorm statistics of their slice of the stack."""
-        params, buffers, _ = self._state()
-        for k, template in enumerate(self.templates):
-            state = {n: t[k].detach().to("cpu") for n, t in {**params, **buffers}.items()}
-            template.net.load_state_dict(state)
-            template.to("cpu")
-        return self.templates
-
-
-def fold_val_metrics(logits: Tensor, prob: Tensor, y: Tensor, criterion: nn.Module) -> dict[str, Tensor]:
-    """The validation metrics LandslideModule logs, for one fold's whole validation part."""
-    target = y.int()
-    precision, recall, thresholds = binary_precision_recall_curve(prob, target)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    best = torch.argmax(f1[:-1]) if thresholds.numel() else torch.tensor(0)
-    return {
-        "val/loss": criterion(logits, y),
-        "val/f1": binary_f1_score(prob, target),
-        "val/precision": binary_precision(prob, target),
-        "val/recall": binary_recall(prob, target),
-        "val/auroc": binary_auroc(prob, target),
-        "val/ap": binary_average_precision(prob, target),
-        "val/f1_best": f1[best],
-        "val/best_threshold": thresholds[best] if thresholds.numel() else torch.tensor(0.5),
-    }
-
-
 def fold_history(history: list[dict], fold: int) -> list[dict]:
     """Fold ``fold``'s rows of a stacked metric history, named as the sequential loop names them."""
     suffix = f"/fold_{fold}"
@@ -413,7 +201,7 @@ def _replay(cfg: DictConfig, module: LandslideModule, fold: int, fold_dir: Path,
             for logger in loggers:
                 logger.log_metrics({**metrics, "epoch": row["epoch"]}, step=(row["epoch"] + 1) * steps_per_epoch - 1)
         history = [r for r in rows if any(k.startswith("val/") for k in r)]
-        if cfg.log_figures and loggers and history:
+        if cfg.log_figures and history:
             figure = f1_curve_figure(history, f"{cfg.name}, fold {fold}")
             log_figure(loggers, "curves/val_f1", figure, step=len(rows) * steps_per_epoch,
                        folder=fold_dir / "figures")
@@ -459,7 +247,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     log.info("folds %s train at once (stacked weights): %d steps of %d images per fold an epoch", folds,
              max(len(s) for s in data.streams), data.streams[0].batch_size)
     try:
-        trainer.fit(stacked, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+        trainer.fit(stacked, datamodule=data, ckpt_path=resume_point(last), weights_only=True)
     finally:
         finish_loggers(loggers)
     if trainer.interrupted:
@@ -475,11 +263,16 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     results: dict[int, dict] = {}
     for part, module in zip(parts, modules):
         save_fold_checkpoint(module, part.fold_dir / "model.ckpt", trainer.current_epoch, trainer.global_step)
-        fold_hist = fold_history(history, part.fold)
-        by_epoch = {r["epoch"]: dict(r) for r in fold_history(stacked.train_history, part.fold)}
-        for row in fold_hist:
-            by_epoch.setdefault(row["epoch"], {}).update(row)
+        # training metrics from the module's own record (MetricHistory reads them before the module logs them)
+        train_rows = {r["epoch"]: r for r in fold_history(stacked.train_history, part.fold)}
+        by_epoch = {e: dict(r) for e, r in train_rows.items()}
+        for row in fold_history(history, part.fold):
+            by_epoch.setdefault(row["epoch"], {}).update(
+                {k: v for k, v in row.items() if not k.startswith("train/")})
         _replay(cfg, module, part.fold, part.fold_dir, [by_epoch[e] for e in sorted(by_epoch)], steps)
+        # the history the sequential loop keeps: validation metrics and the training loss of each epoch
+        fold_hist = [{k: v for k, v in by_epoch[e].items() if not k.startswith("train/") or k == "train/loss"}
+                     for e in sorted(by_epoch)]
         result: dict[str, Any] = {"fold": part.fold, "filter": part.report}
         result.update(score_fold(cfg, dm, module, part.filt, feats, part.val_index, part.keep_val, device))
         result.update({

@@ -1,6 +1,6 @@
 """Synthetic scenes: a georeferenced 12-band GeoTIFF with landslides planted at known places, for maps and tests.
 
-A scene is a grid of 64 x 64 tiles drawn by the patch generator (:func:`landslide.data.synthetic.draw_patches`):
+A scene is a grid of 64 x 64 tiles drawn by the patch generator (:func:`landslide.synth.easy.draw_patches`):
 ``positive`` tiles (a share ``positive_share``, at random places) carry fresh scars, the others are the patch
 generator's negative kinds in their usual proportions. Bands, order and units are the release's; the grid is
 cropped to ``width`` x ``height``. With ``nodata_corner`` a triangle at the top-left corner has no data (value
@@ -8,7 +8,7 @@ cropped to ``width`` x ``height``. With ``nodata_corner`` a triangle at the top-
 (uint8, 1 inside a planted landslide) and ``<out>_truth.geojson`` (its polygons, WGS 84). Tiles are drawn and
 written one row at a time, so any size fits in memory.
 
-Run ``python -m landslide.data.synthetic_scene --out scene.tif --width 512 --height 512 --seed 0``.
+Run ``python -m landslide.synth.scene --out scene.tif --width 512 --height 512 --seed 0``.
 """
 
 from __future__ import annotations
@@ -20,8 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES
-from landslide.data.scene import import_rasterio
-from landslide.data.synthetic import KIND_SHARES, KINDS, draw_patches
+from landslide.geo import import_rasterio
+from landslide.synth.easy import KIND_SHARES, KINDS, draw_patches
 
 NODATA = -9999.0
 NEGATIVE_KINDS = [i for i, k in enumerate(KINDS) if k != "positive"]

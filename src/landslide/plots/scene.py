@@ -13,7 +13,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from landslide.bands import RAW_NAMES
-from landslide.data.scene import import_rasterio
+from landslide.geo import import_rasterio
 
 
 def _read_small(path: Path | str, indexes: list[int], max_side: int) -> tuple[np.ndarray, np.ndarray, float, str]:

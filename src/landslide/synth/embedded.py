@@ -9,7 +9,7 @@ from typing import Any
 
 from filelock import FileLock
 
-from landslide.data.synthetic import generate_release
+from landslide.synth.release import generate_release
 
 log = logging.getLogger(__name__)
 

@@ -23,7 +23,7 @@ from __future__ import annotations
 import numpy as np
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES, raw_index
-from landslide.data.synthetic import (
+from landslide.synth.fields import (
     BACKSCATTER,
     BARE,
     CLOUD,
@@ -32,9 +32,9 @@ from landslide.data.synthetic import (
     URBAN,
     VEG,
     WATER,
-    _ellipses,
-    _speckle_db,
+    ellipses,
     smooth_field,
+    speckle_db,
 )
 
 KINDS = ("positive", "water", "flat", "old_scar", "change_only", "harvest", "urban_change", "decoy", "plain")
@@ -61,9 +61,9 @@ def _rectangles(rng: np.random.Generator, n: int, count: int, half_len: tuple, h
 
 def _scars(rng: np.random.Generator, n: int) -> np.ndarray:
     """Landslide-shaped masks: large, small (up to 3) or thin scars, never fewer than 8 pixels."""
-    large = _ellipses(rng, n, 2, (7, 18), (2.0, 4.5))
-    small = _ellipses(rng, n, 3, (3, 7), (1.5, 3.0))
-    thin = _ellipses(rng, n, 2, (9, 20), (1.1, 1.8))
+    large = ellipses(rng, n, 2, (7, 18), (2.0, 4.5))
+    small = ellipses(rng, n, 3, (3, 7), (1.5, 3.0))
+    thin = ellipses(rng, n, 2, (9, 20), (1.1, 1.8))
     size = rng.choice(3, n, p=(0.6, 0.2, 0.2))[:, None, None]
     mask = np.where(size == 0, large, np.where(size == 1, small, thin))
     too_small = mask.sum(axis=(1, 2)) < 8
@@ -94,7 +94,7 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
     cover[f2 > rng.uniform(1.0, 2.2, n)[col]] = URBAN
     cover = np.where(is_["water"][col], np.where(f1 < rng.uniform(0.0, 1.0, n)[col], WATER, cover), cover)
     cover = np.where(is_["flat"][col], np.where(f1 < -1.8, WATER, BARE), cover)
-    town = _ellipses(rng, n, 1, (10, 20), (8, 14)) & is_["urban_change"][col]
+    town = ellipses(rng, n, 1, (10, 20), (8, 14)) & is_["urban_change"][col]
     cover[town] = URBAN
     relief = np.where(is_["water"] | is_["flat"], 0.15, rng.uniform(0.4, 1.6, n))
     relief = np.where(positive, rng.uniform(0.8, 1.6, n), relief)[col] * topo
@@ -108,7 +108,7 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
     old = scar & (is_["old_scar"] | is_["decoy"])[col]
     fields = _rectangles(rng, n, 3, (6, 16), (4, 10))
     fields &= (is_["harvest"] | (positive & (rng.random(n) < 0.25)))[col] & ~fresh
-    blob = _ellipses(rng, n, 1, (3, 8), (3, 8))
+    blob = ellipses(rng, n, 1, (3, 8), (3, 8))
     blob &= (is_["change_only"] | is_["decoy"] | is_["urban_change"])[col]
     blob &= ~old
 
@@ -152,8 +152,8 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
         rise = np.stack([rng.uniform(2.0, 5.0, n), rng.uniform(1.5, 4.0, n)], -1)[:, None, None, :]
         bias = rng.normal(0, 0.3, (n, 1, 1, 2))  # calibration difference between the two acquisitions
         post_true = base + drop_where[..., None] * drop * seen + rise_where[..., None] * rise + bias
-        post = post_true + _speckle_db(rng, base.shape, 5.0)
-        pre = base + _speckle_db(rng, base.shape, 5.0)
+        post = post_true + speckle_db(rng, base.shape, 5.0)
+        pre = base + speckle_db(rng, base.shape, 5.0)
         out[..., raw_index(f"{orbit}_vv")] = post[..., 0]
         out[..., raw_index(f"{orbit}_vh")] = post[..., 1]
         out[..., raw_index(f"{orbit}_diff_vv")] = post[..., 0] - pre[..., 0]

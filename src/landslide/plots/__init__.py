@@ -1,0 +1,1 @@
+"""Every figure: sample grids, scene maps, training curves, the report's comparison."""

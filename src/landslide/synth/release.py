@@ -1,0 +1,160 @@
+"""Generated releases in exactly the challenge layout: the project's embedded default data, the harder sets of the
+accuracy benchmark, and test data.
+
+A difficulty profile draws the patches (``easy``: :mod:`landslide.synth.easy`; ``realistic``, with confounders that
+per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`; the accuracy benchmark's
+families ``small``, ``cloud``, ``optical``, ``large``, ``weak`` and ``offset``: :mod:`landslide.synth.families`).
+``label_noise`` flips that share of the training labels (chosen at random, exactly ``round(share * n)`` of them).
+The true labels are written beside the release, never in it: ``<out>_truth/test_labels.csv`` (``ID,label,kind``)
+and ``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a submission while
+training, which reads only the release folder, cannot.
+
+Run ``python -m landslide.synth --out DIR --n-train N --n-test M --seed S [--difficulty realistic]
+[--label-noise 0.02]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import os
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+import pandas as pd
+
+from landslide.synth import easy, families, realistic
+
+#: patches drawn and written per worker task
+BATCH = 256
+
+
+def make_ids(seed: int, split: str, n: int) -> list[str]:
+    """Deterministic, unique, unordered IDs in the release's ``ID_XXXXXXXX`` style."""
+    ids = [f"ID_{hashlib.sha1(f'{seed}:{split}:{i}'.encode()).hexdigest()[:8].upper()}" for i in range(n)]
+    if len(set(ids)) != n:  # pragma: no cover - a hash collision in 8 hex digits
+        raise RuntimeError("ID collision; choose another seed")
+    return ids
+
+
+class Profile(Protocol):
+    """A difficulty profile (a module or an object): ``KINDS`` (scene kind names) and ``generate_batch(seed, n)``
+    returning raw patches (n, 64, 64, 12), their true labels and scene kinds (indices into ``KINDS``)."""
+
+    KINDS: tuple[str, ...]
+
+    def generate_batch(self, seed: int | np.random.SeedSequence, n: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+#: The difficulty profiles, by name.
+PROFILES: dict[str, Profile] = {"easy": easy, "realistic": realistic, **families.PROFILES}
+DIFFICULTIES = tuple(PROFILES)
+
+
+def truth_dir(out: Path | str) -> Path:
+    """The folder of true labels written beside a generated release (``<out>_truth``)."""
+    out = Path(out)
+    return out.with_name(f"{out.name}_truth")
+
+
+def kinds_of(difficulty: str) -> tuple[str, ...]:
+    """Scene kind names of a difficulty."""
+    return PROFILES[difficulty].KINDS
+
+
+def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str, str]) -> tuple[np.ndarray, np.ndarray]:
+    seed, n, ids, folder, difficulty = args
+    patches, labels, kind = PROFILES[difficulty].generate_batch(seed, n)
+    for image_id, patch in zip(ids, patches):
+        np.save(os.path.join(folder, f"{image_id}.npy"), patch)
+    return labels, kind
+
+
+def flip_labels(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
+    """``labels`` with exactly ``round(share * n)`` of them, chosen at random, flipped."""
+    labels = np.asarray(labels).copy()
+    wrong = np.random.default_rng([seed, 7]).choice(len(labels), round(share * len(labels)), replace=False)
+    labels[wrong] = 1 - labels[wrong]
+    return labels
+
+
+def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None,
+                     difficulty: str = "easy", label_noise: float = 0.0) -> dict:
+    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` under ``out`` and the true labels in
+    ``truth_dir(out)``; return a summary."""
+    if difficulty not in DIFFICULTIES:
+        raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if not 0 <= label_noise < 0.5:
+        raise ValueError(f"label_noise must be in [0, 0.5) (a share of training labels), got {label_noise}")
+    out = Path(out)
+    kinds_named = kinds_of(difficulty)
+    workers = workers or min(4, os.cpu_count() or 1)
+    split_seeds = np.random.SeedSequence(seed).spawn(2)
+    truth = truth_dir(out)
+    truth.mkdir(parents=True, exist_ok=True)
+    summary: dict = {"difficulty": difficulty, "label_noise": label_noise}
+    for (split, n, csv_name, folder_name), split_seed in zip(
+        (("train", n_train, "Train.csv", "train_data"), ("test", n_test, "Test.csv", "test_data")), split_seeds
+    ):
+        folder = out / folder_name
+        folder.mkdir(parents=True, exist_ok=True)
+        ids = make_ids(seed, split, n)
+        starts = list(range(0, n, BATCH))
+        seeds = split_seed.spawn(len(starts))
+        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder), difficulty) for s, a in zip(seeds, starts)]
+        if workers > 1 and len(jobs) > 1:
+            with ProcessPoolExecutor(workers) as pool:
+                results = list(pool.map(_write_batch, jobs))
+        else:
+            results = [_write_batch(j) for j in jobs]
+        labels = np.concatenate([r[0] for r in results]) if results else np.zeros(0, np.int64)
+        kinds = np.concatenate([r[1] for r in results]) if results else np.zeros(0, np.int64)
+        kind_names = [kinds_named[k] for k in kinds]
+        if split == "train":
+            given = flip_labels(labels, label_noise, seed)
+            pd.DataFrame({"ID": ids, "label": given}).to_csv(out / csv_name, index=False)
+            pd.DataFrame({"ID": ids, "label": given, "true_label": labels, "kind": kind_names}).to_csv(
+                truth / "train_truth.csv", index=False)
+        else:
+            pd.DataFrame({"ID": ids}).to_csv(out / csv_name, index=False)
+            pd.DataFrame({"ID": ids, "label": labels, "kind": kind_names}).to_csv(truth / "test_labels.csv",
+                                                                                  index=False)
+        summary[split] = {
+            "n": n,
+            "positives": int(labels.sum()),
+            "kinds": {k: int((kinds == i).sum()) for i, k in enumerate(kinds_named)},
+        }
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--out", required=True, type=Path, help="release folder to write")
+    parser.add_argument("--n-train", type=int, default=7147)
+    parser.add_argument("--n-test", type=int, default=5398)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--workers", type=int, default=None)
+    parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy")
+    parser.add_argument("--label-noise", type=float, default=0.0, help="share of wrong training labels")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    try:
+        summary = generate_release(args.out, args.n_train, args.n_test, args.seed, args.workers, args.difficulty,
+                                   args.label_noise)
+    except ValueError as err:
+        parser.error(str(err))
+    elapsed = time.perf_counter() - started
+    pos = summary["train"]["positives"]
+    print(
+        f"wrote {args.n_train} train ({pos} positive, {pos / max(args.n_train, 1):.1%}) and {args.n_test} test "
+        f"patches ({args.difficulty}, {args.label_noise:.1%} wrong training labels) to {args.out} in "
+        f"{elapsed:.1f}s; true labels in {truth_dir(args.out)}"
+    )
+
+
+if __name__ == "__main__":
+    main()
