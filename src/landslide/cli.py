@@ -11,6 +11,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import user_errors
+from landslide.timing import PhaseTimer, phase
+
+STARTUP = "startup"  # a phase (landslide.timing): the imports and set-up before the command's work
 
 log = logging.getLogger(__name__)
 
@@ -79,41 +82,58 @@ def print_config(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
-    import lightning as L
+    with PhaseTimer().activate() as timer:
+        with phase(STARTUP):  # the heavy imports, the config printed, the seeds
+            import lightning as L
 
-    from landslide.training.cv import run_cv
-    from landslide.training.ranks import is_rank_zero
+            from landslide.hardware import cuda_sync
+            from landslide.training.cv import run_cv
+            from landslide.training.ranks import is_rank_zero
 
-    _quiet_third_parties()
-    _tune_host(cfg)
-    if cfg.print_config and is_rank_zero():
-        print_config(cfg)
-    L.seed_everything(int(cfg.seed), workers=True)
-    with user_errors():
-        summary = run_cv(cfg)
+            timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
+            _quiet_third_parties()
+            _tune_host(cfg)
+            if cfg.print_config and is_rank_zero():
+                print_config(cfg)
+            L.seed_everything(int(cfg.seed), workers=True)
+        with user_errors():
+            summary = run_cv(cfg)
     value = summary.get(cfg.optimized_metric)
     return None if value is None else float(value)
 
 
 def predict(cfg: DictConfig) -> dict:
     """Predict a test set with a training run's fold ensemble."""
-    from landslide.inference.ensemble import predict_run
+    with PhaseTimer().activate() as timer:
+        with phase(STARTUP):
+            from landslide.hardware import cuda_sync
+            from landslide.inference.ensemble import predict_run
 
-    _quiet_third_parties()
-    _tune_host(cfg)
-    with user_errors():
-        return predict_run(
-            cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
-            cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
-        )
+            timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
+            _quiet_third_parties()
+            _tune_host(cfg)
+        with user_errors():
+            return predict_run(
+                cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
+                cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
+            )
 
 
 def make_map(cfg: DictConfig) -> dict:
     """Map a scene with a training run's fold ensemble: probability COG, optional polygons and figure, summary."""
+    with PhaseTimer().activate() as timer:
+        with phase(STARTUP):
+            from landslide.hardware import cuda_sync
+
+            timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
+            _quiet_third_parties()
+            _tune_host(cfg)
+        return _make_map(cfg)
+
+
+def _make_map(cfg: DictConfig) -> dict:
     from landslide.inference.scene import predict_scene
 
-    _quiet_third_parties()
-    _tune_host(cfg)
     with user_errors():
         bands = cfg.get("bands")
         report = predict_scene(
@@ -125,10 +145,15 @@ def make_map(cfg: DictConfig) -> dict:
             band_map=None if bands is None else OmegaConf.to_container(bands),
         )
         if cfg.get("figure"):
+            from landslide.files import write_json
             from landslide.plots.scene import plot_scene_map
+            from landslide.timing import timing_report
 
-            plot_scene_map(cfg.scene, cfg.out, cfg.figure, cfg.get("truth"), float(cfg.threshold),
-                           None if bands is None else OmegaConf.to_container(bands))
+            with phase("figure"):
+                plot_scene_map(cfg.scene, cfg.out, cfg.figure, cfg.get("truth"), float(cfg.threshold),
+                               None if bands is None else OmegaConf.to_container(bands))
+            report.update(timing_report() or {})  # the summary again, with the figure's seconds
+            write_json(report["summary"], report)
     return report
 
 

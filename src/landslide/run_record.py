@@ -18,6 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import ConfigError
 from landslide.files import write_json, write_text
+from landslide.timing import OTHER, add_phases
 
 MANIFEST = "run.json"
 HYDRA_FILES = ("config.yaml", "overrides.yaml", "hydra.yaml")
@@ -36,7 +37,9 @@ def defining_settings(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:
         "data": {
             "fingerprint": data_fingerprint,
             **{k: _plain(data.get(k)) for k in ("bands", "num_folds", "split_seed", "holdout_fraction", "batch_size",
-                                                "stats", "cloud_threshold", "nan_policy", "augment")},
+                                                "stats", "cloud_threshold", "nan_policy")},
+            # how the augmentation is computed does not change the images it makes
+            "augment": {k: v for k, v in (_plain(data.get("augment")) or {}).items() if k != "dihedral_gather"},
         },
         "model": model,
         "filter": _plain(cfg.filter),
@@ -105,18 +108,32 @@ class RunManifest:
                 "start a new run in another directory (leave out hydra.run.dir) or repeat the recorded settings"
             )
 
-    def add_invocation(self, started: float, wall_seconds: float, energy_wh: float, folds: list[int]) -> None:
-        self.data.setdefault("invocations", []).append({
+    def add_invocation(self, started: float, wall_seconds: float, energy_wh: float, folds: list[int],
+                       phases: dict[str, float] | None = None) -> None:
+        """Record an invocation: when it started, its wall time, energy, the folds it finished and its seconds per
+        phase (:mod:`landslide.timing`)."""
+        entry = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_seconds": round(wall_seconds, 2),
             "energy_wh": round(energy_wh, 6),
             "folds_trained": folds,
-        })
+        }
+        if phases is not None:
+            entry["phases"] = phases
+        self.data.setdefault("invocations", []).append(entry)
         self.save()
 
     def totals(self) -> tuple[float, float]:
         """Wall seconds and Wh summed over every recorded invocation."""
         return (sum(i["wall_seconds"] for i in self.invocations), sum(i["energy_wh"] for i in self.invocations))
+
+    def phase_totals(self) -> dict[str, float]:
+        """Seconds per phase summed over every recorded invocation (one recorded without phases counts as
+        ``other``): they add up to :meth:`totals`' wall time."""
+        total: dict[str, float] = {}
+        for invocation in self.invocations:
+            total = add_phases(total, invocation.get("phases") or {OTHER: invocation["wall_seconds"]})
+        return total
 
     def save(self) -> None:
         write_json(self.path, self.data)
