@@ -25,6 +25,7 @@ from torchmetrics.functional.classification import (
 
 import entry
 from conftest import REPO, data_settings
+from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import LandslideDataModule
 from landslide.data.preprocess import to_channels
@@ -158,11 +159,13 @@ def test_filters_fitted_in_parallel_are_the_sequential_ones(tmp_path):
 
 
 def test_training_results_are_unchanged_by_the_cheaper_paths(project_env, tmp_path):
-    """Validation every 2 epochs (the last always), statistics on the resident tensor, one augmentation gather and
-    filters in parallel against the old ways: the same out-of-fold probabilities."""
+    """Validation every 2 epochs (the last always), statistics on the resident tensor, one augmentation gather,
+    filters in parallel and checkpoints written by a thread against the old ways: the same out-of-fold
+    probabilities."""
     common = (*TINY, "trainer.max_epochs=3", "data.synthetic.n_train=120")
     new, old = tmp_path / "new", tmp_path / "old"
     entry.run("train.py", *common, "trainer.check_val_every_n_epoch=2", "cv.parallel_filters=2",
+              "+trainer.plugins=[{_target_:lightning.pytorch.plugins.io.AsyncCheckpointIO}]",
               f"hydra.run.dir={new}", env=project_env)
     entry.run("train.py", *common, "data.stats_on_device=false", "data.augment.dihedral_gather=false",
               "cv.parallel_filters=1", "callbacks.keep_checkpoints=true", f"hydra.run.dir={old}", env=project_env)
@@ -177,6 +180,7 @@ def test_training_results_are_unchanged_by_the_cheaper_paths(project_env, tmp_pa
         # checkpoints: only while a fold trains, unless kept; never the unread best epoch
         assert not (new / "folds" / f"fold_{fold}" / "checkpoints").exists()
         assert [p.name for p in (old / "folds" / f"fold_{fold}" / "checkpoints").iterdir()] == ["last.ckpt"]
+        assert load_module(new / "folds" / f"fold_{fold}" / "model.ckpt").channels  # written whole by the thread
 
 
 # ------------------------------------------------------------------ a run says where its time went

@@ -13,10 +13,13 @@ sequential loop), so each epoch it sees a few of its images twice and none never
 folds' learning-rate schedules (warm-up, cosine) are one and the same schedule.
 
 Validation runs all folds in one batched pass: their index lists are padded to the longest, predictions land in a
-(K, longest) tensor on the device and the metrics of each fold are computed on its own part once per epoch.
-At the end the stack is split into ordinary ``folds/fold_<k>/model.ckpt`` checkpoints of ``LandslideModule`` and
-scored fold by fold with the sequential loop's own helpers, so the run directory is the same. The stacked module's
-``last.ckpt`` (under ``stacked/folds_<...>/checkpoints``) is written every epoch; a rerun resumes from it.
+(K, longest) tensor on the device and the metrics of every fold are computed at once, each on its own part, with
+one host copy per validation. At the end the folds' out-of-fold probabilities come from one stacked pass per
+test-time view (``cv.stacked_scoring``), the stack is split into ordinary ``folds/fold_<k>/model.ckpt`` checkpoints
+of ``LandslideModule`` and each fold is scored with the sequential loop's own helpers, so the run directory is the
+same. The stacked module's ``last.ckpt`` (under ``stacked/stacked_<folds>/checkpoints``) is written every
+``callbacks.last_checkpoint.every_n_epochs`` epochs; a rerun resumes from it, and it is removed once the folds
+have finished.
 """
 
 from __future__ import annotations
