@@ -196,3 +196,15 @@ def test_stacked_validation_logs_each_folds_own_scores():
     assert logged["val/f1_best/fold_9"] == pytest.approx(1.0)
     assert logged["val/f1"] == pytest.approx((1.0 + 2 / 3) / 2)
     assert all(isinstance(v, float) for v in logged.values())  # plain numbers: copied to the host once
+
+
+def test_stacked_scoring_setting():
+    from landslide.training.stacked import stacked_scoring
+
+    def cfg(value):
+        return OmegaConf.merge(train_config(), {"cv": {"stacked_scoring": value}})
+
+    assert stacked_scoring(cfg("auto"), torch.device("cuda")) and not stacked_scoring(cfg("auto"), torch.device("cpu"))
+    assert stacked_scoring(cfg(True), torch.device("cpu")) and not stacked_scoring(cfg(False), torch.device("cuda"))
+    with pytest.raises(ValueError, match="cv.stacked_scoring must be auto, true or false"):
+        stacked_scoring(cfg("sometimes"), torch.device("cpu"))

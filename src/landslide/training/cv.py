@@ -24,6 +24,7 @@ from omegaconf import DictConfig
 
 from landslide.bands import BAND_SETS
 from landslide.callbacks import EnergyTracker
+from landslide.callbacks.energy import ENERGY
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError
 from landslide.features.cached import split_features
@@ -47,7 +48,6 @@ from landslide.training.summary import print_summary, summarise
 log = logging.getLogger(__name__)
 
 # phases of a training run besides those of one fold (training.fold, callbacks.phases)
-ENERGY = "energy"  # CodeCarbon's tracker of the whole run started and stopped
 DATA = "data"  # the release generated or read, validated and cached; the folds
 FEATURES = "features"  # the hand-crafted features (cached beside the arrays)
 FILTER = "filter"  # every pending fold's filter fitted and applied
@@ -134,7 +134,7 @@ def run_cv(cfg: DictConfig) -> dict:
 def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     check_options(cfg)
     out = Path(cfg.paths.output_dir)
-    started_at = time.time()
+    started_at = time.time() - timer.wall()  # when the command's timer started
     energy = cfg.energy
     lead = is_rank_zero()  # with several processes (DDP) the others only train
     tracker = EnergyTracker(out, "landslide-cv", country_iso_code=str(energy.country_iso_code),

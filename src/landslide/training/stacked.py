@@ -46,6 +46,7 @@ from landslide.callbacks.phases import CHECKPOINTS
 from landslide.data.augment import TTA_VIEWS, dihedral_view
 from landslide.data.batches import IndexBatches
 from landslide.data.datamodule import LandslideDataModule
+from landslide.errors import ConfigError
 from landslide.files import atomic_output
 from landslide.hardware import bf16_supported
 from landslide.module import LandslideModule
@@ -270,6 +271,15 @@ def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModu
     return out.cpu().numpy().mean(0)
 
 
+def stacked_scoring(cfg: DictConfig, device: torch.device) -> bool:
+    """``cv.stacked_scoring``: ``auto`` scores stacked folds in one stacked pass on a GPU and fold by fold on a CPU
+    (where vmap's grouped convolutions are slower than the separate networks)."""
+    value = str(cfg.cv.stacked_scoring).lower()
+    if value not in ("auto", "true", "false"):
+        raise ConfigError(f"cv.stacked_scoring must be auto, true or false, got {cfg.cv.stacked_scoring!r}")
+    return device.type == "cuda" if value == "auto" else value == "true"
+
+
 def score_stacked(cfg: DictConfig, data: StackedFoldsData, stacked: StackedLandslideModule, feats: np.ndarray,
                   device: torch.device) -> dict[int, dict]:
     """Every fold's :func:`~landslide.training.fold.score_probs`, its network probabilities from one stacked
@@ -323,7 +333,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
 
     device = trainer.strategy.root_device
     with phase(SCORING):
-        scores = score_stacked(cfg, data, stacked, feats, device) if cfg.cv.stacked_scoring else None
+        scores = score_stacked(cfg, data, stacked, feats, device) if stacked_scoring(cfg, device) else None
         modules = stacked.unstack()
         if scores is None:  # each fold's module alone, one after another
             scores = {p.fold: score_fold(cfg, dm, m, p.filt, feats, p.val_index, p.keep_val, device)
