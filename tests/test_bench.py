@@ -116,3 +116,13 @@ def test_the_full_recipe_says_where_its_seconds_went(tmp_path, tiny_release, cap
     assert 0 < result["train_steps_share"] < 1 and result["run_dir_mb"] > 0
     bench.print_phases(phases, result["wall_s"])
     assert "where the" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_overheads_benchmark_times_each_cut(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("overheads", REPO / "benchmarks" / "overheads.py")
+    overheads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overheads)
+    result = overheads.main(["--device", "cpu", "--small", "--repeats", "1", "--out", str(tmp_path / "o.json")])
+    assert len(result) == 5 and all(row["old_s"] > 0 and row["new_s"] > 0 for row in result.values())
+    assert json.loads((tmp_path / "o.json").read_text())["device"] == "cpu" and "old/new" in capsys.readouterr().out
