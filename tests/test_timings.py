@@ -28,7 +28,7 @@ from conftest import REPO, data_settings
 from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import LandslideDataModule
-from landslide.data.preprocess import to_channels
+from landslide.data.preprocess import channel_stats, resident_channel_stats, to_channels
 from landslide.features import compute_features
 from landslide.metrics import binary_scores
 from landslide.synth.easy import generate_batch
@@ -126,17 +126,19 @@ def test_one_gather_augments_as_the_three_copies_did():
 
 
 def test_statistics_on_the_resident_tensor_equal_the_host_ones(tiny_release, tmp_path):
-    stats = []
-    for on_device in (True, False):
-        dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=3, progress=False,
-                                                                                  stats_on_device=on_device))
-        dm.prepare_data()
-        dm.setup()
-        tr, _ = dm.folds()[1]
-        dm.set_fold(1, train_keep=np.arange(len(tr)) % 3 > 0)
-        stats.append((dm.norm_mean, dm.norm_std))
-        assert dm.augment.fill.tolist() == pytest.approx(dm.norm_mean)
-    np.testing.assert_allclose(stats[0], stats[1], rtol=1e-12)
+    dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=3, progress=False))
+    dm.prepare_data()
+    dm.setup()
+    tr, _ = dm.folds()[1]
+    dm.set_fold(1, train_keep=np.arange(len(tr)) % 3 > 0)
+    index = np.sort(dm.train_index)
+    host = channel_stats(dm.gather("train", index).numpy(), dm.channels)
+    # the device path (a GPU's resident copy in training), here on the host tensor, in chunks
+    resident = resident_channel_stats(lambda rows: dm.gather("train", rows), index, dm.channels, chunk=7)
+    np.testing.assert_allclose(resident, host, rtol=1e-12)
+    # fitted once, when first needed, with the erasing fill set to the fold's means
+    assert dm._stats is None and dm.norm_mean == host[0] and dm.norm_std == host[1]
+    assert dm.augment.fill.tolist() == pytest.approx(host[0])
 
 
 def test_filters_fitted_in_parallel_are_the_sequential_ones(tmp_path):

@@ -243,12 +243,13 @@ class LandslideDataModule(L.LightningDataModule):
         return self._stats
 
     def fit_stats(self, index: np.ndarray) -> tuple[list[float], list[float]]:
-        """Per-channel mean and standard deviation of training rows ``index`` (float64 sums): on the resident copy
-        of the split on :attr:`device` with ``stats_on_device``, else in NumPy on the host."""
+        """Per-channel mean and standard deviation of training rows ``index`` (float64 sums): with
+        ``stats_on_device`` and a GPU as :attr:`device`, on the split's resident copy there; else in NumPy on the
+        host (on a CPU the faster of the two)."""
         if self.stats == "bigearthnet":
             return bigearthnet_stats(self.channels)
         index = np.sort(index)
-        if not self.stats_on_device:
+        if not self.stats_on_device or self.device.type == "cpu":
             return channel_stats(self.gather("train", index).numpy(), self.channels)
         return resident_channel_stats(lambda rows: self.gather("train", rows, self.device), index, self.channels)
 

@@ -204,8 +204,7 @@ def fit_filters(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, parts: d
             fitted[fold] = kept(fold, filt, time.perf_counter() - started)
 
         workers = filter_workers(cfg, len(parts))
-        if workers > 1:
-            log.info("fitting the filters of %d folds, %d at once", len(parts), workers)
+        log.info("fitting the filters of %d fold(s), %d at once", len(parts), workers)
         with ThreadPoolExecutor(workers) as pool:
             list(pool.map(fit, parts))  # re-raises a fit's error here
     wait_for_rank_zero()
