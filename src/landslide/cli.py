@@ -89,12 +89,14 @@ def train(cfg: DictConfig) -> float | None:
             from landslide.hardware import cuda_sync
             from landslide.training.cv import run_cv
             from landslide.training.ranks import is_rank_zero
+            from landslide.training.search import warn_without_holdout
 
             timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
             _quiet_third_parties()
             _tune_host(cfg)
             if cfg.print_config and is_rank_zero():
                 print_config(cfg)
+            warn_without_holdout(cfg)
             L.seed_everything(int(cfg.seed), workers=True)
         with user_errors():
             summary = run_cv(cfg)

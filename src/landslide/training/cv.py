@@ -32,8 +32,9 @@ from landslide.files import atomic_output, write_json
 from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
-from landslide.timing import PhaseTimer, active_timer, phase
+from landslide.timing import PhaseTimer, active_timer, add_phases, phase
 from landslide.training.fold import (
+    LOGGERS,
     build_datamodule,
     drop_checkpoints,
     fit_filters,
@@ -42,6 +43,7 @@ from landslide.training.fold import (
     training_device,
 )
 from landslide.training.ranks import is_rank_zero, planned_processes
+from landslide.training.run_logging import log_run
 from landslide.training.stacked import train_stacked
 from landslide.training.summary import print_summary, summarise
 
@@ -202,19 +204,31 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
         summary = summarise(cfg, dm, results, 0.0, 0.0)
         if summary.get("oof_f1") is not None:
             write_oof(out / "oof_predictions.csv", dm, results)
-        summary["run_dir_mb"] = round(folder_bytes(out) / 1e6, 1)
-    report = timer.report()  # everything up to here: the summary file below and the printed table are not timed
+        add_totals(summary, manifest, out, timer.report(), run_wh)  # this invocation so far, not yet recorded
+        write_json(out / "cv_summary.json", summary)
+    with phase(LOGGERS):
+        log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
+    # the invocation recorded with every second up to here; the summary again, with its figures' seconds and size
+    report = timer.report()
     manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"])
-    wall, wh = manifest.totals()
-    summary.update({
-        "wall_seconds": round(wall, 2),
-        "energy_wh": round(wh, 6),
-        "invocations": len(manifest.invocations),
-        "phases": manifest.phase_totals(),
-    })
+    add_totals(summary, manifest, out)
     write_json(out / "cv_summary.json", summary)
     print_summary(summary)
     return summary
+
+
+def add_totals(summary: dict, manifest: RunManifest, out: Path, pending: dict | None = None,
+               pending_wh: float = 0.0) -> None:
+    """The run's wall time, energy, invocations and seconds per phase (every recorded invocation, and ``pending``,
+    a timer report of this one if it is not recorded yet) and the run folder's size, into ``summary``."""
+    wall, wh = manifest.totals()
+    phases = manifest.phase_totals()
+    invocations = len(manifest.invocations)
+    if pending is not None:
+        wall, wh, invocations = wall + pending["wall_seconds"], wh + pending_wh, invocations + 1
+        phases = add_phases(phases, pending["phases"])
+    summary.update({"wall_seconds": round(wall, 2), "energy_wh": round(wh, 6), "invocations": invocations,
+                    "phases": phases, "run_dir_mb": round(folder_bytes(out) / 1e6, 1)})
 
 
 def folder_bytes(folder: Path) -> int:
