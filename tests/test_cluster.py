@@ -64,6 +64,8 @@ def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
     assert [i["folds_trained"] for i in record["invocations"]] == [[0], [1]] and sb["invocations"] == 2
     assert sb["wall_seconds"] == pytest.approx(sum(i["wall_seconds"] for i in record["invocations"]), abs=0.02)
     assert sb["energy_wh"] == pytest.approx(sum(i["energy_wh"] for i in record["invocations"]), abs=1e-5)
+    # the same summary: the jobs' phases added up to their wall times, the merged folder's size
+    assert set(sb) == set(sa) and sum(sb["phases"].values()) == pytest.approx(sb["wall_seconds"], rel=0.02)
     assert "fold: null" in (merged / ".hydra" / "config.yaml").read_text()
     assert (merged / "csv" / "fold_1" / "metrics.csv").is_file()
 

@@ -165,7 +165,7 @@ def _copy_fold(job: Job, fold: int, out: Path) -> None:
 
 def aggregate(folders: list[Path], out: Path) -> dict:
     """Write the merged run directory ``out``; return its CV summary."""
-    from landslide.training.cv import write_oof
+    from landslide.training.cv import folder_bytes, write_oof
     from landslide.training.summary import print_summary, summarise
 
     jobs, owner = collect(job_folders([Path(f) for f in folders]))
@@ -193,8 +193,10 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     wall, wh = record.totals()
     summary = summarise(OmegaConf.create(config), dm, results, wall, wh)
     summary["invocations"] = len(record.invocations)
+    summary["phases"] = record.phase_totals()  # the jobs' seconds per phase, added up like their wall times
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
+    summary["run_dir_mb"] = round(folder_bytes(out) / 1e6, 1)
     write_json(out / "cv_summary.json", summary)
     record.save()  # last: a folder with run.json is a finished merge
     print_summary(summary)
