@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import Tensor
 
 
@@ -41,3 +42,12 @@ def calibrate(probs: Tensor, threshold: float) -> Tensor:
     """Monotone piecewise-linear map sending ``threshold`` to 0.5 (and 0 to 0, 1 to 1)."""
     t = min(max(float(threshold), 1e-6), 1 - 1e-6)
     return torch.where(probs < t, probs * (0.5 / t), 0.5 + (probs - t) * (0.5 / (1 - t)))
+
+
+
+def roc_auc(probs: np.ndarray, targets: np.ndarray) -> float | None:
+    """Area under the ROC curve (scikit-learn's), or None when one class is missing."""
+    t = np.asarray(targets).astype(int).ravel()
+    if len(np.unique(t)) < 2:
+        return None
+    return float(roc_auc_score(t, np.asarray(probs, np.float64).ravel()))
