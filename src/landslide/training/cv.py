@@ -122,8 +122,13 @@ def run_cv(cfg: DictConfig) -> dict:
             dm.folds()  # enough images of each class for the folds, checked before any training
         if lead:
             record = RunManifest(out)
-            record.claim(defining_settings(cfg, dm.split("train").meta["key"]),
-                         prediction_settings(cfg, dm.channels))
+            defining = defining_settings(cfg, dm.split("train").meta["key"])
+            if dm.exclusion is not None:  # the list's content defines the run, whatever the file's name
+                defining["data"]["exclude"] = dm.exclusion.record()
+            record.claim(defining, prediction_settings(cfg, dm.channels))
+            if dm.exclusion is not None:
+                record.data["excluded_ids"] = dm.exclusion.ids
+                record.save()
             manifest = record  # only an invocation that continues the recorded run is added to it
         feats = split_features(dm.split("train"))
         folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
@@ -170,15 +175,24 @@ def run_cv(cfg: DictConfig) -> dict:
 
 
 def write_oof(path: Path, dm: LandslideDataModule, results: list[dict]) -> None:
+    """``ID,label,prob,filtered,fold`` of every validated training image (the pipeline's out-of-fold probability),
+    with ``network_prob`` (the network alone) and ``features_score`` (the filter's classifier) where the run has
+    them: what the label audit reads."""
     rows = []
     for r in results:
         oof = r["oof"]
-        rows.append(pd.DataFrame({
+        frame = pd.DataFrame({
             "ID": [dm.train_ids[i] for i in oof["index"]],
             "label": dm.labels[oof["index"]],
             "prob": np.round(oof["prob"], 6),
             "filtered": ~np.asarray(oof["keep"], bool),
             "fold": r["fold"],
-        }))
+        })
+        if "network_prob" in oof:
+            frame["network_prob"] = np.round(oof["network_prob"], 6)
+        features = r.get("features_oof")
+        if features is not None and features["index"] == oof["index"]:
+            frame["features_score"] = np.round(features["score"], 6)
+        rows.append(frame)
     with atomic_output(path) as tmp:
         pd.concat(rows).to_csv(tmp, index=False)
