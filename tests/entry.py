@@ -24,10 +24,10 @@ from conftest import REPO
 
 def _main_of(args: tuple[str, ...]):
     """The function a command line runs, and the arguments it reads from ``sys.argv``."""
-    from landslide import aggregate, cli, report
+    from landslide import aggregate, audit, cli, report
 
     scripts = {"train.py": cli.train_entry, "predict.py": cli.predict_entry, "map.py": cli.map_entry}
-    modules = {"landslide.aggregate": aggregate.main, "landslide.report": report.main}
+    modules = {"landslide.aggregate": aggregate.main, "landslide.report": report.main, "landslide.audit": audit.main}
     if args[0] in scripts:
         return scripts[args[0]], list(args)
     if args[0] == "-m" and args[1] in modules:

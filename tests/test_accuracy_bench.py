@@ -52,3 +52,10 @@ def test_filter_figures_per_fold_use_the_clean_labels(tmp_path):
         {"fold": 0, "negatives_filtered": 1.0, "positives_lost": 0, "positives": 1},
         {"fold": 1, "negatives_filtered": 0.0, "positives_lost": 1, "positives": 1},
     ]
+    # fold 1's filter, fitted on rows a, b, c (two labelled positive, one of them wrong), estimated a quarter wrong
+    (run_dir / "folds" / "fold_1").mkdir(parents=True)
+    (run_dir / "folds" / "fold_1" / "filter.json").write_text(json.dumps(
+        {"fitted_on": [0, 1, 2], "calibration": {"estimated_noise_share": 0.25}}))
+    rows = bench.filter_by_fold(run_dir, root)
+    assert rows[1]["noise_share_estimated"] == 0.25 and rows[1]["noise_share_true"] == 0.5
+    assert "wrong positive labels 25.0% estimated (50.0%)" in bench.filter_line(rows)

@@ -25,6 +25,42 @@ def _stretch(img: np.ndarray) -> np.ndarray:
     return np.clip((img - low) / max(high - low, 1e-6), 0, 1)
 
 
+Panel = tuple[str, np.ndarray, str | None]
+
+
+def sample_panels(image: np.ndarray, channels: Sequence[str], changes_only: bool = False) -> list[Panel]:
+    """(title, image, colour map) of each panel of a (c, 64, 64) sample: RGB, NIR, cloud mask and SAR post / pre /
+    difference per pass and polarisation (``changes_only``: the differences only). Absent channels are skipped."""
+    image = np.asarray(image, dtype=np.float32)
+    at = {name: image[i] for i, name in enumerate(channels)}
+    panels: list[Panel] = []
+    if all(b in at for b in ("red", "green", "blue")):
+        rgb = np.stack([at["red"], at["green"], at["blue"]], -1)
+        panels.append(("RGB", _stretch(rgb), None))
+    for name, cmap in (("nir", "magma"), ("cloud_mask", "gray")):
+        if name in at and not (changes_only and name == "cloud_mask"):
+            panels.append((name.replace("_", " "), at[name], cmap))
+    for orbit in ("desc", "asc"):
+        for pol in ("vv", "vh"):
+            post, pre = at.get(f"{orbit}_{pol}_post"), at.get(f"{orbit}_{pol}_pre")
+            if post is None or pre is None:
+                continue
+            if not changes_only:
+                panels.append((f"{orbit} {pol.upper()} post", post, "gray"))
+                panels.append((f"{orbit} {pol.upper()} pre", pre, "gray"))
+            panels.append((f"{orbit} {pol.upper()} diff", post - pre, "RdBu_r"))
+    return panels
+
+
+def _show(ax: Any, name: str, img: np.ndarray, cmap: str | None) -> None:
+    if cmap == "RdBu_r":  # differences: symmetric around 0
+        lim = float(np.percentile(np.abs(img), 98)) or 1.0
+        ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim)
+    else:
+        ax.imshow(img, cmap=cmap)
+    ax.set_title(name, fontsize=9)
+
+
 def plot_sample(
     image: np.ndarray,
     channels: tuple[str, ...] | list[str] = CHANNEL_NAMES,
@@ -37,35 +73,14 @@ def plot_sample(
 
     Panels whose channels are absent from ``channels`` are skipped. Saved as PNG when ``path`` is given.
     """
-    image = np.asarray(image, dtype=np.float32)
-    at = {name: image[i] for i, name in enumerate(channels)}
-    panels: list[tuple[str, np.ndarray, str | None]] = []
-    if all(b in at for b in ("red", "green", "blue")):
-        rgb = np.stack([at["red"], at["green"], at["blue"]], -1)
-        panels.append(("RGB", _stretch(rgb), None))
-    for name, cmap in (("nir", "magma"), ("cloud_mask", "gray")):
-        if name in at:
-            panels.append((name.replace("_", " "), at[name], cmap))
-    for orbit in ("desc", "asc"):
-        for pol in ("vv", "vh"):
-            post, pre = at.get(f"{orbit}_{pol}_post"), at.get(f"{orbit}_{pol}_pre")
-            if post is None or pre is None:
-                continue
-            panels.append((f"{orbit} {pol.upper()} post", post, "gray"))
-            panels.append((f"{orbit} {pol.upper()} pre", pre, "gray"))
-            panels.append((f"{orbit} {pol.upper()} diff", post - pre, "RdBu_r"))
+    panels = sample_panels(image, channels)
     cols = 5
     rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, (name, img, cmap) in zip(axes.flat, panels):
-        if cmap == "RdBu_r":
-            lim = float(np.percentile(np.abs(img), 98)) or 1.0
-            ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim)
-        else:
-            ax.imshow(img, cmap=cmap)
-        ax.set_title(name, fontsize=9)
+    for ax, panel in zip(axes.flat, panels):
+        _show(ax, *panel)
     parts = [title] if title else []
     if label is not None:
         parts.append(f"label: {label}")
@@ -95,3 +110,24 @@ def plot_split_sample(gather: Gather, channels: Sequence[str], i: int, split: st
     ``plot_split_sample(dm.gather, dm.channels, i, labels=dm.labels, ids=dm.train_ids)``."""
     image, label = split_sample(gather, i, split, labels)
     return plot_sample(image, channels, label, prediction, title=ids[i] if ids is not None else None, path=path)
+
+
+def plot_sample_rows(images: Sequence[np.ndarray], channels: Sequence[str], titles: Sequence[str],
+                     path: Path | str | None = None) -> Figure:
+    """Several (c, 64, 64) samples, one row each (RGB, NIR and the SAR differences: :func:`sample_panels` with
+    ``changes_only``), each row titled; e.g. the label audit's top candidates. Saved as PNG when ``path`` is given."""
+    rows = [sample_panels(image, channels, changes_only=True) for image in images]
+    cols = max((len(r) for r in rows), default=1)
+    fig, axes = plt.subplots(max(len(rows), 1), cols, figsize=(2.0 * cols, 2.2 * max(len(rows), 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (panels, title) in enumerate(zip(rows, titles)):
+        for c, panel in enumerate(panels):
+            _show(axes[r, c], *panel)
+        axes[r, 0].text(-0.08, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+    return fig

@@ -1,0 +1,164 @@
+"""Wrong labels: the run's features + XGBoost baseline, the label audit on generated data with planted flips, and a
+retrain without the audited images (``data.exclude``) that resume cannot mix with another list."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from rich.console import Console
+
+import entry
+from landslide.audit import precision_at_k, rank_label_issues
+from landslide.data.exclude import read_exclusion
+from landslide.errors import ConfigError
+from landslide.metrics import f1_optimal_threshold
+from landslide.synth.release import generate_release, truth_dir
+from landslide.training.summary import print_baseline
+
+TINY = ("debug=tiny", "trainer.max_epochs=2")
+
+
+def one_error_line(done) -> str:
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]
+
+
+@pytest.fixture(scope="module")
+def noisy_run(tmp_path_factory) -> tuple[Path, Path, dict]:
+    """A generated release with 5% planted wrong training labels, trained (2 folds, 2 epochs) and audited."""
+    work = tmp_path_factory.mktemp("labels")
+    root = work / "release"
+    generate_release(root, 200, 40, seed=5, workers=1, label_noise=0.05)
+    env = {**os.environ, "LANDSLIDE_ROOT": str(work), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    run_dir = work / "run"
+    entry.run("train.py", *TINY, f"data.root={root}", f"hydra.run.dir={run_dir}", env=env)
+    return root, run_dir, env
+
+
+def test_every_run_reports_the_features_baseline_beside_the_network(noisy_run):
+    _, run_dir, _ = noisy_run
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    assert {"network_prob", "features_score"} <= set(oof.columns)
+    # the baseline is the filter's own classifier, scored out of fold: recomputed from the written scores
+    _, f1 = f1_optimal_threshold(oof["features_score"].to_numpy(copy=True), oof["label"].to_numpy(copy=True))
+    assert summary["features_oof_f1"] == pytest.approx(f1, abs=1e-4)
+    network_f1 = f1_optimal_threshold(oof["network_prob"].to_numpy(copy=True), oof["label"].to_numpy(copy=True))[1]
+    assert summary["network_oof_f1"] == pytest.approx(network_f1, abs=1e-4)
+    for key in ("oof_auc", "network_oof_auc", "features_oof_auc"):
+        assert 0 <= summary[key] <= 1
+    # the pipeline zeroes what the filter removed; the network alone does not
+    filtered = oof["filtered"].to_numpy()
+    assert (oof["prob"][filtered] == 0).all()
+    assert np.allclose(oof["prob"][~filtered], oof["network_prob"][~filtered], atol=1e-5)
+    # each fold's filter estimated the share of wrong positive labels of its training part
+    for fold in summary["folds"]:
+        assert 0 <= fold["filter"]["calibration"]["estimated_noise_share"] < 1
+
+
+@pytest.mark.parametrize(("network", "warned"), [(0.70, False), (0.60, True)])
+def test_a_network_that_does_not_beat_the_baseline_says_so(network, warned, caplog):
+    summary = {"oof_f1": network, "oof_auc": 0.9, "network_oof_f1": network, "network_oof_auc": 0.9,
+               "features_oof_f1": 0.65, "features_oof_auc": 0.85}
+    console = Console(record=True, width=200)
+    with caplog.at_level(logging.WARNING, logger="landslide.training.summary"):
+        print_baseline(summary, console)
+    assert "features + XGBoost (the filter's model) 0.6500 / 0.8500" in console.export_text()
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert bool(warnings) == warned
+    if warned:
+        assert "does not beat the features + XGBoost baseline" in warnings[0] and "0.6000" in warnings[0]
+
+
+def test_label_ranking_puts_confidently_contradicted_labels_first():
+    rng = np.random.default_rng(0)
+    truth = (rng.random(400) < 0.2).astype(int)
+    prob = np.clip(np.where(truth == 1, 0.85, 0.08) + rng.normal(0, 0.05, 400), 0.001, 0.999)
+    given = truth.copy()
+    planted = rng.choice(400, 12, replace=False)
+    given[planted] = 1 - given[planted]
+    scores, rows = rank_label_issues(given, prob, filter_by="prune_by_noise_rate", rank_by="self_confidence",
+                                     top=None)
+    assert set(rows) <= set(planted) and len(rows) >= 6  # the confident ones: only planted labels
+    assert np.all(np.diff(scores[rows]) >= 0)  # most likely wrong first
+    wrong = given != truth
+    assert precision_at_k(wrong[np.argsort(scores)], 12) == 1.0
+    _, top = rank_label_issues(given, prob, filter_by="prune_by_noise_rate", rank_by="self_confidence", top=5)
+    assert len(top) == 5 and set(top) <= set(planted)
+
+
+def test_audit_ranks_the_planted_wrong_labels(noisy_run):
+    root, run_dir, env = noisy_run
+    out = run_dir / "audit_features"
+    done = entry.run("-m", "landslide.audit", f"run_dir={run_dir}", "source=both", f"out={out}", env=env)
+    issues = pd.read_csv(out / "label_issues.csv")
+    assert list(issues.columns[:6]) == ["ID", "label", "suggested_label", "score", "rank", "fold"]
+    assert (issues["suggested_label"] == 1 - issues["label"]).all() and issues["score"].is_monotonic_increasing
+    truth = pd.read_csv(truth_dir(root) / "train_truth.csv").set_index("ID")
+    assert (truth.loc[issues.ID, "label"].to_numpy() == issues["label"].to_numpy()).all()
+    summary = json.loads((out / "audit_summary.json").read_text())
+    planted = int((truth["label"] != truth["true_label"]).sum())
+    assert summary["audited"] == 200 and summary["truth"]["planted"] == planted == 10
+    # far above chance (10 of 200 images: 0.05) even with a two-epoch network and 100 training images a fold
+    assert summary["truth"]["precision_at_k"] >= 0.3
+    assert (out / "label_issues.png").stat().st_size > 10_000
+    assert "precision at k=10" in done.stdout + done.stderr
+
+
+def test_retrain_without_listed_images_and_resume_refuses_another_list(noisy_run, tmp_path):
+    root, _, env = noisy_run
+    ids = pd.read_csv(root / "Train.csv")["ID"]
+    listed = tmp_path / "exclude.csv"
+    pd.DataFrame({"ID": ids[:7], "note": "x"}).to_csv(listed, index=False)
+    run_dir = tmp_path / "retrain"
+    args = ("debug=tiny", "trainer.max_epochs=1", "data.fold=0", f"data.root={root}", f"data.exclude={listed}",
+            f"hydra.run.dir={run_dir}")
+    entry.run("train.py", *args, env=env)
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["excluded_ids"] == sorted(ids[:7])
+    assert record["defining"]["data"]["exclude"]["count"] == 7
+    oof = pd.read_csv(run_dir / "oof_predictions.csv")
+    fitted = json.loads((run_dir / "folds" / "fold_0" / "filter.json").read_text())["fitted_on"]
+    seen = set(oof["ID"]) | {ids[i] for i in fitted}
+    assert not seen & set(ids[:7]) and len(seen) == len(ids) - 7  # in no fold, every other image in one
+
+    # the same file name with another list: the run stops with one line and is left as it was
+    before = (run_dir / "run.json").read_bytes()
+    pd.DataFrame({"ID": ids[:8]}).to_csv(listed, index=False)
+    line = one_error_line(entry.run("train.py", *args, env=env, check=False))
+    assert "run.json: this run directory holds a run made with other settings" in line
+    assert "data.exclude.count 7 -> 8" in line and "data.exclude.sha256" in line
+    assert (run_dir / "run.json").read_bytes() == before
+
+
+def test_an_exclusion_list_naming_unknown_images_stops_with_one_line(noisy_run, tmp_path):
+    root, _, env = noisy_run
+    listed = tmp_path / "exclude.csv"
+    pd.DataFrame({"ID": ["ID_NOTHERE"]}).to_csv(listed, index=False)
+    line = one_error_line(entry.run("train.py", "debug=tiny", "stage=filter", f"data.root={root}",
+                                    f"data.exclude={listed}", f"hydra.run.dir={tmp_path / 'run'}", env=env,
+                                    check=False))
+    assert f"data.exclude={listed}: 1 ID(s) not in the training split" in line
+
+
+def test_exclusion_lists_are_read_strictly(tmp_path):
+    ids = ["A", "B", "C"]
+    path = tmp_path / "list.csv"
+    path.write_text("ID,label\nB,1\nA,0\nB,1\n")
+    exclusion = read_exclusion(path, ids)
+    assert exclusion.ids == ["A", "B"] and exclusion.rows.tolist() == [0, 1] and len(exclusion.sha256) == 64
+    path.write_text("name\nA\n")
+    with pytest.raises(ConfigError, match="no ID column"):
+        read_exclusion(path, ids)
+    with pytest.raises(ConfigError, match="file not found"):
+        read_exclusion(tmp_path / "missing.csv", ids)
