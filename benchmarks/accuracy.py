@@ -132,8 +132,9 @@ def benchmark(size: str, work: Path, seed: int, extra: list[str], n_train: int |
     result["overrides"] = [overrides[0], *overrides[3:]]
     train_s = run([sys.executable, "train.py", *overrides], env)
     cv = json.loads((run_dir / "cv_summary.json").read_text())
-    result["cv"] = {k: cv.get(k) for k in ("oof_f1", "oof_f1_at_0.5", "f1_mean", "negatives_filtered",
-                                           "positives_lost", "positives_total", "epochs")}
+    result["cv"] = {k: cv.get(k) for k in ("oof_f1", "oof_f1_at_0.5", "f1_mean", "network_oof_f1", "features_oof_f1",
+                                           "negatives_filtered", "positives_lost", "positives_total", "epochs",
+                                           "wall_seconds", "energy_wh")}
     result["train_seconds"] = round(train_s, 1)
     result["filter_by_fold"] = filter_by_fold(run_dir, root)
     predict_s = run([sys.executable, "predict.py", f"run_dir={run_dir}", f"out={work / 'pred'}"], env)
@@ -156,7 +157,8 @@ def report(result: dict) -> str:
         f"  pipeline (ensemble + TTA)       test F1 {p['f1']:.3f}  AUC {p['auc']:.3f}  "
         f"(train {result['train_seconds']:.0f} s, predict {p['predict_seconds']:.0f} s)",
         f"  fold 0's model alone            test F1 {s['f1']:.3f}  AUC {s['auc']:.3f}",
-        f"  out-of-fold F1 {cv['oof_f1']:.3f} (at 0.5: {cv['oof_f1_at_0.5']:.3f}), epochs {cv['epochs']}",
+        f"  out-of-fold F1 {cv['oof_f1']:.3f} (at 0.5: {cv['oof_f1_at_0.5']:.3f}), epochs {cv['epochs']}; training "
+        f"energy {cv['energy_wh']:.2f} Wh (CodeCarbon)",
         f"  filter on the test set: {p['negatives_filtered']:.1%} of negatives removed, "
         f"{p['positives_filtered']} of {p['positives']} positives lost",
         "  " + filter_line(result["filter_by_fold"]),

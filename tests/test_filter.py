@@ -21,7 +21,7 @@ TREES = {"max_depth": 5, "min_child_weight": 10, "tree_method": "hist", "n_jobs"
 
 def negative_filter(n_estimators: int = 200, calibration_folds: int = 5, safety_margin: float = 0.5,
                     max_positive_loss: float = 0.0, wrong_positive_rate: float | str = 0.0,
-                    noise_quantile: float = 0.5) -> NegativeFilter:
+                    noise_quantile: float = 0.3) -> NegativeFilter:
     return NegativeFilter({**TREES, "n_estimators": n_estimators}, calibration_folds=calibration_folds,
                           safety_margin=safety_margin, seed=0, max_positive_loss=max_positive_loss,
                           wrong_positive_rate=wrong_positive_rate, noise_quantile=noise_quantile)

@@ -126,12 +126,11 @@ def print_summary(summary: dict) -> None:
             f"(F1 at 0.5: {summary['oof_f1_at_0.5']:.4f}); per-fold F1 {summary['f1_mean']:.4f} "
             f"± {summary['f1_std']:.4f}; {summary['wall_seconds']:.0f} s, {summary['energy_wh']:.3f} Wh"
         )
-    print_baseline(summary, console)
+    print_baseline(summary)
 
 
-def print_baseline(summary: dict, console: Console) -> None:
-    """One line of out-of-fold F1 / AUC: the pipeline, the network alone and the features + XGBoost baseline; a
-    warning when the network (in the pipeline) does not beat the baseline."""
+def baseline_line(summary: dict) -> str | None:
+    """Out-of-fold F1 / AUC of the pipeline, the network alone and the features + XGBoost baseline, in one line."""
     def pair(prefix: str) -> str:
         f1, auc = summary.get(f"{prefix}_f1"), summary.get(f"{prefix}_auc")
         return f"{f1:.4f} / " + ("-" if auc is None else f"{auc:.4f}")
@@ -141,8 +140,14 @@ def print_baseline(summary: dict, console: Console) -> None:
         parts += [f"pipeline {pair('oof')}", f"network alone {pair('network_oof')}"]
     if summary.get("features_oof_f1") is not None:
         parts.append(f"features + XGBoost (the filter's model) {pair('features_oof')}")
-    if parts:
-        console.print("out-of-fold F1 / AUC: " + ", ".join(parts))
+    return "out-of-fold F1 / AUC: " + ", ".join(parts) if parts else None
+
+
+def print_baseline(summary: dict) -> None:
+    """The baseline line through the log, and a warning when the network (in the pipeline) does not beat it."""
+    line = baseline_line(summary)
+    if line:
+        log.info("%s", line)
     if summary.get("oof_f1") is not None and summary.get("features_oof_f1") is not None \
             and summary["oof_f1"] <= summary["features_oof_f1"]:
         log.warning("the network does not beat the features + XGBoost baseline: out-of-fold F1 %.4f (pipeline; "
