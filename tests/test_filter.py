@@ -21,10 +21,11 @@ TREES = {"max_depth": 5, "min_child_weight": 10, "tree_method": "hist", "n_jobs"
 
 def negative_filter(n_estimators: int = 200, calibration_folds: int = 5, safety_margin: float = 0.5,
                     max_positive_loss: float = 0.0, wrong_positive_rate: float | str = 0.0,
-                    noise_quantile: float = 0.3) -> NegativeFilter:
+                    noise_quantile: float = 0.4, max_noise_share: float = 0.25) -> NegativeFilter:
     return NegativeFilter({**TREES, "n_estimators": n_estimators}, calibration_folds=calibration_folds,
                           safety_margin=safety_margin, seed=0, max_positive_loss=max_positive_loss,
-                          wrong_positive_rate=wrong_positive_rate, noise_quantile=noise_quantile)
+                          wrong_positive_rate=wrong_positive_rate, noise_quantile=noise_quantile,
+                          max_noise_share=max_noise_share)
 
 
 @pytest.fixture(scope="module")
@@ -162,3 +163,19 @@ def test_estimated_rule_survives_planted_wrong_labels(generated):
     assert robust_report["positives_lost"] <= max(1, round(0.01 * y[va].sum()))
     true_share = len(planted) / noisy.sum()
     assert 0.3 * true_share < robust.calibration["estimated_noise_share"] < 2 * true_share
+
+
+def test_an_estimate_calling_too_many_labels_wrong_is_not_believed(generated):
+    feats, y = generated
+    tr, _ = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))
+    noisy = y[tr].copy()
+    negatives = np.flatnonzero(noisy == 0)
+    planted = np.random.default_rng(3).choice(negatives, round(0.03 * len(negatives)), replace=False)
+    noisy[planted] = 1
+    believing = negative_filter(60, calibration_folds=3, wrong_positive_rate="estimate", max_noise_share=1.0)
+    doubting = negative_filter(60, calibration_folds=3, wrong_positive_rate="estimate", max_noise_share=0.0)
+    trusting = negative_filter(60, calibration_folds=3)
+    believing.fit(feats[tr], noisy), doubting.fit(feats[tr], noisy), trusting.fit(feats[tr], noisy)
+    assert believing.calibration["noise_estimate_used"] and believing.threshold > trusting.threshold
+    assert not doubting.calibration["noise_estimate_used"] and doubting.threshold == trusting.threshold
+    assert doubting.calibration["estimated_noise_share"] == believing.calibration["estimated_noise_share"] > 0

@@ -126,7 +126,7 @@ def test_retrain_without_listed_images_and_resume_refuses_another_list(noisy_run
     entry.run("train.py", *args, env=env)
     record = json.loads((run_dir / "run.json").read_text())
     assert record["excluded_ids"] == sorted(ids[:7])
-    assert record["defining"]["data"]["exclude"]["count"] == 7
+    assert record["defining"]["exclude_list"]["count"] == 7
     oof = pd.read_csv(run_dir / "oof_predictions.csv")
     fitted = json.loads((run_dir / "folds" / "fold_0" / "filter.json").read_text())["fitted_on"]
     seen = set(oof["ID"]) | {ids[i] for i in fitted}
@@ -137,7 +137,7 @@ def test_retrain_without_listed_images_and_resume_refuses_another_list(noisy_run
     pd.DataFrame({"ID": ids[:8]}).to_csv(listed, index=False)
     line = one_error_line(entry.run("train.py", *args, env=env, check=False))
     assert "run.json: this run directory holds a run made with other settings" in line
-    assert "data.exclude.count 7 -> 8" in line and "data.exclude.sha256" in line
+    assert "exclude_list.count 7 -> 8" in line and "exclude_list.sha256" in line
     assert (run_dir / "run.json").read_bytes() == before
 
 

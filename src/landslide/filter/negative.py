@@ -8,10 +8,12 @@ until nothing is removed. So the rule estimates the rate of such wrong positive 
 negative), where few real positives lie: below the ``noise_quantile`` of the negatives' scores, ``r`` = positives
 there / negatives there. Wrong positives follow the negatives' scores, so below a threshold ``t`` about
 ``r * negatives below t`` positives are expected to be wrong; the threshold is the highest positive score at which
-the positives below it are no more than that (plus ``max_positive_loss`` of the positives, 0 by default). With
-``wrong_positive_rate: 0`` (the rule for clean labels) the lowest positive (or the ``max_positive_loss`` share)
-sets it, as before. The final booster is then fitted on the whole training part. Images scoring below the
-threshold are filtered (predicted negative).
+the positives below it are no more than that (plus ``max_positive_loss`` of the positives, 0 by default). An
+estimate that calls more than ``max_noise_share`` of the positive labels wrong is not believed (the features then
+score many real positives like negatives, and the count mistakes them for wrong labels): every label is trusted
+instead. With ``wrong_positive_rate: 0`` (the rule for clean labels) the lowest positive (or the
+``max_positive_loss`` share) sets it, as before. The final booster is then fitted on the whole training part.
+Images scoring below the threshold are filtered (predicted negative).
 """
 
 from __future__ import annotations
@@ -104,7 +106,8 @@ class NegativeFilter:
     kind = "xgboost"
 
     def __init__(self, params: dict, *, calibration_folds: int, safety_margin: float, seed: int,
-                 max_positive_loss: float, wrong_positive_rate: float | str, noise_quantile: float) -> None:
+                 max_positive_loss: float, wrong_positive_rate: float | str, noise_quantile: float,
+                 max_noise_share: float) -> None:
         if not 0 <= max_positive_loss < 0.5:
             raise ValueError(f"filter.max_positive_loss must be in [0, 0.5) (a share of positives), got "
                              f"{max_positive_loss}")
@@ -114,6 +117,8 @@ class NegativeFilter:
                              f"got {wrong_positive_rate!r}")
         if not 0 < noise_quantile < 1:
             raise ValueError(f"filter.noise_quantile must be in (0, 1), got {noise_quantile}")
+        if not 0 <= max_noise_share <= 1:
+            raise ValueError(f"filter.max_noise_share must be in [0, 1], got {max_noise_share}")
         if safety_margin < 0:
             raise ValueError(f"filter.safety_margin must be >= 0 (log-odds), got {safety_margin}")
         if calibration_folds < 2:
@@ -124,6 +129,7 @@ class NegativeFilter:
         self.max_positive_loss = max_positive_loss
         self.wrong_positive_rate = wrong_positive_rate
         self.noise_quantile = noise_quantile
+        self.max_noise_share = max_noise_share
         self.seed = seed
         self.model: xgb.XGBClassifier | None = None
         self.threshold = 0.0
@@ -146,10 +152,14 @@ class NegativeFilter:
         inner = StratifiedKFold(self.calibration_folds, shuffle=True, random_state=self.seed)
         for tr, va in inner.split(features, labels):
             oof[va] = self._new_model().fit(features[tr], labels[tr]).predict_proba(features[va])[:, 1]
-        rate = (estimate_wrong_positive_rate(oof, labels, self.noise_quantile)
-                if self.wrong_positive_rate == "estimate" else float(self.wrong_positive_rate))
         positive, negative = oof[labels == 1], oof[labels == 0]
-        self.threshold = positive_threshold(positive, self.max_positive_loss, self.safety_margin, negative, rate)
+        estimated = self.wrong_positive_rate == "estimate"
+        rate = (estimate_wrong_positive_rate(oof, labels, self.noise_quantile) if estimated
+                else float(self.wrong_positive_rate))
+        share = rate * len(negative) / len(positive)  # of the positive labels, if flips are uniform
+        believed = not estimated or share <= self.max_noise_share
+        used = rate if believed else 0.0
+        self.threshold = positive_threshold(positive, self.max_positive_loss, self.safety_margin, negative, used)
         self.model = self._new_model().fit(features, labels)
         removed = oof < self.threshold
         self.calibration = {
@@ -159,10 +169,13 @@ class NegativeFilter:
             "oof_positives_lost_share": float(removed[labels == 1].mean()),
             "max_positive_loss": self.max_positive_loss,
             "wrong_positive_rate": rate,
-            "wrong_positive_rate_estimated": self.wrong_positive_rate == "estimate",
+            "wrong_positive_rate_estimated": estimated,
             # the share of the positive labels estimated wrong (negatives labelled positive), if flips are uniform
-            "estimated_noise_share": float(rate * len(negative) / len(positive)),
-            "positives_below": positives_below(positive, self.max_positive_loss, negative, rate),
+            "estimated_noise_share": float(share),
+            # false when the estimate called more than max_noise_share wrong: the threshold trusted every label
+            "noise_estimate_used": bool(believed),
+            "max_noise_share": self.max_noise_share,
+            "positives_below": positives_below(positive, self.max_positive_loss, negative, used),
             "min_positive_oof_score": float(positive.min()),
             "fit_seconds": round(time.perf_counter() - started, 2),
         }
@@ -190,6 +203,7 @@ class NegativeFilter:
             "max_positive_loss": self.max_positive_loss,
             "wrong_positive_rate": self.wrong_positive_rate,
             "noise_quantile": self.noise_quantile,
+            "max_noise_share": self.max_noise_share,
             "calibration_folds": self.calibration_folds,
             "params": self.params,
             "seed": self.seed,
@@ -209,7 +223,7 @@ class NegativeFilter:
         self = cls(meta["params"], calibration_folds=meta["calibration_folds"], safety_margin=meta["safety_margin"],
                    seed=meta["seed"], max_positive_loss=meta.get("max_positive_loss", 0.0),
                    wrong_positive_rate=meta.get("wrong_positive_rate", 0.0),
-                   noise_quantile=meta.get("noise_quantile", 0.5))
+                   noise_quantile=meta.get("noise_quantile", 0.5), max_noise_share=meta.get("max_noise_share", 1.0))
         self.model = xgb.XGBClassifier()
         self.model.load_model(folder / MODEL_FILE)
         self.threshold = meta["threshold"]

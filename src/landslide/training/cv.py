@@ -123,8 +123,8 @@ def run_cv(cfg: DictConfig) -> dict:
         if lead:
             record = RunManifest(out)
             defining = defining_settings(cfg, dm.split("train").meta["key"])
-            if dm.exclusion is not None:  # the list's content defines the run, whatever the file's name
-                defining["data"]["exclude"] = dm.exclusion.record()
+            if dm.exclusion is not None:  # the list's content defines the run, not only the file's name
+                defining["exclude_list"] = dm.exclusion.record()
             record.claim(defining, prediction_settings(cfg, dm.channels))
             if dm.exclusion is not None:
                 record.data["excluded_ids"] = dm.exclusion.ids

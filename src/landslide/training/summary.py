@@ -99,7 +99,8 @@ def _below(report: dict) -> str:
     if "oof_positives_lost" not in cal:
         return "-"
     if "estimated_noise_share" in cal:
-        return f"{cal['oof_positives_lost']} (wrong ~{cal['estimated_noise_share']:.0%})"
+        unused = "" if cal.get("noise_estimate_used", True) else ", not believed"
+        return f"{cal['oof_positives_lost']} (wrong ~{cal['estimated_noise_share']:.0%}{unused})"
     return f"{cal['oof_positives_lost']} (≤{cal.get('max_positive_loss', 0.0):.0%})"
 
 
