@@ -59,3 +59,18 @@ def test_filter_figures_per_fold_use_the_clean_labels(tmp_path):
     rows = bench.filter_by_fold(run_dir, root)
     assert rows[1]["noise_share_estimated"] == 0.25 and rows[1]["noise_share_true"] == 0.5
     assert "wrong positive labels 25.0% estimated (50.0%)" in bench.filter_line(rows)
+
+
+def test_filter_rule_benchmark_scores_each_rule_on_the_clean_labels(tmp_path):
+    from landslide.synth.release import generate_release
+
+    spec = importlib.util.spec_from_file_location("filter_rule", REPO / "benchmarks" / "filter_rule.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = tmp_path / "noisy"
+    generate_release(root, 150, 40, seed=2, workers=1, label_noise=0.04)
+    rows = bench.main([str(root), "--folds", "2", "--rule", "lower quantile", "noise_quantile=0.2"])
+    assert [r.split(" | ")[1] for r in rows] == ["default", "trust every label", "a fixed 5%", "lower quantile"]
+    positives = int((pd.read_csv(root.with_name("noisy_truth") / "test_labels.csv").label == 1).sum())
+    assert all(f"/{positives} |" in r for r in rows)  # lost of the clean test positives
+    assert "(" in rows[0].split(" | ")[5] and rows[1].split(" | ")[5] == "-"  # estimated (true) for the default only
