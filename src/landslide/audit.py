@@ -17,6 +17,7 @@ import logging
 from pathlib import Path
 
 import hydra
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from omegaconf import DictConfig
@@ -139,7 +140,7 @@ def candidates_figure(root: Path, rows: pd.DataFrame, cloud_threshold: float, pa
     images = to_channels(raw, cloud_threshold)
     titles = [f"{r.ID}\nlabel {r.label} -> {r.suggested_label}\nscore {r.score:.3f}" for r in rows.itertuples()]
     with atomic_output(path) as tmp:
-        plot_sample_rows(list(images), CHANNEL_NAMES, titles, tmp)
+        plt.close(plot_sample_rows(list(images), CHANNEL_NAMES, titles, tmp))
 
 
 def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None, filter_by: str, rank_by: str,

@@ -83,11 +83,13 @@ def train(cfg: DictConfig) -> float | None:
 
     from landslide.training.cv import run_cv
     from landslide.training.ranks import is_rank_zero
+    from landslide.training.search import warn_without_holdout
 
     _quiet_third_parties()
     _tune_host(cfg)
     if cfg.print_config and is_rank_zero():
         print_config(cfg)
+    warn_without_holdout(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
     with user_errors():
         summary = run_cv(cfg)

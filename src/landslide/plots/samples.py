@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from landslide.bands import CHANNEL_NAMES
@@ -25,12 +26,15 @@ def _stretch(img: np.ndarray) -> np.ndarray:
     return np.clip((img - low) / max(high - low, 1e-6), 0, 1)
 
 
+#: a panel: its title, its image and a matplotlib colormap (None: RGB)
 Panel = tuple[str, np.ndarray, str | None]
 
 
-def sample_panels(image: np.ndarray, channels: Sequence[str], changes_only: bool = False) -> list[Panel]:
-    """(title, image, colour map) of each panel of a (c, 64, 64) sample: RGB, NIR, cloud mask and SAR post / pre /
-    difference per pass and polarisation (``changes_only``: the differences only). Absent channels are skipped."""
+def sample_panels(image: np.ndarray, channels: Sequence[str] = CHANNEL_NAMES, changes_only: bool = False
+                  ) -> list[Panel]:
+    """The panels of a (c, 64, 64) sample in physical units, as ``(title, image, colormap)``: RGB (2-98% stretch),
+    NIR, cloud mask and SAR post / pre / diff per pass, those whose channels are in ``channels`` (``changes_only``:
+    RGB, NIR and the SAR differences)."""
     image = np.asarray(image, dtype=np.float32)
     at = {name: image[i] for i, name in enumerate(channels)}
     panels: list[Panel] = []
@@ -52,13 +56,13 @@ def sample_panels(image: np.ndarray, channels: Sequence[str], changes_only: bool
     return panels
 
 
-def _show(ax: Any, name: str, img: np.ndarray, cmap: str | None) -> None:
-    if cmap == "RdBu_r":  # differences: symmetric around 0
+def show_panel(ax: Axes, img: np.ndarray, cmap: str | None) -> None:
+    """One panel: a difference on a symmetric diverging scale, anything else as it is."""
+    if cmap == "RdBu_r":
         lim = float(np.percentile(np.abs(img), 98)) or 1.0
         ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim)
     else:
         ax.imshow(img, cmap=cmap)
-    ax.set_title(name, fontsize=9)
 
 
 def plot_sample(
@@ -79,8 +83,9 @@ def plot_sample(
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, panel in zip(axes.flat, panels):
-        _show(ax, *panel)
+    for ax, (name, img, cmap) in zip(axes.flat, panels):
+        show_panel(ax, img, cmap)
+        ax.set_title(name, fontsize=9)
     parts = [title] if title else []
     if label is not None:
         parts.append(f"label: {label}")
@@ -122,8 +127,9 @@ def plot_sample_rows(images: Sequence[np.ndarray], channels: Sequence[str], titl
     for ax in axes.flat:
         ax.axis("off")
     for r, (panels, title) in enumerate(zip(rows, titles)):
-        for c, panel in enumerate(panels):
-            _show(axes[r, c], *panel)
+        for c, (name, img, cmap) in enumerate(panels):
+            show_panel(axes[r, c], img, cmap)
+            axes[r, c].set_title(name, fontsize=9)
         axes[r, 0].text(-0.08, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
                         fontsize=8)
     fig.tight_layout()

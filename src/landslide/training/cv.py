@@ -32,6 +32,7 @@ from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
 from landslide.training.fold import build_datamodule, option_errors, train_fold
 from landslide.training.ranks import is_rank_zero, planned_processes
+from landslide.training.run_logging import log_run
 from landslide.training.stacked import train_stacked
 from landslide.training.summary import print_summary, summarise
 
@@ -171,6 +172,7 @@ def run_cv(cfg: DictConfig) -> dict:
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
     print_summary(summary)
+    log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
     return summary
 
 

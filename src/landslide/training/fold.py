@@ -154,7 +154,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
-    figures = cfg.log_figures and bool(loggers) and is_rank_zero()
+    figures = bool(cfg.log_figures) and is_rank_zero()  # PNGs in the fold's figures/, and to the loggers
     if figures:
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
         figure = plot_split_sample(dm.gather, dm.channels, positive, labels=dm.labels, ids=dm.train_ids)
