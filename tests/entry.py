@@ -24,10 +24,11 @@ from conftest import REPO
 
 def _main_of(args: tuple[str, ...]):
     """The function a command line runs, and the arguments it reads from ``sys.argv``."""
-    from landslide import aggregate, audit, cli, report
+    from landslide import aggregate, cli, report
 
     scripts = {"train.py": cli.train_entry, "predict.py": cli.predict_entry, "map.py": cli.map_entry}
-    modules = {"landslide.aggregate": aggregate.main, "landslide.report": report.main, "landslide.audit": audit.main}
+    modules = {"landslide.aggregate": aggregate.main, "landslide.report": report.main,
+               "landslide.audit": cli.audit_entry}
     if args[0] in scripts:
         return scripts[args[0]], list(args)
     if args[0] == "-m" and args[1] in modules:
@@ -83,3 +84,13 @@ def _run_here(main, argv: list[str], env: dict, cwd: Path) -> subprocess.Complet
     if isinstance(code, str):
         err.write(code + "\n")
     return subprocess.CompletedProcess(argv, returncode, out.getvalue(), err.getvalue())
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The single error line of a command that stopped on bad input (exit 2, no traceback)."""
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]

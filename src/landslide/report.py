@@ -8,16 +8,20 @@ told apart by the overrides in which they differ (``final: lr=0.00123, batch_siz
 from __future__ import annotations
 
 import argparse
-import json
+import logging
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import ListConfig, OmegaConf
 
 from landslide.cv_results import epoch_curve
-from landslide.files import read_config
+from landslide.errors import RunError, first_line, user_errors
+from landslide.files import read_json
 from landslide.plots.curves import approach_curves_figure, save_figure, table_figure
+
+log = logging.getLogger("landslide.report")
 
 COLUMNS = {
     "name": "approach",
@@ -34,16 +38,42 @@ COLUMNS = {
 }
 
 
+def _summary(path: Path) -> dict | None:
+    """A run's CV summary; None (with a warning naming it) when it is damaged."""
+    try:
+        summary = read_json(path)
+    except RunError as err:
+        log.warning("%s; left out of the report", err)
+        return None
+    if not isinstance(summary, dict) or not isinstance(summary.get("folds", []), list):
+        log.warning("%s: not a CV summary; left out of the report", path)
+        return None
+    return summary
+
+
+def _plain_yaml(path: Path) -> Any:
+    """A YAML file of a job folder as plain values: nothing in it is resolved or built."""
+    try:
+        return OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as err:  # a YAML or OmegaConf error
+        raise RunError(f"{path}: cannot be read ({first_line(err)})") from None
+
+
+def _plain_value(value: Any) -> Any:
+    """A setting read from a job's file, or None where it is an unresolved interpolation (never resolved here)."""
+    return None if isinstance(value, str) and "${" in value else value
+
+
 def collect(folder: Path | str) -> list[dict]:
     """Every ``cv_summary.json`` below ``folder`` that trained a network."""
     summaries = []
     for path in sorted(Path(folder).rglob("cv_summary.json")):
-        summary = json.loads(path.read_text())
-        if summary.get("oof_f1") is not None:
+        summary = _summary(path)
+        if summary is not None and summary.get("oof_f1") is not None:
             summary["path"] = str(path.parent)
             summaries.append(summary)
     if not summaries:
-        raise FileNotFoundError(f"{folder}: no cv_summary.json of a trained run below it")
+        raise RunError(f"{folder}: no cv_summary.json of a trained run below it")
     return summaries
 
 
@@ -56,10 +86,15 @@ def expected_jobs(folder: Path) -> list[list[str]]:
     path = folder / "multirun.yaml"
     if not path.is_file():
         return []
-    config = OmegaConf.load(path)
-    if "basic_sweeper" not in str(OmegaConf.select(config, "hydra.sweeper._target_", default="")):
+    config = _plain_yaml(path)
+    hydra = config.get("hydra", {}) if isinstance(config, dict) else {}
+    if "basic_sweeper" not in str((hydra.get("sweeper") or {}).get("_target_", "")):
         return []
-    overrides = OverridesParser.create().parse_overrides(list(config.hydra.overrides.task))
+    task = (hydra.get("overrides") or {}).get("task") or []
+    try:
+        overrides = OverridesParser.create().parse_overrides([str(o) for o in task])
+    except Exception as err:  # Hydra's override grammar
+        raise RunError(f"{path}: its overrides cannot be read ({first_line(err)})") from None
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 
@@ -67,10 +102,11 @@ def missing_jobs(folder: Path | str) -> list[str]:
     """The expected jobs of a multirun that left no finished ``cv_summary.json`` (failed or never started)."""
     folder = Path(folder)
     finished = []
-    for summary in folder.rglob("cv_summary.json"):
-        overrides = summary.parent / ".hydra" / "overrides.yaml"
-        if overrides.is_file() and json.loads(summary.read_text()).get("oof_f1") is not None:
-            finished.append(sorted(OmegaConf.load(overrides)))
+    for path in folder.rglob("cv_summary.json"):
+        overrides = path.parent / ".hydra" / "overrides.yaml"
+        summary = _summary(path) if overrides.is_file() else None
+        if summary is not None and summary.get("oof_f1") is not None:
+            finished.append(sorted(str(o) for o in _plain_yaml(overrides) or []))
     return [" ".join(job) for job in expected_jobs(folder) if sorted(job) not in finished]
 
 
@@ -86,7 +122,7 @@ def job_overrides(job: Path) -> dict[str, str]:
     if not path.is_file():
         return {}
     found = {}
-    for override in OmegaConf.to_container(read_config(path)) or []:
+    for override in _plain_yaml(path) or []:
         key, _, value = str(override).partition("=")
         if key.startswith("~"):
             key, value = key[1:], "deleted"
@@ -145,11 +181,11 @@ def wandb_settings(summaries: list[dict]) -> dict | None:
         path = Path(summary["path"]) / ".hydra" / "config.yaml"
         if not path.is_file():
             continue
-        config = read_config(path)
-        for entry in (config.get("logger") or {}).values():
-            if isinstance(entry, DictConfig) and str(entry.get("_target_", "")).endswith(".WandbLogger"):
-                return {key: OmegaConf.select(entry, key, default=None, throw_on_resolution_failure=False)
-                        for key in ("project", "entity", "tags", "offline")}
+        config = _plain_yaml(path)
+        loggers = config.get("logger") if isinstance(config, dict) else None
+        for entry in (loggers or {}).values():
+            if isinstance(entry, dict) and str(entry.get("_target_", "")).endswith(".WandbLogger"):
+                return {key: _plain_value(entry.get(key)) for key in ("project", "entity", "tags", "offline")}
     return None
 
 
@@ -208,7 +244,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folder", type=Path, help="a multirun folder (or any folder holding training runs)")
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: <folder>/report)")
     args = parser.parse_args(argv)
-    paths = render(args.folder, args.out)
+    logging.basicConfig(level=logging.INFO, format="[%(levelname)s] %(message)s")
+    with user_errors():
+        paths = render(args.folder, args.out)
     print(paths["table_md"].read_text())
     for key in ("curves", "table_md", "table_png"):
         print(f"wrote {paths[key]}")

@@ -27,9 +27,10 @@ class Exclusion:
         return {"file": str(self.file), "sha256": self.sha256, "count": len(self.ids)}
 
 
-def read_exclusion(path: Path | str, train_ids: list[str]) -> Exclusion:
+def read_exclusion(path: Path | str, train_ids: list[str] | None) -> Exclusion:
     """Read ``path``; stop with one line naming it when it cannot be read, has no ``ID`` column, or lists IDs that
-    are not in the training split (never drop an ID silently: a wrong file must not pass as an empty list)."""
+    are not in the training split (never drop an ID silently: a wrong file must not pass as an empty list).
+    ``train_ids`` None (a release not generated yet) checks the file alone and gives no rows."""
     path = Path(path)
     option = f"data.exclude={path}"
     if not path.is_file():
@@ -42,6 +43,8 @@ def read_exclusion(path: Path | str, train_ids: list[str]) -> Exclusion:
     if "ID" not in table.columns:
         raise ConfigError(f"{option}: no ID column (columns: {', '.join(map(str, table.columns)) or 'none'})")
     listed = sorted(set(table["ID"].str.strip()))
+    if train_ids is None:
+        return Exclusion(path, hashlib.sha256(data).hexdigest(), listed, np.zeros(0, np.int64))
     row_of = {image_id: i for i, image_id in enumerate(train_ids)}
     unknown = [i for i in listed if i not in row_of]
     if unknown:

@@ -49,6 +49,7 @@ from landslide.training.fold import (
     build_module,
     fit_fold_filter,
     load_initial_weights,
+    resume_point,
     score_fold,
 )
 from landslide.training.loggers import build_loggers, finish_loggers, log_figure
@@ -246,7 +247,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     log.info("folds %s train at once (stacked weights): %d steps of %d images per fold an epoch", folds,
              max(len(s) for s in data.streams), data.streams[0].batch_size)
     try:
-        trainer.fit(stacked, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+        trainer.fit(stacked, datamodule=data, ckpt_path=resume_point(last), weights_only=True)
     finally:
         finish_loggers(loggers)
     if trainer.interrupted:

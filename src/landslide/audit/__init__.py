@@ -1,14 +1,15 @@
-"""The label audit: ``python -m landslide.audit run_dir=<training run>`` ranks the run's training images by how
-likely their label is wrong, from out-of-fold probabilities (every image judged by models that never trained on it).
+"""The label audit: ``python -m landslide.audit run_dir=<training run>`` (the command lives in :mod:`landslide.cli`)
+ranks the run's training images by how likely their label is wrong, from out-of-fold probabilities (every image
+judged by models that never trained on it).
 
 Confident learning (``cleanlab``) does the judging: ``cleanlab.filter.find_label_issues`` flags the images whose
 given label disagrees confidently with the out-of-fold probabilities (of the network, the filter's features +
 XGBoost classifier, or their mean: ``source``), ``cleanlab.rank.get_label_quality_scores`` scores every image (low:
 likely wrong). It writes ``label_issues.csv`` (``ID, label, suggested_label, score, rank, fold`` and the
 probabilities), a figure of the top candidates' bands (``label_issues.png``) and ``audit_summary.json``. When the
-run's data was generated with wrong labels (``<root>_truth/train_truth.csv``), it prints the precision at k of the
-ranking against the planted ones (k: how many were planted). ``data.exclude=<out>/label_issues.csv`` retrains
-without the listed images.
+run's data was generated with wrong labels (``<root>_truth/train_truth.csv``), it reports the precision at k of the
+ranking against the planted ones (k: how many were planted) and each fold's filter against the clean labels.
+``data.exclude=<out>/label_issues.csv`` retrains without the listed images.
 """
 
 from __future__ import annotations
@@ -16,20 +17,17 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import hydra
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
-from omegaconf import DictConfig
 
 from landslide.bands import CHANNEL_NAMES
-from landslide.cli import CONFIG_DIR
 from landslide.data.preprocess import to_channels
 from landslide.data.release import load_patch, read_split_index
-from landslide.errors import ConfigError, RunError, user_errors
-from landslide.files import atomic_output, read_config, read_json, write_json
+from landslide.errors import ConfigError, RunError
+from landslide.files import atomic_output, read_json, write_json
 from landslide.plots.samples import plot_sample_rows
-from landslide.run_record import read_prediction_settings
+from landslide.run_record import read_prediction_settings, read_run_config
 from landslide.synth.release import truth_dir
 
 log = logging.getLogger("landslide.audit")
@@ -39,10 +37,22 @@ SOURCES = {"network": ("network_prob",), "features": ("features_score",), "both"
 ISSUES_FILE, FIGURE_FILE, SUMMARY_FILE = "label_issues.csv", "label_issues.png", "audit_summary.json"
 
 
-def read_oof(run_dir: Path, source: str) -> pd.DataFrame:
-    """The run's out-of-fold predictions with the ``source`` probability as ``p``."""
+def check_options(run_dir: Path | str, source: str, top: int | None, figure_top: int) -> None:
+    """Stop with one line on an option out of range or a run directory without out-of-fold predictions (before any
+    output folder is made: the command's preflight calls this too)."""
     if source not in SOURCES:
         raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+        raise ConfigError(f"top must be null or an integer >= 1, got {top!r}")
+    if isinstance(figure_top, bool) or not isinstance(figure_top, int) or figure_top < 0:
+        raise ConfigError(f"figure_top must be an integer >= 0, got {figure_top!r}")
+    path = Path(run_dir) / "oof_predictions.csv"
+    if not path.is_file():
+        raise RunError(f"{path}: not found; is {run_dir} a training run that trained a network?")
+
+
+def read_oof(run_dir: Path, source: str) -> pd.DataFrame:
+    """The run's out-of-fold predictions with the ``source`` probability as ``p``."""
     path = run_dir / "oof_predictions.csv"
     if not path.is_file():
         raise RunError(f"{path}: not found; is {run_dir} a training run that trained a network?")
@@ -147,14 +157,10 @@ def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None,
           figure_top: int, truth: str | None, data_root: str | None) -> dict:
     """Rank the run's training images by label quality; write the list, the figure and a summary; return it."""
     run_dir, out = Path(run_dir), Path(out)
-    if top is not None and int(top) < 1:
-        raise ConfigError(f"top must be null or >= 1, got {top}")
+    check_options(run_dir, source, top, figure_top)
     oof = read_oof(run_dir, source)
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise RunError(f"{config}: not found; is {run_dir} a training run?")
-    cfg = read_config(config)
-    root = Path(data_root or cfg.data.root)
+    data = read_run_config(run_dir)["data"]
+    root = Path(data_root or data["root"])
     labels = oof.label.to_numpy().astype(int)
     scores, rows = rank_label_issues(labels, oof.p.to_numpy(), filter_by=filter_by, rank_by=rank_by, top=top)
 
@@ -196,7 +202,7 @@ def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None,
                 listed.to_csv(tmp, index=False)
     if figure_top and len(listed):
         settings = read_prediction_settings(run_dir) or {}
-        cloud = float(settings.get("cloud_threshold", cfg.data.cloud_threshold))
+        cloud = float(settings.get("cloud_threshold", data["cloud_threshold"]))
         candidates_figure(root, listed.head(int(figure_top)), cloud, out / FIGURE_FILE)
         summary["figure"] = str(out / FIGURE_FILE)
     write_json(out / SUMMARY_FILE, summary)
@@ -217,19 +223,3 @@ def report(summary: dict, out: Path) -> None:
         log.info("the clean labels (%s) hold no wrong training label", truth["file"])
     if summary.get("filter_by_fold"):
         log.info("%s", filter_line(summary["filter_by_fold"]))
-
-
-def run(cfg: DictConfig) -> dict:
-    with user_errors():
-        return audit(cfg.run_dir, cfg.out, source=str(cfg.source), top=cfg.top, filter_by=str(cfg.filter_by),
-                     rank_by=str(cfg.rank_by), figure_top=int(cfg.figure_top), truth=cfg.truth,
-                     data_root=cfg.data_root)
-
-
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
-def main(cfg: DictConfig) -> dict:
-    return run(cfg)
-
-
-if __name__ == "__main__":
-    main()
