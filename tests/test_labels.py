@@ -149,6 +149,19 @@ def test_an_exclusion_list_naming_unknown_images_stops_with_one_line(noisy_run, 
                                     f"data.exclude={listed}", f"hydra.run.dir={tmp_path / 'run'}", env=env,
                                     check=False))
     assert f"data.exclude={listed}: 1 ID(s) not in the training split" in line
+    assert not (tmp_path / "run").exists()  # stopped before Hydra made the run folder
+
+
+def test_audit_of_a_folder_without_out_of_fold_predictions_stops_before_writing(noisy_run, tmp_path):
+    _, run_dir, env = noisy_run
+    empty = tmp_path / "not_a_run"
+    empty.mkdir()
+    line = one_error_line(entry.run("-m", "landslide.audit", f"run_dir={empty}", env=env, check=False))
+    assert f"{empty / 'oof_predictions.csv'}: not found" in line and not (empty / "audit").exists()
+    line = one_error_line(entry.run("-m", "landslide.audit", f"run_dir={run_dir}", "source=forest",
+                                    f"out={tmp_path / 'audit'}", env=env, check=False))
+    assert "source must be one of network, features, both, got 'forest'" in line
+    assert not (tmp_path / "audit").exists()
 
 
 def test_exclusion_lists_are_read_strictly(tmp_path):
