@@ -13,12 +13,12 @@ import pandas as pd
 import pytest
 
 import entry
-from landslide.audit import precision_at_k, rank_label_issues
+from landslide.audit import check_options, precision_at_k, rank_label_issues, read_oof, read_truth
 from landslide.data.exclude import read_exclusion
-from landslide.errors import ConfigError
+from landslide.errors import ConfigError, RunError
 from landslide.metrics import f1_optimal_threshold
 from landslide.synth.release import generate_release, truth_dir
-from landslide.training.summary import print_baseline
+from landslide.training.summary import baseline_line, features_baseline, print_baseline
 
 TINY = ("debug=tiny", "trainer.max_epochs=2")
 
@@ -175,3 +175,51 @@ def test_exclusion_lists_are_read_strictly(tmp_path):
         read_exclusion(path, ids)
     with pytest.raises(ConfigError, match="file not found"):
         read_exclusion(tmp_path / "missing.csv", ids)
+
+
+def test_an_exclusion_list_that_leaves_one_class_names_the_list(noisy_run, tmp_path):
+    root, _, env = noisy_run
+    train = pd.read_csv(root / "Train.csv")
+    listed = tmp_path / "exclude.csv"
+    train[train.label == 1][["ID"]].to_csv(listed, index=False)
+    line = one_error_line(entry.run("train.py", "debug=tiny", "stage=filter", f"data.root={root}",
+                                    f"data.exclude={listed}", f"hydra.run.dir={tmp_path / 'run'}", env=env,
+                                    check=False))
+    assert f"every label is 0 once data.exclude={listed} is left out" in line
+
+
+def test_audit_options_and_files_out_of_range_stop_with_one_message(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    oof = run_dir / "oof_predictions.csv"
+    oof.write_text("ID,label,prob,filtered,fold,network_prob\nA,1,0.9,False,0,0.9\nB,0,0.1,False,1,0.1\n")
+    for options, message in [((0, 12), "top must be null or an integer >= 1, got 0"),
+                             ((True, 12), "top must be null or an integer >= 1, got True"),
+                             ((None, -1), "figure_top must be an integer >= 0, got -1")]:
+        with pytest.raises(ConfigError, match=message):
+            check_options(run_dir, "both", *options)
+    assert read_oof(run_dir, "network")["p"].tolist() == [0.9, 0.1]
+    with pytest.raises(RunError, match=r"no features_score for every image \(the run has no features classifier"):
+        read_oof(run_dir, "both")  # a run trained with filter=none
+    for text, message in [("", "cannot be read as CSV"), ("ID,prob\nA,0.3\n", "no label, fold column"),
+                          ("ID,label,fold,network_prob\nA,2,0,0.5\n", "values other than 0 and 1")]:
+        oof.write_text(text)
+        with pytest.raises(RunError, match=message):
+            read_oof(run_dir, "network")
+    truth = tmp_path / "truth.csv"
+    truth.write_text("ID,label\nA,1\n")
+    with pytest.raises(ConfigError, match=f"truth={truth}: needs the columns ID and true_label"):
+        read_truth(truth, pd.DataFrame({"ID": ["A"], "label": [1]}))
+
+
+def test_the_baseline_line_without_a_features_classifier_or_a_network():
+    # filter=none: no features classifier, so no baseline figures and no warning about it
+    assert features_baseline([{"features_oof": None}, {"features_oof": None}], np.array([0, 1])) == {}
+    assert baseline_line({"oof_f1": 0.7, "oof_auc": None, "network_oof_f1": 0.7, "network_oof_auc": None}) == \
+        "out-of-fold F1 / AUC: pipeline 0.7000 / -, network alone 0.7000 / -"
+    # stage=filter: the baseline alone
+    scored = features_baseline([{"features_oof": {"index": [0, 1], "score": [0.2, 0.9]}},
+                                {"features_oof": {"index": [2, 3], "score": [0.8, 0.1]}}], np.array([0, 1, 1, 0]))
+    assert scored["features_oof_f1"] == 1.0 and scored["features_oof_auc"] == 1.0
+    assert baseline_line(scored) == "out-of-fold F1 / AUC: features + XGBoost (the filter's model) 1.0000 / 1.0000"
+    assert baseline_line({}) is None

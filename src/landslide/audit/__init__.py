@@ -24,7 +24,7 @@ import pandas as pd
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.preprocess import to_channels
 from landslide.data.release import load_patch, read_split_index
-from landslide.errors import ConfigError, RunError
+from landslide.errors import ConfigError, RunError, first_line
 from landslide.files import atomic_output, read_json, write_json
 from landslide.plots.samples import plot_sample_rows
 from landslide.run_record import read_prediction_settings, read_run_config
@@ -56,7 +56,16 @@ def read_oof(run_dir: Path, source: str) -> pd.DataFrame:
     path = run_dir / "oof_predictions.csv"
     if not path.is_file():
         raise RunError(f"{path}: not found; is {run_dir} a training run that trained a network?")
-    oof = pd.read_csv(path)
+    try:
+        oof = pd.read_csv(path, dtype={"ID": str})
+    except Exception as err:  # empty, binary or not a CSV
+        raise RunError(f"{path}: cannot be read as CSV ({first_line(err)})") from None
+    absent = [c for c in ("ID", "label", "fold") if c not in oof.columns]
+    if absent or oof.empty:
+        raise RunError(f"{path}: " + (f"no {', '.join(absent)} column" if absent else "no rows")
+                       + "; is it the oof_predictions.csv train.py wrote?")
+    if not oof.label.isin([0, 1]).all():
+        raise RunError(f"{path}: the label column holds values other than 0 and 1")
     missing = [c for c in SOURCES[source] if c not in oof.columns or oof[c].isna().any()]
     if missing:
         why = ("the run has no features classifier (filter=none); use source=network" if missing == ["features_score"]
@@ -90,7 +99,10 @@ def rank_label_issues(labels: np.ndarray, prob: np.ndarray, *, filter_by: str, r
 def read_truth(path: Path, oof: pd.DataFrame) -> pd.Series | None:
     """The clean label of every audited image from ``path`` (``ID, true_label``, and ``label`` as the release
     gave it), or None (with a warning) when it does not describe this run's release."""
-    truth = pd.read_csv(path)
+    try:
+        truth = pd.read_csv(path, dtype={"ID": str})
+    except Exception as err:  # empty, binary or not a CSV
+        raise ConfigError(f"truth={path}: cannot be read as CSV ({first_line(err)})") from None
     if not {"ID", "true_label"} <= set(truth.columns):
         raise ConfigError(f"truth={path}: needs the columns ID and true_label")
     truth = truth.set_index("ID")

@@ -212,13 +212,15 @@ class LandslideDataModule(L.LightningDataModule):
             y = self.labels
             rows = np.setdiff1d(np.arange(len(y)), np.union1d(self.holdout_index, self.excluded_index))
             positives = int((y[rows] > 0.5).sum())
+            # what the excluded images leave is the list's fault: name it
+            excluded = f" once data.exclude={self.exclude_file} is left out" if len(self.excluded_index) else ""
             if positives in (0, len(rows)):
-                raise ReleaseError(f"{self.root / 'Train.csv'}: every label is {int(positives > 0)} ({len(rows)} "
-                                   "images to train on); training needs images of both classes")
+                raise ReleaseError(f"{self.root / 'Train.csv'}: every label is {int(positives > 0)}{excluded} "
+                                   f"({len(rows)} images to train on); training needs images of both classes")
             smallest = min(positives, len(rows) - positives)
             if smallest < self.num_folds:
                 raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and "
-                                  f"the smaller class has {smallest} (choose 2 to {smallest} folds)")
+                                  f"the smaller class has {smallest}{excluded} (choose 2 to {smallest} folds)")
             splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
             self._folds = [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
         return self._folds
