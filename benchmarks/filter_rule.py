@@ -1,5 +1,6 @@
 """The negative filter's threshold rules on generated releases with wrong labels, scored on their clean labels:
-``python benchmarks/filter_rule.py RELEASE [RELEASE ...] [--rule LABEL "OVERRIDES"] [--folds 3]``.
+``python benchmarks/filter_rule.py RELEASE [RELEASE ...] [--rule LABEL "OVERRIDES"] [--folds 3] [--filter
+"OVERRIDES"]``.
 
 Each release is a folder written by ``python -m landslide.synth`` (or the accuracy benchmark) with its clean labels
 beside it (``<release>_truth/``). As ``train.py`` does, the training split is cut into stratified folds
@@ -51,7 +52,7 @@ def oracle(scores: np.ndarray, labels: np.ndarray, lost: int) -> float:
     return float((scores[labels == 0] < np.sort(scores[labels == 1])[lost]).mean())
 
 
-def score_release(root: Path, rules: dict[str, list[str]], folds: int) -> list[str]:
+def score_release(root: Path, rules: dict[str, list[str]], folds: int, common: list[str]) -> list[str]:
     train = pd.read_csv(truth_dir(root) / "train_truth.csv")
     test = pd.read_csv(truth_dir(root) / "test_labels.csv")
     x, x_test = features(root / "train_data", list(train.ID)), features(root / "test_data", list(test.ID))
@@ -61,7 +62,7 @@ def score_release(root: Path, rules: dict[str, list[str]], folds: int) -> list[s
     for label, overrides in rules.items():
         removed, held_out, shares, test_scores = [], [], [], []
         for tr, va in splits:
-            filt = fold_filter(overrides).fit(x[tr], given[tr], index=tr)
+            filt = fold_filter(common + overrides).fit(x[tr], given[tr], index=tr)
             removed.append(~filt.keep(x_test))
             test_scores.append(filt.scores(x_test))
             out = ~filt.keep(x[va])
@@ -87,12 +88,14 @@ def main(argv: list[str] | None = None) -> list[str]:
     parser.add_argument("--rule", nargs=2, action="append", default=[], metavar=("LABEL", "OVERRIDES"),
                         help="another rule: a label and filter overrides (space-separated), e.g. noise_quantile=0.3")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--filter", default="", metavar="OVERRIDES",
+                        help="filter overrides for every rule (space-separated), e.g. params.n_estimators=50")
     args = parser.parse_args(argv)
     rules = {**RULES, **{label: overrides.split() for label, overrides in args.rule}}
     print("| release | rule | test negatives removed | test positives lost | held-out folds: negatives removed, "
           "positives lost | wrong positive labels: estimated (true) | oracle: negatives removed losing 0 / 1 test "
           "positive |\n|---|---|---|---|---|---|---|", flush=True)
-    return [row for root in args.releases for row in score_release(root, rules, args.folds)]
+    return [row for root in args.releases for row in score_release(root, rules, args.folds, args.filter.split())]
 
 
 if __name__ == "__main__":
