@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 import entry
-from landslide.audit import check_options, precision_at_k, rank_label_issues, read_oof, read_truth
+from landslide.audit import check_options, precision_at_k, rank_label_issues, read_oof, read_truth, run_data
 from landslide.data.exclude import read_exclusion
 from landslide.errors import ConfigError, RunError
 from landslide.metrics import f1_optimal_threshold
@@ -223,3 +223,13 @@ def test_the_baseline_line_without_a_features_classifier_or_a_network():
     assert scored["features_oof_f1"] == 1.0 and scored["features_oof_auc"] == 1.0
     assert baseline_line(scored) == "out-of-fold F1 / AUC: features + XGBoost (the filter's model) 1.0000 / 1.0000"
     assert baseline_line({}) is None
+
+
+def test_a_run_whose_config_cannot_be_read_is_audited_with_data_root(tmp_path):
+    run_dir = tmp_path / "old_run"
+    (run_dir / ".hydra").mkdir(parents=True)
+    (run_dir / ".hydra" / "config.yaml").write_text("data:\n  root: /r\npaths:\n  out: ${hydra:runtime.output_dir}\n")
+    (run_dir / "run.json").write_text(json.dumps({"prediction": {"cloud_threshold": 0.4}}))
+    with pytest.raises(RunError, match=r"uses resolver\(s\) \['hydra'\].*; data_root=<its release folder> audits it"):
+        run_data(run_dir, None)
+    assert run_data(run_dir, str(tmp_path / "release")) == (tmp_path / "release", 0.4)

@@ -165,14 +165,27 @@ def candidates_figure(root: Path, rows: pd.DataFrame, cloud_threshold: float, pa
         plt.close(plot_sample_rows(list(images), CHANNEL_NAMES, titles, tmp))
 
 
+def run_data(run_dir: Path, data_root: str | None) -> tuple[Path, float]:
+    """The run's release folder (``data_root`` if given) and cloud threshold (``run.json``'s prediction settings);
+    the run's config is read only for what these do not give."""
+    settings = read_prediction_settings(run_dir) or {}
+    cloud = settings.get("cloud_threshold")
+    if data_root and cloud is not None:
+        return Path(data_root), float(cloud)
+    try:
+        data = read_run_config(run_dir)["data"]
+    except RunError as err:
+        raise RunError(f"{err}; data_root=<its release folder> audits it without its config") from None
+    return Path(data_root or data["root"]), float(data["cloud_threshold"] if cloud is None else cloud)
+
+
 def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None, filter_by: str, rank_by: str,
           figure_top: int, truth: str | None, data_root: str | None) -> dict:
     """Rank the run's training images by label quality; write the list, the figure and a summary; return it."""
     run_dir, out = Path(run_dir), Path(out)
     check_options(run_dir, source, top, figure_top)
     oof = read_oof(run_dir, source)
-    data = read_run_config(run_dir)["data"]
-    root = Path(data_root or data["root"])
+    root, cloud = run_data(run_dir, data_root)
     labels = oof.label.to_numpy().astype(int)
     scores, rows = rank_label_issues(labels, oof.p.to_numpy(), filter_by=filter_by, rank_by=rank_by, top=top)
 
@@ -213,8 +226,6 @@ def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None,
             with atomic_output(out / ISSUES_FILE) as tmp:
                 listed.to_csv(tmp, index=False)
     if figure_top and len(listed):
-        settings = read_prediction_settings(run_dir) or {}
-        cloud = float(settings.get("cloud_threshold", data["cloud_threshold"]))
         candidates_figure(root, listed.head(int(figure_top)), cloud, out / FIGURE_FILE)
         summary["figure"] = str(out / FIGURE_FILE)
     write_json(out / SUMMARY_FILE, summary)
