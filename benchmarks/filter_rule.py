@@ -9,7 +9,7 @@ rule's overrides) is fitted on its training part, and, as ``predict.py`` does, t
 majority of the fold filters. It prints one markdown row per release and rule: the clean test negatives removed and
 positives lost, each fold's held-out part likewise, each fold's estimated share of wrong positive labels beside the
 true one, and an oracle: the negatives a threshold chosen on the clean test labels would remove losing no positive,
-or one. Only XGBoost runs (no network): a few minutes for a 1,200 / 600 release on 2 CPU cores.
+or one. Only XGBoost runs (no network): about 1.5 minutes for a 1,200 / 600 release on 2 shared CPU cores.
 """
 
 from __future__ import annotations
