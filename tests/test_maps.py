@@ -88,6 +88,10 @@ def test_map_is_higher_inside_planted_landslides(run_dir, scene, tmp_path):
         window_origins(200, 32))
     assert summary["folds"] == 2 and summary["tta"] is True and summary["rows_read"] == 190
     assert summary["share_above_threshold"] == pytest.approx((p[~nodata] >= 0.5).mean(), abs=0.02)
+    # where map.py's seconds went, the figure included: the phases add up to the command's wall time
+    assert {"startup", "load_run", "read", "windows", "features", "network", "filter", "blend", "cog", "polygons",
+            "figure", "other"} <= set(summary["phases"])
+    assert sum(summary["phases"].values()) == pytest.approx(summary["wall_seconds"], rel=0.02)
     polygons = json.loads((tmp_path / "map.geojson").read_text())["features"]
     assert len(polygons) == summary["polygons"] >= 1
     for feature in polygons:
