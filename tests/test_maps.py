@@ -64,6 +64,7 @@ def test_synthetic_scene_is_georeferenced_with_truth_where_planted(scene):
     assert 14 < lon < 16 and 44 < lat < 46  # WGS 84 near UTM 33N's origin used by the generator
 
 
+@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
 def test_map_is_higher_inside_planted_landslides(run_dir, scene, tmp_path):
     out = tmp_path / "map.tif"
     truth_tif, truth_json = truth_paths(scene)
@@ -113,6 +114,7 @@ def _peak(ensemble: FoldEnsemble, scene: Path, out: Path) -> tuple[int, dict]:
         tracemalloc.stop()
 
 
+@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
 def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path):
     """A 4x taller scene reads each row once, holds one strip of 64 rows and a batch's rows, and peaks no higher."""
     short, tall = tmp_path / "short.tif", tmp_path / "tall.tif"
@@ -134,6 +136,7 @@ def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path):
     assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
 
 
+@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
 def test_bad_scene_stops_with_one_line_naming_the_file(run_dir, scene, tmp_path):
     with rasterio.open(scene) as src:
         profile, data = src.profile, src.read()
