@@ -38,6 +38,7 @@ def model_settings(**overrides) -> dict:
     the factories train.py passes), with ``overrides``."""
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model_base.yaml"))
     cfg.pop("_target_")
+    cfg.pop("trusted_networks")  # train.py's, not the module's
     settings = {k: instantiate(v) if isinstance(v, dict) and "_target_" in v else v for k, v in cfg.items()}
     return {**settings, **overrides}
 

@@ -1,4 +1,4 @@
-"""A smoke test of the accuracy benchmark at its tiny size (figures are printed, never asserted)."""
+"""Smoke tests of the accuracy benchmark at its tiny size (figures are printed, never asserted)."""
 
 import importlib.util
 import json
@@ -9,35 +9,58 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.slow
-def test_accuracy_benchmark_scores_pipeline_and_baseline_on_clean_labels(tmp_path, capsys):
+def _bench():
     spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
     bench = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(bench)
+    return bench
+
+
+def test_the_tiny_size_runs_a_family_end_to_end(tmp_path, capsys):
+    bench = _bench()
     work = tmp_path / "work"
-    result = bench.main(["--size", "tiny", "--keep", str(work), "--json", str(tmp_path / "accuracy.json")])
+    result = bench.main(["--size", "tiny", "--families", "small", "--n-train", "100", "--n-test", "40", "--keep",
+                         str(work), "--json", str(tmp_path / "accuracy.json")])
     saved = json.loads((tmp_path / "accuracy.json").read_text())
-    assert saved["n_train"] == 160 and 0 <= saved["baseline"]["f1"] <= 1 and 0 <= saved["pipeline"]["f1"] <= 1
-    assert saved["pipeline"]["positives"] == result["single_model"]["positives"] > 0
-    assert (work / "realistic_truth" / "test_labels.csv").is_file() and (work / "run" / "cv_summary.json").is_file()
-    assert "statistics + XGBoost baseline" in capsys.readouterr().out
+    assert saved["n_train"] == 100 and list(saved["families"]) == ["small"]
+    family = saved["families"]["small"]
+    for figures in (family["stats"], family["plain"], family["networks"]["default"]):
+        assert 0 <= figures["f1"] <= 1 and 0 <= figures["auc"] <= 1 and figures["seconds"] > 0
+    default = result["families"]["small"]["networks"]["default"]
+    truth = pd.read_csv(work / "small_truth" / "test_labels.csv")
+    assert default["positives"] == default["single_model"]["positives"] == truth.label.sum() > 0
+    assert (work / "runs" / "small" / "default" / "run" / "cv_summary.json").is_file()
+    table = capsys.readouterr().out
+    assert "| family | statistics+XGBoost | plain CNN (loop) | default |" in table and "| small | " in table
+
+
+@pytest.mark.slow
+def test_accuracy_benchmark_compares_networks_and_variants_on_several_families(tmp_path):
+    result = _bench().main(["--size", "tiny", "--families", "realistic,cloud", "--models", "default,fusion_cnn",
+                            "--baselines", "stats", "--variant", "low_lr", "model.optimizer.lr=0.0005"])
+    for family in ("realistic", "cloud"):
+        runs = result["families"][family]["networks"]
+        assert set(runs) == {"default", "fusion_cnn", "low_lr"} and "plain" not in result["families"][family]
+        assert "model=fusion_cnn" in runs["fusion_cnn"]["overrides"]
+        assert "model.optimizer.lr=0.0005" in runs["low_lr"]["overrides"]
+
+
+def test_unknown_families_are_refused():
+    with pytest.raises(SystemExit):
+        _bench().main(["--families", "small,nope"])
 
 
 @pytest.mark.slow
 def test_temporary_folder_is_removed_when_the_run_fails(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench()
     monkeypatch.setattr(bench.tempfile, "mkdtemp", lambda prefix: str(tmp_path / "work"))
     with pytest.raises(SystemExit):
-        bench.main(["--size", "tiny", "trainer.max_epochs=not_a_number"])
+        bench.main(["--size", "tiny", "--families", "small", "--baselines", "none", "trainer.max_epochs=not_a_number"])
     assert not (tmp_path / "work").exists()
 
 
 def test_filter_figures_per_fold_use_the_clean_labels(tmp_path):
-    spec = importlib.util.spec_from_file_location("accuracy", REPO / "benchmarks" / "accuracy.py")
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = _bench()
     run_dir, root = tmp_path / "run", tmp_path / "realistic"
     run_dir.mkdir()
     truth = bench.truth_dir(root)

@@ -4,16 +4,19 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+import entry
 from conftest import REPO, data_settings, model_settings
 from landslide.bands import band_set
 from landslide.checkpoint import load_module
 from landslide.data.datamodule import LandslideDataModule
-from landslide.models import MultiModalCNN, MultiModalFPN, SeedFPN
+from landslide.models import FusionCNN, MultiModalCNN, MultiModalFPN, SeedFPN
+from landslide.models.fusion import DerivedChannels
 from landslide.module import LandslideModule
 from landslide.prediction import predict_probs
 
+MODEL_CONFIGS = sorted(p.stem for p in (REPO / "configs" / "model").glob("*.yaml") if p.stem != "base")
 NETS = {name: OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / f"{name}.yaml").net)
-        for name in ("mm_fpn", "mm_cnn", "seed_fpn")}
+        for name in MODEL_CONFIGS}
 
 
 def _module(net: str = "mm_fpn", bands: str = "all", **kw) -> LandslideModule:
@@ -95,7 +98,8 @@ def tiny_dm(tmp_path_factory):
 
 @pytest.mark.parametrize(("net", "bands"), [("mm_fpn", "all"), ("mm_fpn", "sar"), ("mm_fpn", "optical"),
                                             ("mm_cnn", "all"), ("mm_cnn", "sar"), ("mm_cnn", "optical"),
-                                            ("seed_fpn", "all")])
+                                            ("seed_fpn", "all"), ("plain_cnn", "all"), ("fusion_cnn", "all"),
+                                            ("fusion_cnn", "sar"), ("fusion_cnn", "optical")])
 def test_fast_dev_run_through_the_lightning_module(tiny_dm, tmp_path, net, bands):
     dm = LandslideDataModule(tiny_dm, tmp_path / "cache", **data_settings(bands=bands, num_folds=2, batch_size=8,
                                                                          progress=False))
@@ -211,3 +215,60 @@ def test_a_resumed_fit_sees_the_batches_of_an_uninterrupted_one(tiny_dm, tmp_pat
     resumed = fit(2, ckpt_path=tmp_path / "after_one.ckpt")
     assert list(resumed.batches) == [1]
     assert resumed.batches[1] == whole.batches[1] != whole.batches[0]
+
+
+@pytest.mark.parametrize("bands", ["all", "sar", "optical", "sar_asc"])
+@pytest.mark.parametrize("net", ["plain_cnn", "fusion_cnn"])
+def test_full_resolution_networks_run_every_band_set(net, bands):
+    torch.manual_seed(0)
+    module = _module(net, bands)
+    channels = band_set(bands)
+    x = torch.randn(3, len(channels), 64, 64, requires_grad=True)
+    out = module.net(x)
+    assert out.shape == (3,)
+    out.sum().backward()
+    # max pooling keeps a single pixel's evidence; in eval mode it moves that image's logit only
+    module.net.eval()
+    y = x.detach().clone()
+    y[1, :, 37, 11] += 5.0
+    with torch.no_grad():
+        moved = (module.net(y) - module.net(x.detach())).abs()
+    assert moved[1] > 0 and moved[0] == moved[2] == 0
+
+
+def test_derived_channels_are_the_changes_and_indices_by_name():
+    channels = list(band_set("all"))
+    derived = DerivedChannels(channels, change=True, optical_index=True, centre=False)
+    assert derived.names == ["desc_vv_post-desc_vv_pre", "desc_vh_post-desc_vh_pre", "asc_vv_post-asc_vv_pre",
+                             "asc_vh_post-asc_vh_pre", "nir-red", "green-red"]
+    x = torch.randn(2, 13, 64, 64)
+    out = derived(x)
+    at = channels.index
+    assert out.shape == (2, 19, 64, 64) and torch.equal(out[:, :13], x)
+    assert torch.equal(out[:, 13], x[:, at("desc_vv_post")] - x[:, at("desc_vv_pre")])
+    assert torch.equal(out[:, 17], x[:, at("nir")] - x[:, at("red")])
+    assert DerivedChannels(list(band_set("sar")), True, True, False).names[-1] == "asc_vh_post-asc_vh_pre"
+    assert DerivedChannels(list(band_set("optical")), True, True, False).names == ["nir-red", "green-red"]
+    assert DerivedChannels(channels, False, False, False).out_channels == 13
+
+
+def test_centred_changes_ignore_a_calibration_difference_between_the_passes():
+    channels = list(band_set("all"))
+    derived = DerivedChannels(channels, change=True, optical_index=True, centre=True)
+    x = torch.randn(2, 13, 64, 64)
+    shifted = x.clone()
+    shifted[:, channels.index("asc_vh_post")] += 3.0  # the whole post-event pass brighter
+    torch.testing.assert_close(derived(shifted)[:, 13:], derived(x)[:, 13:], atol=1e-5, rtol=0)
+    assert not torch.equal(DerivedChannels(channels, True, True, False)(shifted), DerivedChannels(
+        channels, True, True, False)(x))
+
+
+def test_fusion_pooling_must_be_known():
+    with pytest.raises(ValueError, match="pooling must be"):
+        FusionCNN(band_set("all"), pooling="median")
+
+
+@pytest.mark.parametrize("model", MODEL_CONFIGS)
+def test_every_network_config_trains_through_train_py(model, project_env, tmp_path):
+    entry.run("train.py", "debug=fast", f"model={model}", f"hydra.run.dir={tmp_path / 'run'}", env=project_env)
+    assert (tmp_path / "run" / "cv_summary.json").is_file()

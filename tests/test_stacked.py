@@ -156,6 +156,23 @@ def test_parallel_folds_refuses_nonsense():
         parallel_folds(OmegaConf.merge(train_config(), {"cv": {"parallel_folds": "0"}}), 4)
 
 
+def test_the_full_resolution_networks_stack(batch):
+    """The early-fusion and plain networks (derived channels by index, max pooling) run stacked as they run alone."""
+    for net in ({"_target_": "landslide.models.fusion.FusionCNN", "stages": [[8], [12]], "head_units": 8},
+                {"_target_": "landslide.models.plain.PlainCNN", "stages": [[8], [12]], "batch_norm": True}):
+        templates = []
+        for k in range(K):
+            torch.manual_seed(200 + k)
+            templates.append(LandslideModule(net=net, channels=list(CHANNEL_NAMES), norm_mean=[0.0] * 13,
+                                             norm_std=[1.0] * 13, **model_settings(channels_last=False)))
+        stacked = StackedLandslideModule([copy.deepcopy(t) for t in templates], [B] * K, list(range(K))).train()
+        logits, losses = stacked(batch["x"], batch["y"])
+        losses.sum().backward()
+        for k, module in enumerate(templates):
+            module.train()
+            torch.testing.assert_close(logits[k], module(batch["x"][k]), atol=1e-5, rtol=1e-4)
+
+
 def test_one_stacked_scoring_pass_gives_each_fold_its_own_probabilities(tiny_release, tmp_path):
     """Out-of-fold scoring of all folds in one stacked pass (8 test-time views) against each fold's module scored
     alone (``predict_probs``), on padded validation parts of different lengths."""

@@ -145,3 +145,27 @@ def branch_channels(channels: tuple[str, ...] | list[str]) -> dict[str, tuple[st
     if not branches:
         raise ValueError(f"no model branch can be built from channels {list(channels)}")
     return branches
+
+
+def change_pairs(channels: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """``(post, pre)`` channel names of every SAR pass and polarisation whose both acquisitions are in ``channels``
+    (their difference is the backscatter change)."""
+    present = set(channels)
+    pairs = []
+    for orbit in ("desc", "asc"):
+        for pol in ("vv", "vh"):
+            post, pre = f"{orbit}_{pol}_post", f"{orbit}_{pol}_pre"
+            if post in present and pre in present:
+                pairs.append((post, pre))
+    return pairs
+
+
+#: Optical indices a network can compute from its channels: name -> (first, second) band; the index grows with
+#: ``first - second`` (NIR - red: vegetation; red - NIR: bare soil is its mirror).
+OPTICAL_INDICES: dict[str, tuple[str, str]] = {"vegetation": ("nir", "red"), "greenness": ("green", "red")}
+
+
+def optical_index_pairs(channels: tuple[str, ...] | list[str]) -> list[tuple[str, str]]:
+    """The band pairs of :data:`OPTICAL_INDICES` whose both bands are in ``channels``."""
+    present = set(channels)
+    return [pair for pair in OPTICAL_INDICES.values() if set(pair) <= present]

@@ -97,6 +97,18 @@ def print_config(cfg: DictConfig) -> None:
     rprint(tree)
 
 
+def _trust(cfg: DictConfig) -> None:
+    """Register the user's network classes that the config names (``trusted_networks``): the run's checkpoints may
+    then be rebuilt with them."""
+    from landslide.errors import ConfigError
+    from landslide.models import trust_networks
+
+    try:
+        trust_networks(list(cfg.get("trusted_networks") or []))
+    except ValueError as err:
+        raise ConfigError(f"trusted_networks: {err}") from None
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
     with PhaseTimer().activate() as timer:
@@ -137,6 +149,7 @@ def predict(cfg: DictConfig) -> dict:
             _tune_host(cfg)
         try:
             with user_errors():
+                _trust(cfg)
                 return predict_run(
                     cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), cfg.batch_size,
                     cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
@@ -161,6 +174,7 @@ def _make_map(cfg: DictConfig) -> dict:
     from landslide.inference.scene import predict_scene
 
     with user_errors():
+        _trust(cfg)
         bands = cfg.get("bands")
         return predict_scene(
             cfg.run_dir, cfg.scene, cfg.out, stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype,

@@ -57,6 +57,8 @@ HARMLESS: tuple[str, ...] = (
     # how the same numbers are computed: the augmentation's gather, where statistics are summed, how many filters
     # are fitted at once, how stacked folds are scored
     "data.augment.dihedral_gather", "data.stats_on_device", "cv.parallel_filters", "cv.stacked_scoring",
+    # which of the user's network classes may be imported (the network itself is model.net, which defines the run)
+    "model.trusted_networks",
 )
 #: The pseudo-key under which the training split's fingerprint is recorded among the defining settings.
 FINGERPRINT = "data.fingerprint"

@@ -2,10 +2,11 @@
 accuracy benchmark, and test data.
 
 A difficulty profile draws the patches (``easy``: :mod:`landslide.synth.easy`; ``realistic``, with confounders that
-per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`). ``label_noise`` flips that
-share of the training labels (chosen at random, exactly ``round(share * n)`` of them). The true labels are written
-beside the release, never in it: ``<out>_truth/test_labels.csv`` (``ID,label,kind``) and
-``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a submission while
+per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`; the accuracy benchmark's
+families ``small``, ``cloud``, ``optical``, ``large``, ``weak`` and ``offset``: :mod:`landslide.synth.families`).
+``label_noise`` flips that share of the training labels (chosen at random, exactly ``round(share * n)`` of them).
+The true labels are written beside the release, never in it: ``<out>_truth/test_labels.csv`` (``ID,label,kind``)
+and ``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a submission while
 training, which reads only the release folder, cannot.
 
 Run ``python -m landslide.synth --out DIR --n-train N --n-test M --seed S [--difficulty realistic]
@@ -20,12 +21,12 @@ import os
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
-from types import ModuleType
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
 
-from landslide.synth import easy, realistic
+from landslide.synth import easy, families, realistic
 
 #: patches drawn and written per worker task
 BATCH = 256
@@ -39,9 +40,18 @@ def make_ids(seed: int, split: str, n: int) -> list[str]:
     return ids
 
 
-#: The difficulty profiles: each a module with ``KINDS`` (scene kind names) and ``generate_batch(seed, n)``
-#: returning raw patches (n, 64, 64, 12), their true labels and scene kinds (indices into ``KINDS``).
-PROFILES: dict[str, ModuleType] = {"easy": easy, "realistic": realistic}
+class Profile(Protocol):
+    """A difficulty profile (a module or an object): ``KINDS`` (scene kind names) and ``generate_batch(seed, n)``
+    returning raw patches (n, 64, 64, 12), their true labels and scene kinds (indices into ``KINDS``)."""
+
+    KINDS: tuple[str, ...]
+
+    def generate_batch(self, seed: int | np.random.SeedSequence, n: int
+                       ) -> tuple[np.ndarray, np.ndarray, np.ndarray]: ...
+
+
+#: The difficulty profiles, by name.
+PROFILES: dict[str, Profile] = {"easy": easy, "realistic": realistic, **families.PROFILES}
 DIFFICULTIES = tuple(PROFILES)
 
 

@@ -31,6 +31,7 @@ from landslide.errors import ConfigError, RunError, first_line
 from landslide.files import atomic_output
 from landslide.filter.negative import filter_report, load_filter
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
+from landslide.models import import_network_module, trust_networks
 from landslide.module import LandslideModule
 from landslide.plots.curves import f1_curve_figure
 from landslide.plots.samples import plot_split_sample
@@ -90,9 +91,16 @@ def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
             target = None
         if not (isinstance(target, type) and issubclass(target, LandslideModule)):
             raise ValueError(f"_target_ {cfg.model._target_!r} is not LandslideModule or a subclass of it")
-        built = {key: instantiate(node, _convert_="all") for key, node in cfg.model.items()
-                 if key != "net" and OmegaConf.is_dict(node) and "_target_" in node}
-        return instantiate(cfg.model, channels=list(dm.channels), norm_mean=list(dm.norm_mean),
+        # the user's own network classes that this config trusts: registered here, never passed to the module (so
+        # never in a checkpoint)
+        trust_networks(list(cfg.model.get("trusted_networks") or []))
+        # the config is the user's: its network's module is imported, so that classes decorated there register
+        import_network_module(str(cfg.model.net.get("_target_")))
+        settings = OmegaConf.to_container(cfg.model, resolve=True)
+        node = OmegaConf.create({k: v for k, v in settings.items() if k != "trusted_networks"})
+        built = {key: instantiate(value, _convert_="all") for key, value in node.items()
+                 if key != "net" and OmegaConf.is_dict(value) and "_target_" in value}
+        return instantiate(node, channels=list(dm.channels), norm_mean=list(dm.norm_mean),
                            norm_std=list(dm.norm_std), **built, _recursive_=False, _convert_="all")
 
 
