@@ -15,7 +15,8 @@ FLOORS: dict[str, int] = {
     "landslide.synth": 1, "landslide.models": 1, "landslide.plots": 1,
     "landslide.data": 2,
     "landslide.features": 3, "landslide.module": 3,
-    "landslide.filter": 4, "landslide.prediction": 4, "landslide.checkpoint": 4, "landslide.run_record": 4,
+    "landslide.filter": 4, "landslide.prediction": 4, "landslide.localisation": 4, "landslide.checkpoint": 4,
+    "landslide.run_record": 4,
     "landslide.training": 5, "landslide.inference": 5,
     "landslide.report": 6, "landslide.aggregate": 6, "landslide.cli": 6,
 }
