@@ -16,8 +16,9 @@ from conftest import REPO, map_settings
 
 rasterio = pytest.importorskip("rasterio")
 
-from landslide.data.scene import SceneError, SceneReader  # noqa: E402
+from landslide.data.scene import SceneError, SceneInfo, SceneReader  # noqa: E402
 from landslide.inference.ensemble import FoldEnsemble  # noqa: E402
+from landslide.inference.map_outputs import WindowSupport, chaikin, polygons  # noqa: E402
 from landslide.inference.scene import Blender, predict_scene, window_origins, window_weights  # noqa: E402
 from landslide.synth.scene import NODATA, generate_scene, truth_paths  # noqa: E402
 
@@ -44,10 +45,12 @@ def run_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def scene(tmp_path_factory) -> Path:
-    """A 200 x 190 px scene (a partial last tile row and column, a nodata corner) with 3 planted landslide tiles."""
+    """A 200 x 190 px generated scene (windows flush with the last row and column, a nodata corner) with a few
+    slides."""
     path = tmp_path_factory.mktemp("scene") / "scene.tif"
-    summary = generate_scene(path, width=200, height=190, seed=4, positive_share=0.3)
-    assert len(summary["positive_tiles"]) >= 2 and summary["landslides"] >= 2
+    summary = generate_scene(path, width=200, height=190, seed=4, slides_per_km2=1.5, cloud_cover=0.1,
+                             nodata_corner=True)
+    assert len(summary["slides"]) >= 3 and summary["landslides"] >= 3
     return path
 
 
@@ -64,12 +67,13 @@ def test_synthetic_scene_is_georeferenced_with_truth_where_planted(scene):
     assert 14 < lon < 16 and 44 < lat < 46  # WGS 84 near UTM 33N's origin used by the generator
 
 
-def test_map_is_higher_inside_planted_landslides(run_dir, scene, tmp_path):
+@pytest.mark.parametrize("mode", ["window", "cam"])
+def test_map_is_higher_inside_planted_landslides(run_dir, scene, tmp_path, mode):
     out = tmp_path / "map.tif"
     truth_tif, truth_json = truth_paths(scene)
     done = _run(run_dir.parent, "map.py", f"run_dir={run_dir}", f"scene={scene}", f"out={out}",
                 f"vector={tmp_path / 'map.geojson'}", f"figure={tmp_path / 'map.png'}", f"truth={truth_json}",
-                "progress=false")
+                "progress=false", f"mode={mode}", "min_area_m2=0", "smooth=0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     with rasterio.open(out) as prob_map, rasterio.open(scene) as src, rasterio.open(truth_tif) as truth:
         assert prob_map.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
@@ -112,8 +116,9 @@ def _peak(ensemble: FoldEnsemble, scene: Path, out: Path) -> tuple[int, dict]:
 def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path):
     """A 4x taller scene reads each row once, holds one strip of 64 rows and a batch's rows, and peaks no higher."""
     short, tall = tmp_path / "short.tif", tmp_path / "tall.tif"
-    generate_scene(short, width=128, height=256, seed=1, nodata_corner=False)
-    generate_scene(tall, width=128, height=1024, seed=1, nodata_corner=False)
+    for path, height in ((short, 256), (tall, 1024)):
+        generate_scene(path, width=128, height=height, seed=1, slides_per_km2=1.0, cloud_cover=0.1,
+                       nodata_corner=False)
     ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=map_settings()["batch_size"], tta=False)
     _peak(ensemble, short, tmp_path / "warm.tif")  # first calls allocate lasting caches
     peak_short, report_short = _peak(ensemble, short, tmp_path / "short_map.tif")
@@ -203,3 +208,51 @@ def test_windows_cover_every_pixel_and_blend_to_the_mean():
         assert blender.top == 32 and np.isnan(blender.pop(64)[-1, 64:]).all()  # no window: no value
     gaussian = window_weights("gaussian")
     assert gaussian[31, 31] > 0.99 and gaussian[0, 0] < 0.15
+
+
+def _raster(path: Path, values: np.ndarray, dtype: str, nodata) -> SceneInfo:
+    transform = rasterio.transform.from_origin(500_000, 5_000_000, 10, 10)
+    with rasterio.open(path, "w", driver="GTiff", width=values.shape[1], height=values.shape[0], count=1,
+                       dtype=dtype, crs="EPSG:32633", transform=transform, nodata=nodata) as dst:
+        dst.write(values.astype(dtype)[None])
+    return SceneInfo(path, values.shape[1], values.shape[0], rasterio.crs.CRS.from_epsg(32633), transform,
+                     (10.0, 10.0))
+
+
+def test_polygons_drop_small_areas_fill_small_holes_and_name_their_windows(tmp_path):
+    """Two blobs 10 px apart stay two polygons; a 3-pixel speck goes below min_area_m2; a 4-pixel hole is filled,
+    a 100-pixel one kept; each polygon lists the windows at or above the threshold that overlap it."""
+    prob = np.zeros((128, 128))
+    prob[10:40, 10:30] = 0.9  # blob A, with a 2 x 2 hole
+    prob[20:22, 20:22] = 0.1
+    prob[10:40, 40:60] = 0.7  # blob B, 10 px of ground from A
+    prob[80:120, 80:120] = 0.8  # blob C, with a 10 x 10 hole
+    prob[95:105, 95:105] = 0.2
+    prob[70, 10:13] = 0.6  # a speck of 3 px (300 m²)
+    info = _raster(tmp_path / "map.tif", np.rint(prob * 100), "uint8", 255)
+    _raster(tmp_path / "mask.tif", prob >= 0.5, "uint8", 0)
+    support = WindowSupport(0.5)
+    support.add(0, [0, 32, 64], np.array([0.9, 0.4, 0.6]))  # the window at column 32 is below the threshold
+    support.add(64, [64], np.array([0.8]))
+    out = tmp_path / "polygons.geojson"
+    assert polygons(tmp_path / "mask.tif", tmp_path / "map.tif", info, out, 500.0, 2, support) == 3
+    features = sorted(json.loads(out.read_text())["features"], key=lambda f: f["properties"]["pixels"])
+    a, b, c = (f["properties"] for f in features)  # A and B have 600 px, A's hole filled: 600 + 0; B 600
+    assert {a["max_prob"], b["max_prob"]} == {0.9, 0.7} and c["pixels"] == 1600 - 100
+    assert a["pixels"] == b["pixels"] == 600 and a["area_m2"] == 60_000.0
+    by_prob = {p["max_prob"]: p for p in (a, b, c)}
+    assert by_prob[0.9]["window_origins"] == [[0, 0]] and by_prob[0.9]["windows"] == 1
+    assert by_prob[0.7]["window_origins"] == [[0, 0]]  # the window at column 64 starts beyond B
+    assert by_prob[0.8]["window_origins"] == [[64, 64]] and by_prob[0.8]["window_max_prob"] == 0.8
+    rings = {len(f["geometry"]["coordinates"]) for f in features}
+    assert rings == {1, 2}  # C keeps its hole, A's is filled
+    smooth_ring = features[0]["geometry"]["coordinates"][0]
+    assert smooth_ring[0] == smooth_ring[-1] and len(smooth_ring) > 4 * 4  # corners cut twice
+
+
+def test_chaikin_cuts_corners_inside_the_ring():
+    square = [[0, 0], [4, 0], [4, 4], [0, 4], [0, 0]]
+    once = chaikin(square, 1)
+    assert once[0] == once[-1] and len(once) == 9
+    assert [1.0, 0.0] in once and [3.0, 0.0] in once and all(0 <= x <= 4 and 0 <= y <= 4 for x, y in once)
+    assert chaikin(square, 0) == [[0.0, 0.0], [4.0, 0.0], [4.0, 4.0], [0.0, 4.0], [0.0, 0.0]]

@@ -117,8 +117,9 @@ def make_map(cfg: DictConfig) -> dict:
     with user_errors():
         bands = cfg.get("bands")
         report = predict_scene(
-            cfg.run_dir, cfg.scene, cfg.out, stride=int(cfg.stride), blend=str(cfg.blend), dtype=str(cfg.dtype),
-            threshold=float(cfg.threshold), min_valid=float(cfg.min_valid), resolution_m=float(cfg.resolution_m),
+            cfg.run_dir, cfg.scene, cfg.out, mode=str(cfg.mode), stride=int(cfg.stride), blend=str(cfg.blend),
+            dtype=str(cfg.dtype), threshold=float(cfg.threshold), min_valid=float(cfg.min_valid),
+            min_area_m2=float(cfg.min_area_m2), smooth=int(cfg.smooth), resolution_m=float(cfg.resolution_m),
             resolution_tolerance=float(cfg.resolution_tolerance), windows_per_batch=int(cfg.windows_per_batch),
             batch_size=int(cfg.batch_size), tta=cfg.tta, device=str(cfg.device), progress=bool(cfg.progress),
             gdal_cache_mb=int(cfg.gdal_cache_mb), vector=cfg.vector, summary=cfg.summary,
