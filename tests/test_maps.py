@@ -20,6 +20,8 @@ from landslide.data.scene import SceneError, SceneInfo, SceneReader  # noqa: E40
 from landslide.inference.ensemble import FoldEnsemble  # noqa: E402
 from landslide.inference.map_outputs import WindowSupport, chaikin, polygons  # noqa: E402
 from landslide.inference.scene import Blender, predict_scene, window_origins, window_weights  # noqa: E402
+from landslide.bands import RAW_NAMES  # noqa: E402
+from landslide.synth.landscape import Landscape  # noqa: E402
 from landslide.synth.scene import NODATA, generate_scene, truth_paths  # noqa: E402
 
 
@@ -65,6 +67,36 @@ def test_synthetic_scene_is_georeferenced_with_truth_where_planted(scene):
     assert planted and all(f["geometry"]["type"] == "Polygon" for f in planted)
     lon, lat = planted[0]["geometry"]["coordinates"][0][0]
     assert 14 < lon < 16 and 44 < lat < 46  # WGS 84 near UTM 33N's origin used by the generator
+    assert sum(f["properties"]["pixels"] for f in planted) == mask.sum()
+
+
+def test_generated_scene_is_continuous_with_slides_across_window_borders(tmp_path):
+    """No tile seams: neighbouring columns differ no more across the 64 px borders than elsewhere; slides of many
+    sizes lie anywhere (several cross a 32 px window border); drawing in strips gives the scene drawn whole."""
+    path = tmp_path / "scene.tif"
+    summary = generate_scene(path, width=384, height=384, seed=3, slides_per_km2=1.5, cloud_cover=0.1,
+                             nodata_corner=False)
+    with rasterio.open(path) as src:
+        nir = src.read(RAW_NAMES.index("nir") + 1).astype(np.float64)
+        vv = src.read(RAW_NAMES.index("desc_vv") + 1).astype(np.float64)
+    for band in (nir, vv):
+        steps = np.abs(np.diff(band, axis=1)).mean(axis=0)  # (383,): the step from column j to j + 1
+        border = steps[63::64]
+        assert border.mean() < 1.3 * steps.mean(), (border.mean(), steps.mean())
+    slides = summary["slides"]
+    assert len(slides) >= 15 and summary["rivers"] >= 1 and summary["parcels"] > 0
+    lengths = [s["half_length"] for s in slides]
+    assert min(lengths) < 7 and max(lengths) > 15  # small and large slides
+    crossing = [s for s in slides if any(abs(s[a] - 32 * round(s[a] / 32)) < s["half_width"] for a in ("x", "y"))]
+    assert len(crossing) >= 3
+    land = Landscape(384, 384, 3, 1.5, 0.1)
+    rng = np.random.default_rng(0)
+    whole = land.land_cover(*np.mgrid[0:128, 0:384].astype(float))
+    parts = np.concatenate([land.land_cover(*np.mgrid[t : t + 64, 0:384].astype(float)) for t in (0, 64)])
+    np.testing.assert_array_equal(whole, parts)
+    _, fresh_whole = land.render(0, 128, rng)
+    fresh_parts = np.concatenate([land.render(t, t + 64, rng)[1] for t in (0, 64)])
+    np.testing.assert_array_equal(fresh_whole, fresh_parts)
 
 
 @pytest.mark.parametrize("mode", ["window", "cam"])
@@ -174,8 +206,6 @@ def test_band_mapping_reads_the_same_bands(scene, tmp_path):
     shuffled = tmp_path / "shuffled.tif"
     with rasterio.open(shuffled, "w", **profile) as dst:
         dst.write(data[order])
-    from landslide.bands import RAW_NAMES
-
     mapping = {RAW_NAMES[raw]: k + 1 for k, raw in enumerate(order)}
     with SceneReader(scene) as plain, SceneReader(shuffled, mapping) as mapped:
         a, valid_a = plain.read_rows(10, 74)

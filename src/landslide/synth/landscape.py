@@ -217,7 +217,7 @@ class Landscape:
         cy, cx = np.mgrid[cell // 2 : self.height : cell, cell // 2 : self.width : cell].reshape(2, -1).astype(float)
         cy += rng.uniform(-8, 8, cy.shape)
         cx += rng.uniform(-8, 8, cx.shape)
-        flat = (0.9 + 0.6 * self.steep.at(cy, cx)) < 0.75
+        flat = (0.9 + 0.6 * self.steep.at(cy, cx)) < 0.9
         farm = (self.farmland.at(cy, cx) > -0.2) & flat & (self.land_cover(cy, cx) == VEG)
         farm &= rng.random(cy.shape) < 0.8
         parcels = []

@@ -2,7 +2,8 @@
 accuracy benchmark, and test data.
 
 A difficulty profile draws the patches (``easy``: :mod:`landslide.synth.easy`; ``realistic``, with confounders that
-per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`). ``label_noise`` flips that
+per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`; ``scenes``, windows cut
+from generated scenes: :mod:`landslide.synth.scenes`). ``label_noise`` flips that
 share of the training labels (chosen at random, exactly ``round(share * n)`` of them). The true labels are written
 beside the release, never in it: ``<out>_truth/test_labels.csv`` (``ID,label,kind``) and
 ``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a submission while
@@ -25,7 +26,7 @@ from types import ModuleType
 import numpy as np
 import pandas as pd
 
-from landslide.synth import easy, realistic
+from landslide.synth import easy, realistic, scenes
 
 #: patches drawn and written per worker task
 BATCH = 256
@@ -41,7 +42,7 @@ def make_ids(seed: int, split: str, n: int) -> list[str]:
 
 #: The difficulty profiles: each a module with ``KINDS`` (scene kind names) and ``generate_batch(seed, n)``
 #: returning raw patches (n, 64, 64, 12), their true labels and scene kinds (indices into ``KINDS``).
-PROFILES: dict[str, ModuleType] = {"easy": easy, "realistic": realistic}
+PROFILES: dict[str, ModuleType] = {"easy": easy, "realistic": realistic, "scenes": scenes}
 DIFFICULTIES = tuple(PROFILES)
 
 
