@@ -16,11 +16,11 @@ from conftest import REPO, map_settings
 
 rasterio = pytest.importorskip("rasterio")
 
+from landslide.bands import RAW_NAMES  # noqa: E402
 from landslide.data.scene import SceneError, SceneInfo, SceneReader  # noqa: E402
 from landslide.inference.ensemble import FoldEnsemble  # noqa: E402
 from landslide.inference.map_outputs import WindowSupport, chaikin, polygons  # noqa: E402
 from landslide.inference.scene import Blender, predict_scene, window_origins, window_weights  # noqa: E402
-from landslide.bands import RAW_NAMES  # noqa: E402
 from landslide.synth.landscape import Landscape  # noqa: E402
 from landslide.synth.scene import NODATA, generate_scene, truth_paths  # noqa: E402
 
