@@ -99,66 +99,96 @@ def test_generated_scene_is_continuous_with_slides_across_window_borders(tmp_pat
     np.testing.assert_array_equal(fresh_whole, fresh_parts)
 
 
-@pytest.mark.parametrize("mode", ["window", "cam"])
-def test_map_is_higher_inside_planted_landslides(run_dir, scene, tmp_path, mode):
-    out = tmp_path / "map.tif"
-    truth_tif, truth_json = truth_paths(scene)
+def _map(run_dir: Path, scene: Path, folder: Path, mode: str) -> tuple[np.ndarray, np.ndarray, dict, list]:
+    """Map ``scene`` with map.py in ``mode`` (polygons of any size, unsmoothed; a figure with the truth): the
+    probabilities (NaN: nodata), the scene's nodata mask, the summary and the polygons."""
+    out = folder / "map.tif"
     done = _run(run_dir.parent, "map.py", f"run_dir={run_dir}", f"scene={scene}", f"out={out}",
-                f"vector={tmp_path / 'map.geojson'}", f"figure={tmp_path / 'map.png'}", f"truth={truth_json}",
-                "progress=false", f"mode={mode}", "min_area_m2=0", "smooth=0")
+                f"vector={folder / 'map.geojson'}", f"figure={folder / 'map.png'}",
+                f"truth={truth_paths(scene)[1]}", "progress=false", f"mode={mode}", "min_area_m2=0", "smooth=0")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    with rasterio.open(out) as prob_map, rasterio.open(scene) as src, rasterio.open(truth_tif) as truth:
+    with rasterio.open(out) as prob_map, rasterio.open(scene) as src:
         assert prob_map.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
         assert prob_map.crs == src.crs and prob_map.transform == src.transform and prob_map.dtypes[0] == "uint8"
         values = prob_map.read(1)
-        nodata = (src.read_masks(1) == 0)
-        inside = truth.read(1).astype(bool)
+        nodata = src.read_masks(1) == 0
     assert prob_map.nodata == 255 and ((values == 255) == nodata).all()  # nodata exactly where the scene has none
     assert values[~nodata].max() <= 100
-    p = values.astype(float) / 100
+    summary = json.loads((folder / "map.json").read_text())
+    polygons = json.loads((folder / "map.geojson").read_text())["features"]
+    assert (folder / "map.png").stat().st_size > 10_000
+    assert not [f for f in os.listdir(folder) if f.endswith(".part")]  # temporaries renamed or removed
+    return np.where(nodata, np.nan, values / 100), nodata, summary, polygons
+
+
+@pytest.fixture(scope="module")
+def window_map(run_dir, scene, tmp_path_factory) -> tuple[np.ndarray, np.ndarray, dict, list]:
+    return _map(run_dir, scene, tmp_path_factory.mktemp("window_map"), "window")
+
+
+def test_window_map_is_higher_inside_planted_landslides(scene, window_map):
+    p, nodata, summary, polygons = window_map
+    with rasterio.open(truth_paths(scene)[0]) as truth:
+        inside = truth.read(1).astype(bool)
     mean_in, mean_out = p[inside & ~nodata].mean(), p[~inside & ~nodata].mean()
     assert mean_in > mean_out + 0.15 and mean_in > 1.5 * mean_out, (mean_in, mean_out)
-
-    summary = json.loads((tmp_path / "map.json").read_text())
     assert summary["windows"] + summary["windows_skipped"] == len(window_origins(190, 32)) * len(
         window_origins(200, 32))
     assert summary["folds"] == 2 and summary["tta"] is True and summary["rows_read"] == 190
+    assert summary["mode"] == "window" and summary["localised_with"] is None
     assert summary["share_above_threshold"] == pytest.approx((p[~nodata] >= 0.5).mean(), abs=0.02)
-    polygons = json.loads((tmp_path / "map.geojson").read_text())["features"]
     assert len(polygons) == summary["polygons"] >= 1
     for feature in polygons:
         props = feature["properties"]
         assert props["mean_prob"] >= 0.5 and props["area_m2"] == props["pixels"] * 100.0
+        assert props["windows"] >= 1 and props["window_max_prob"] >= 0.5  # a window above 0.5 under it
     assert sum(f["properties"]["pixels"] for f in polygons) == pytest.approx((p[~nodata] >= 0.5).sum(), rel=0.02)
-    assert (tmp_path / "map.png").stat().st_size > 10_000
-    assert not [f for f in os.listdir(tmp_path) if f.endswith(".part")]  # temporaries renamed or removed
 
 
-def _peak(ensemble: FoldEnsemble, scene: Path, out: Path) -> tuple[int, dict]:
+def test_cam_map_spreads_each_window_over_its_evidence(run_dir, scene, window_map, tmp_path):
+    """A pixel of the cam map is the windows' probabilities times relative evidence (at most 1), so it never
+    exceeds the window map, reaches it where the evidence peaks, and is finer than the windows."""
+    p_window, nodata, _, _ = window_map
+    p, nodata_cam, summary, polygons = _map(run_dir, scene, tmp_path, "cam")
+    assert (nodata_cam == nodata).all() and summary["mode"] == "cam" and summary["localised_with"] == ["cam"]
+    valid = ~nodata
+    assert (p[valid] <= p_window[valid] + 0.011).all()  # uint8 rounding
+    lit = valid & (p_window >= 0.1)
+    assert lit.any() and p[lit].max() > 0.5 * p_window[lit].max()
+    assert np.std(p[lit] / p_window[lit]) > 0.05  # not flat over the windows: the evidence varies within them
+    assert len(polygons) == summary["polygons"]
+    for feature in polygons:
+        props = feature["properties"]
+        assert props["mean_prob"] >= 0.5 and props["windows"] >= 1
+
+
+def _peak(ensemble: FoldEnsemble, scene: Path, out: Path, mode: str) -> tuple[int, dict]:
     """Peak of the memory that Python and numpy allocate while mapping (the models are loaded before)."""
     tracemalloc.start()
     try:
-        report = predict_scene(ensemble.run_dir, scene, out, **map_settings(stride=64, dtype="float32",
-                               windows_per_batch=4, progress=False), ensemble=ensemble)
+        report = predict_scene(ensemble.run_dir, scene, out, **map_settings(stride=64, dtype="float32", mode=mode,
+                               windows_per_batch=4, progress=False), vector=out.with_suffix(".geojson"),
+                               ensemble=ensemble)
         return tracemalloc.get_traced_memory()[1], report
     finally:
         tracemalloc.stop()
 
 
-def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path):
+@pytest.mark.parametrize("mode", ["window", "cam"])
+def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path, mode):
     """A 4x taller scene reads each row once, holds one strip of 64 rows and a batch's rows, and peaks no higher."""
     short, tall = tmp_path / "short.tif", tmp_path / "tall.tif"
     for path, height in ((short, 256), (tall, 1024)):
         generate_scene(path, width=128, height=height, seed=1, slides_per_km2=1.0, cloud_cover=0.1,
                        nodata_corner=False)
     ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=map_settings()["batch_size"], tta=False)
-    _peak(ensemble, short, tmp_path / "warm.tif")  # first calls allocate lasting caches
-    peak_short, report_short = _peak(ensemble, short, tmp_path / "short_map.tif")
-    peak_tall, report_tall = _peak(ensemble, tall, tmp_path / "tall_map.tif")
+    _peak(ensemble, short, tmp_path / "warm.tif", mode)  # first calls allocate lasting caches
+    peak_short, report_short = _peak(ensemble, short, tmp_path / "short_map.tif", mode)
+    peak_tall, report_tall = _peak(ensemble, tall, tmp_path / "tall_map.tif", mode)
     assert report_short["windows"] == 8 and report_tall["windows"] == 32
     assert report_tall["rows_read"] == 1024 and report_tall["max_rows_held"] == 64
     assert report_tall["max_rows_blended"] <= 64 + 64 * (4 // 2)  # 4 windows a batch, 2 a window row
-    # the peak is the work of one batch (features of 4 windows), whatever the height
+    # the peak is the work of one batch (features of 4 windows, their maps), whatever the height
     print(f"tracemalloc peak: {peak_short} B (256 rows), {peak_tall} B (1024 rows)")
     assert peak_tall < 1.25 * peak_short + 256 * 1024, (peak_short, peak_tall)
     with rasterio.open(tmp_path / "tall_map.tif") as prob_map:

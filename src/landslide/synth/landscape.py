@@ -169,7 +169,7 @@ class Landscape:
         self.clouds = SmoothField([seed, 6], width, (128.0, *PATCH_SPACINGS[:2]), (1.0, 0.8, 0.5))
         self.thickness = SmoothField([seed, 7], width, (96.0,), (1.0,))
         self.farmland = SmoothField([seed, 8], width, (400.0,), (1.0,))
-        self.cloud_level = NormalDist().inv_cdf(1 - cloud_cover) - 0.25 if cloud_cover > 0 else math.inf
+        self.cloud_level = NormalDist().inv_cdf(1 - cloud_cover) if cloud_cover > 0 else math.inf
         # scene-wide radiometry, as the realistic patches draw it per patch
         self.gain = rng.uniform(0.85, 1.15) * rng.uniform(0.95, 1.05, 4)
         self.haze = rng.uniform(0, 300) * HAZE
@@ -193,7 +193,7 @@ class Landscape:
     def land_cover(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         cover = np.full(np.shape(y), VEG)
         f = self.cover.at(y, x)
-        cover[f > 1.3] = BARE
+        cover[f > 1.5] = BARE
         cover[f < -2.1] = WATER
         cover[self.urban.at(y, x) > 1.9] = URBAN
         for river in self.rivers:
@@ -317,7 +317,7 @@ class Landscape:
 
         if math.isfinite(self.cloud_level):
             thick = (0.7 + 0.3 * self.thickness.at(yy, xx)).clip(0.3, 1.0)
-            alpha = (np.clip((self.clouds.at(yy, xx) - self.cloud_level) * 1.5, 0, 1) * thick)[..., None]
+            alpha = (np.clip((self.clouds.at(yy, xx) - self.cloud_level) * 2.0, 0, 1) * thick)[..., None]
             cloud = CLOUD * (1 + 0.03 * rng.standard_normal(optical.shape))
             optical = (1 - alpha) * optical + alpha * cloud
         optical = optical.clip(1, 15000)

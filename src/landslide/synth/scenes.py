@@ -22,9 +22,9 @@ MIN_PIXELS = 8
 #: side of each landscape windows are cut from, px, and the windows cut from one
 SIDE = 512
 PER_LANDSCAPE = 64
-#: slides per km² of the landscapes, and the share of windows placed on a slide (about 20% positives in all)
+#: slides per km² of the landscapes, and the share of windows placed on a slide (about 28% positives in all)
 DENSITY = 0.2
-ON_SLIDE = 0.12
+ON_SLIDE = 0.2
 
 
 def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -44,7 +44,7 @@ def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarr
 def _cut(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` windows of one new landscape."""
     land = Landscape(SIDE, SIDE, int(rng.integers(1 << 31)), slides_per_km2=DENSITY,
-                     cloud_cover=rng.uniform(0, 0.3))
+                     cloud_cover=rng.uniform(0, 0.2))
     parts = [land.render(top, min(top + PATCH_SIZE, SIDE), rng) for top in range(0, SIDE, PATCH_SIZE)]
     scene = np.concatenate([p[0] for p in parts])
     fresh = np.concatenate([p[1] for p in parts])
