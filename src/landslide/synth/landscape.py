@@ -190,6 +190,10 @@ class Landscape:
         amplitude = (0.9 + 0.6 * self.steep.at(y, x)).clip(0.15, 1.8)
         return amplitude * self.topo.at(y, x)
 
+    def slide_ground(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """Where slides may start: vegetated land on slopes steeper than the valleys."""
+        return (self.land_cover(y, x) == VEG) & (0.9 + 0.6 * self.steep.at(y, x) > 0.8)
+
     def land_cover(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         cover = np.full(np.shape(y), VEG)
         f = self.cover.at(y, x)
@@ -240,8 +244,7 @@ class Landscape:
             return []
         n = 40 * count
         y, x = rng.uniform(0, self.height, n), rng.uniform(0, self.width, n)
-        steepness = 0.9 + 0.6 * self.steep.at(y, x)
-        ok = (self.land_cover(y, x) == VEG) & (steepness > 0.8)
+        ok = self.slide_ground(y, x)
         placed: list[Slide] = list(avoid or [])
         start = len(placed)
         sizes = rng.choice(len(SLIDE_SIZES), n, p=[s[2] for s in SLIDE_SIZES])
