@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from landslide.cli import make_map
+from landslide.cli import make_map, run_command
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="map")
@@ -12,4 +12,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "map")

@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from landslide.cli import predict
+from landslide.cli import predict, run_command
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="predict")
@@ -12,4 +12,4 @@ def main(cfg: DictConfig) -> dict:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "predict")

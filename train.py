@@ -3,7 +3,7 @@
 import hydra
 from omegaconf import DictConfig
 
-from landslide.cli import train
+from landslide.cli import run_command, train
 
 
 @hydra.main(version_base="1.3", config_path="configs", config_name="train")
@@ -12,4 +12,4 @@ def main(cfg: DictConfig) -> float | None:
 
 
 if __name__ == "__main__":
-    main()
+    run_command(main, "train")

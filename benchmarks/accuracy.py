@@ -108,6 +108,7 @@ def single_model_run(run_dir: Path, out: Path) -> Path:
     """A run directory holding fold 0 only (its network, filter and threshold), for a single model's score."""
     out.mkdir(parents=True)
     shutil.copytree(run_dir / ".hydra", out / ".hydra")
+    shutil.copy(run_dir / "run.json", out / "run.json")  # the config and prediction settings the run recorded
     shutil.copytree(run_dir / "folds" / "fold_0", out / "folds" / "fold_0")
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     summary["folds"] = [f for f in summary["folds"] if f["fold"] == 0]

@@ -34,9 +34,9 @@ def map_settings(**overrides) -> dict:
 
 
 def model_settings(**overrides) -> dict:
-    """LandslideModule's settings as ``configs/model/base.yaml`` gives them (the optimiser and scheduler built as
+    """LandslideModule's settings as ``configs/model_base.yaml`` gives them (the optimiser and scheduler built as
     the factories train.py passes), with ``overrides``."""
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model" / "base.yaml"))
+    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "model_base.yaml"))
     cfg.pop("_target_")
     settings = {k: instantiate(v) if isinstance(v, dict) and "_target_" in v else v for k, v in cfg.items()}
     return {**settings, **overrides}
@@ -71,6 +71,19 @@ def write_release(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0)
     pd.DataFrame({"ID": train_ids, "label": [i % 2 for i in range(n_train)]}).to_csv(root / "Train.csv", index=False)
     pd.DataFrame({"ID": test_ids}).to_csv(root / "Test.csv", index=False)
     return train_ids, test_ids
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+    """One tiny run (``debug=tiny data.fold=0``: fold 0 of 2, one epoch) and the environment it was made in, shared
+    by the tests that only read it (copy it to change it)."""
+    import entry
+
+    root = tmp_path_factory.mktemp("tiny_run")
+    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    done = entry.run("train.py", "debug=tiny", "data.fold=0", f"hydra.run.dir={root / 'run'}", env=env, check=False)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    return root / "run", env
 
 
 @pytest.fixture()

@@ -83,3 +83,13 @@ def _run_here(main, argv: list[str], env: dict, cwd: Path) -> subprocess.Complet
     if isinstance(code, str):
         err.write(code + "\n")
     return subprocess.CompletedProcess(argv, returncode, out.getvalue(), err.getvalue())
+
+
+def one_error_line(done: subprocess.CompletedProcess) -> str:
+    """The single error line of a command that stopped on bad input (exit 2, no traceback)."""
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output[-3000:]
+    assert "Traceback" not in output
+    errors = [line for line in output.splitlines() if "ERROR" in line]
+    assert len(errors) == 1, output[-3000:]
+    return errors[0]

@@ -230,7 +230,7 @@ def test_the_configs_hold_the_defaults_and_the_code_none():
         assert not missing, f"{cls.__name__} does not take {missing}"
         return {n: parameters[n].default for n in names if parameters[n].default is not inspect.Parameter.empty}
 
-    model = set(config("model/base.yaml")) - {"_target_", "optimizer", "scheduler"}
+    model = set(config("model_base.yaml")) - {"_target_", "optimizer", "scheduler"}
     assert defaults(LandslideModule, model) == {}
     assert defaults(BatchAugment, config("data/default.yaml")["augment"]) == {}
     assert defaults(LandslideDataModule, ["batch_size", "eval_batch_size", "fold_seed_stride"]) == {}

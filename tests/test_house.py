@@ -18,7 +18,7 @@ FLOORS: dict[str, int] = {
     "landslide.filter": 4, "landslide.prediction": 4, "landslide.localisation": 4, "landslide.checkpoint": 4,
     "landslide.run_record": 4,
     "landslide.training": 5, "landslide.inference": 5,
-    "landslide.report": 6, "landslide.aggregate": 6, "landslide.cli": 6,
+    "landslide.report": 6, "landslide.aggregate": 6, "landslide.cli": 6, "landslide.preflight": 6,
 }
 
 

@@ -17,6 +17,7 @@ from hydra import compose, initialize_config_dir
 
 import entry
 from conftest import REPO, write_release
+from entry import one_error_line
 from landslide.checkpoint import load_module, network_weights
 from landslide.data.cache import load_or_build_split
 from landslide.data.release import ReleaseError, load_patch, read_split_index
@@ -32,24 +33,10 @@ def run(script: str, *args: str, env: dict, cwd: Path = REPO, process: bool = Fa
     return entry.run(script, *args, env=env, check=False, cwd=cwd, process=process)
 
 
-def one_error_line(done: subprocess.CompletedProcess) -> str:
-    """The single error line of a run that stopped on bad input (exit 2, no traceback)."""
-    output = done.stdout + done.stderr
-    assert done.returncode == 2, output[-3000:]
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "ERROR" in line]
-    assert len(errors) == 1, output[-3000:]
-    return errors[0]
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory) -> tuple[Path, dict]:
-    """One tiny run (fold 0 of 2, one epoch) and the environment it was made in."""
-    root = tmp_path_factory.mktemp("trust")
-    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    done = run("train.py", *TINY, f"hydra.run.dir={root / 'run'}", env=env)
-    assert done.returncode == 0, done.stderr[-3000:]
-    return root / "run", env
+@pytest.fixture()
+def trained(tiny_run) -> tuple[Path, dict]:
+    """The shared tiny run (fold 0 of 2, one epoch) and the environment it was made in (read only)."""
+    return tiny_run
 
 
 def module_settings() -> dict:
@@ -157,15 +144,17 @@ def test_resuming_with_other_settings_stops_and_keeps_the_run(trained, tmp_path)
 
 def test_a_killed_fold_resumes_as_if_never_interrupted(tmp_path):
     env = {**os.environ, "LANDSLIDE_ROOT": str(tmp_path), "PYTHONWARNINGS": "ignore",
-           "PYTHONPATH": os.pathsep.join([str(REPO / "tests"), os.environ.get("PYTHONPATH", "")])}
+           "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers"), os.environ.get("PYTHONPATH", "")])}
     common = (*TINY, "data.synthetic.n_train=80", "trainer.max_epochs=2")
     whole, resumed = tmp_path / "whole", tmp_path / "resumed"
     assert run("train.py", *common, f"hydra.run.dir={whole}", env=env).returncode == 0
-    killed = run("train.py", *common, f"hydra.run.dir={resumed}", "+callbacks.kill._target_=kill_callback.KillAtEpoch",
-                 "+callbacks.kill.epoch=1", env=env, process=True)
-    assert killed.returncode == 9 and not (resumed / "folds" / "fold_0" / "result.json").exists()
+    # a callback is part of what defines a run: the resumed invocation names the same one (it kills only once)
+    killer = ("+callbacks.kill._target_=kill_once.KillOnce", "+callbacks.kill.epoch=1",
+              f"+callbacks.kill.folder={tmp_path / 'kill'}")
+    killed = run("train.py", *common, f"hydra.run.dir={resumed}", *killer, env=env, process=True)
+    assert killed.returncode == -9 and not (resumed / "folds" / "fold_0" / "result.json").exists()
     assert (resumed / "folds" / "fold_0" / "checkpoints" / "last.ckpt").is_file()
-    done = run("train.py", *common, f"hydra.run.dir={resumed}", env=env)
+    done = run("train.py", *common, f"hydra.run.dir={resumed}", *killer, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     a = pd.read_csv(whole / "oof_predictions.csv")
     b = pd.read_csv(resumed / "oof_predictions.csv")

@@ -1,18 +1,27 @@
-"""``train``, ``predict`` and ``make_map``: compose, instantiate, run. The thin entry points call these."""
+"""``train``, ``predict`` and ``make_map``: compose, instantiate, run. The thin entry points call these, through
+:func:`run_command` (a mistyped option is one line that names the key meant)."""
 
 from __future__ import annotations
 
+import difflib
 import logging
 import os
+import re
+import secrets
+import sys
 import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
 from pathlib import Path
+from typing import Any
 
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from landslide.errors import user_errors
+from landslide.errors import first_line, print_error_line, user_errors
 
 log = logging.getLogger(__name__)
+
 
 def _ensure_dir(path: str) -> str:
     """Config resolver ``${ensure_dir:...}``: the folder, created if missing (e.g. for the Optuna storage)."""
@@ -20,14 +29,22 @@ def _ensure_dir(path: str) -> str:
     return path
 
 
+def _unique_id() -> str:
+    """Config resolver ``${unique_id:}``: this process's id and a random suffix, the same everywhere in one config
+    (cached): two commands started in the same second never share an output folder."""
+    return f"{os.getpid()}-{secrets.token_hex(2)}"
+
+
 def register_resolvers() -> None:
-    """``${ensure_dir:PATH}`` and ``${best_precision:ACCELERATOR}`` for the configs."""
+    """``${ensure_dir:PATH}``, ``${best_precision:ACCELERATOR}`` and ``${unique_id:}`` for the configs."""
     from landslide.hardware import best_precision
 
     if not OmegaConf.has_resolver("ensure_dir"):
         OmegaConf.register_new_resolver("ensure_dir", _ensure_dir)
     if not OmegaConf.has_resolver("best_precision"):
         OmegaConf.register_new_resolver("best_precision", best_precision)
+    if not OmegaConf.has_resolver("unique_id"):
+        OmegaConf.register_new_resolver("unique_id", _unique_id, use_cache=True)
 
 
 register_resolvers()
@@ -81,15 +98,20 @@ def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
     import lightning as L
 
+    from landslide.run_record import hydra_files_kept
     from landslide.training.cv import run_cv
     from landslide.training.ranks import is_rank_zero
+    from landslide.training.search import warn_without_holdout
 
     _quiet_third_parties()
     _tune_host(cfg)
     if cfg.print_config and is_rank_zero():
         print_config(cfg)
+    warn_without_holdout(cfg)
     L.seed_everything(int(cfg.seed), workers=True)
-    with user_errors():
+    # Hydra has written this invocation's .hydra/ into the run directory: a failed or refused one puts the run's back
+    kept = hydra_files_kept(cfg.paths.output_dir) if is_rank_zero() else nullcontext()
+    with kept, user_errors():
         summary = run_cv(cfg)
     value = summary.get(cfg.optimized_metric)
     return None if value is None else float(value)
@@ -98,14 +120,18 @@ def train(cfg: DictConfig) -> float | None:
 def predict(cfg: DictConfig) -> dict:
     """Predict a test set with a training run's fold ensemble."""
     from landslide.inference.ensemble import predict_run
+    from landslide.preflight import release_output
 
     _quiet_third_parties()
     _tune_host(cfg)
-    with user_errors():
-        return predict_run(
-            cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), int(cfg.batch_size),
-            cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
-        )
+    try:
+        with user_errors():
+            return predict_run(
+                cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), cfg.batch_size,
+                cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
+            )
+    finally:
+        release_output(cfg.out)
 
 
 def make_map(cfg: DictConfig) -> dict:
@@ -116,33 +142,125 @@ def make_map(cfg: DictConfig) -> dict:
     _tune_host(cfg)
     with user_errors():
         bands = cfg.get("bands")
-        report = predict_scene(
-            cfg.run_dir, cfg.scene, cfg.out, mode=str(cfg.mode), stride=int(cfg.stride), blend=str(cfg.blend),
-            dtype=str(cfg.dtype), threshold=float(cfg.threshold), min_valid=float(cfg.min_valid),
-            min_area_m2=float(cfg.min_area_m2), smooth=int(cfg.smooth), resolution_m=float(cfg.resolution_m),
-            resolution_tolerance=float(cfg.resolution_tolerance), windows_per_batch=int(cfg.windows_per_batch),
-            batch_size=int(cfg.batch_size), tta=cfg.tta, device=str(cfg.device), progress=bool(cfg.progress),
-            gdal_cache_mb=int(cfg.gdal_cache_mb), vector=cfg.vector, summary=cfg.summary,
+        return predict_scene(
+            cfg.run_dir, cfg.scene, cfg.out, mode=cfg.mode, stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype,
+            threshold=cfg.threshold, min_valid=cfg.min_valid, min_area_m2=cfg.min_area_m2, smooth=cfg.smooth,
+            resolution_m=float(cfg.resolution_m), resolution_tolerance=float(cfg.resolution_tolerance),
+            windows_per_batch=cfg.windows_per_batch, batch_size=cfg.batch_size, tta=cfg.tta, device=str(cfg.device),
+            progress=bool(cfg.progress), gdal_cache_mb=int(cfg.gdal_cache_mb), vector=cfg.vector,
+            summary=cfg.summary, figure=cfg.get("figure"), truth=cfg.get("truth"),
             band_map=None if bands is None else OmegaConf.to_container(bands),
         )
-        if cfg.get("figure"):
-            from landslide.plots.scene import plot_scene_map
 
-            plot_scene_map(cfg.scene, cfg.out, cfg.figure, cfg.get("truth"), float(cfg.threshold),
-                           None if bands is None else OmegaConf.to_container(bands))
-    return report
+
+# ------------------------------------------------------------------ the commands
+_OVERRIDE = re.compile(r"Could not override '([^']+)'")
+_MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^'/]+)'")
+
+
+def _compose(config_name: str, overrides: list[str]) -> DictConfig | None:
+    """The config as these overrides compose it (None when they do not)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(CONFIG_DIR, version_base="1.3"):
+            return compose(config_name, overrides=overrides)
+    except Exception:  # the other overrides do not compose either: no suggestion
+        return None
+    finally:
+        GlobalHydra.instance().clear()
+
+
+def _closest(word: str, choices: list[str]) -> str | None:
+    found = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return found[0] if found else None
+
+
+def unknown_key_message(key: str, config_name: str, overrides: list[str]) -> str:
+    """One line for an override of a key the config lacks, naming the key meant (or the keys there are)."""
+    given = next((o for o in overrides if o.split("=", 1)[0].lstrip("~+") == key), key)
+    others = [o for o in overrides if o is not given and not o.startswith("-")]
+    cfg = _compose(config_name, others)
+    node: Any = cfg
+    done: list[str] = []
+    for part in key.split("."):
+        if not isinstance(node, DictConfig):
+            break
+        if part not in node:
+            keys = [str(k) for k in node]
+            meant = _closest(part, keys)
+            where = ".".join(done) or "the config"
+            if meant:
+                return f"{given}: {where} has no key {part!r}; did you mean {'.'.join([*done, meant])}?"
+            return f"{given}: {where} has no key {part!r} (its keys: {', '.join(keys[:20])})"
+        node = node._get_node(part)
+        done.append(part)
+    return f"{given}: the config has no key {key} (+{key}=... adds a new one)"
+
+
+def run_command(main: Callable[[], Any], config_name: str) -> None:
+    """Run a ``@hydra.main`` function as a command; an override of a key the config lacks, or a choice a config
+    group lacks, stops with one line that names what was meant (exit 2) instead of Hydra's report."""
+    from hydra.errors import ConfigCompositionException, MissingConfigException
+
+    full_error = os.environ.get("HYDRA_FULL_ERROR")
+    if full_error == "1":  # the user asked for Hydra's own report
+        main()
+        return
+    os.environ["HYDRA_FULL_ERROR"] = "1"  # composition errors reach us instead of being printed
+    try:
+        main()
+    except MissingConfigException as err:
+        found = _MISSING_OPTION.search(str(err))
+        if not found or not err.options:
+            raise
+        group, choice = found.groups()
+        meant = _closest(choice, list(err.options))
+        hint = f"did you mean {meant}? " if meant else ""
+        print_error_line(f"{group}={choice}: no such choice; {hint}(choices: {', '.join(err.options)})")
+        raise SystemExit(2) from None
+    except ConfigCompositionException as err:
+        found = _OVERRIDE.search(str(err))
+        if found:
+            print_error_line(unknown_key_message(found.group(1), config_name, sys.argv[1:]))
+        else:
+            cause = f" ({first_line(err.__cause__)})" if err.__cause__ else ""
+            print_error_line(f"{first_line(err)}{cause}")
+        raise SystemExit(2) from None
+    finally:
+        if full_error is None:
+            os.environ.pop("HYDRA_FULL_ERROR", None)
+        else:
+            os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-def train_entry(cfg: DictConfig) -> float | None:
+def _train_main(cfg: DictConfig) -> float | None:
     return train(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-def predict_entry(cfg: DictConfig) -> dict:
+def _predict_main(cfg: DictConfig) -> dict:
     return predict(cfg)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="map")
-def map_entry(cfg: DictConfig) -> dict:
+def _map_main(cfg: DictConfig) -> dict:
     return make_map(cfg)
+
+
+def train_entry() -> None:
+    """``landslide-train``: as ``python train.py``."""
+    run_command(_train_main, "train")
+
+
+def predict_entry() -> None:
+    """``landslide-predict``: as ``python predict.py``."""
+    run_command(_predict_main, "predict")
+
+
+def map_entry() -> None:
+    """``landslide-map``: as ``python map.py``."""
+    run_command(_map_main, "map")

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -30,6 +32,13 @@ def first_line(err: BaseException) -> str:
     """An exception's message cut to its first line (the one-line errors quote it)."""
     text = str(err).strip()
     return text.splitlines()[0] if text else type(err).__name__
+
+
+def print_error_line(message: str) -> None:
+    """One error line on stderr, shaped as the job log's lines, for problems found before Hydra's job logging is set
+    up (a mistyped option, a missing argument, an output folder that cannot be made)."""
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+    print(f"[{stamp}][landslide][ERROR] - {first_line(Exception(message))}", file=sys.stderr, flush=True)
 
 
 #: the errors :func:`user_errors` turns into one line

@@ -42,7 +42,7 @@ class LandslideModule(L.LightningModule):
     prediction needs neither. The saved hyperparameters hold only plain values: the factories are recorded as plain
     descriptions (their target and arguments), which a checkpoint carries as metadata and never builds (given such a
     description back, the module keeps it as it is and builds no optimiser). Every other setting comes from the
-    config (``configs/model/base.yaml``); none has a default here.
+    config (``configs/model_base.yaml``); none has a default here.
     """
 
     def __init__(

@@ -22,7 +22,8 @@ import numpy as np
 
 from landslide.bands import CHANNEL_NAMES, PATCH_SIZE
 from landslide.data.preprocess import to_channels
-from landslide.data.release import SplitIndex, read_patches, read_release_index
+from landslide.data.release import SplitIndex, patch_stat, read_patches, read_release_index
+from landslide.files import pid_alive
 
 log = logging.getLogger(__name__)
 CACHE_VERSION = 2
@@ -50,7 +51,7 @@ def _fingerprint(index: SplitIndex) -> str:
     digest = hashlib.sha1()
     digest.update(index.csv.read_bytes())
     for image_id in index.ids:
-        stat = os.stat(index.path(image_id))
+        stat = patch_stat(index.path(image_id))
         digest.update(f"{image_id}:{stat.st_size}:{stat.st_mtime_ns};".encode())
     return digest.hexdigest()
 
@@ -75,16 +76,6 @@ def _open(folder: Path) -> CachedSplit:
     return CachedSplit(ids, images, labels, folder, meta)
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # alive, another user's
-        return True
-    return True
-
-
 def remove_stale_builds(cache_dir: Path) -> list[Path]:
     """Remove temporary build folders whose process is gone (killed mid-build); return what was removed."""
     removed = []
@@ -92,7 +83,7 @@ def remove_stale_builds(cache_dir: Path) -> list[Path]:
         return removed
     for path in cache_dir.iterdir():
         match = _TMP.search(path.name)
-        if match and path.is_dir() and not _pid_alive(int(match.group(1))):
+        if match and path.is_dir() and not pid_alive(int(match.group(1))):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     if removed:

@@ -190,7 +190,11 @@ class LandslideDataModule(L.LightningDataModule):
         if self._folds is None:
             y = self.labels
             rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
-            smallest = int(min(y[rows].sum(), len(rows) - y[rows].sum()))
+            positives = int((y[rows] > 0.5).sum())
+            if positives in (0, len(rows)):
+                raise ReleaseError(f"{self.root / 'Train.csv'}: every label is {int(positives > 0)} ({len(rows)} "
+                                   "images to train on); training needs images of both classes")
+            smallest = min(positives, len(rows) - positives)
             if smallest < self.num_folds:
                 raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and "
                                   f"the smaller class has {smallest} (choose 2 to {smallest} folds)")

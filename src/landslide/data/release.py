@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import stat
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -19,7 +21,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES
-from landslide.errors import ReleaseError
+from landslide.errors import ReleaseError, first_line
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,20 @@ def clean_ids(ids: pd.Series, csv: Path) -> pd.Series:
     return stripped
 
 
+def read_csv(csv: Path) -> pd.DataFrame:
+    """A release CSV as text columns (UTF-8, with or without a byte-order mark; ``NA`` or ``null`` is an ID like any
+    other, not a missing value); one line naming the file when it is not such a CSV."""
+    try:
+        return pd.read_csv(csv, dtype=str, keep_default_na=False, encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise ReleaseError(f"{csv}: the file is empty") from None
+    except UnicodeDecodeError as err:
+        raise ReleaseError(f"{csv}: not UTF-8 text (byte {err.object[err.start]:#04x} at offset {err.start}); "
+                           "save it as UTF-8") from None
+    except pd.errors.ParserError as err:
+        raise ReleaseError(f"{csv}: not a table of equal rows ({first_line(err)})") from None
+
+
 def read_split_index(root: Path | str, split: str) -> SplitIndex:
     """Read and check one split's CSV: columns, emptiness, duplicates, labels, missing files."""
     root = Path(root)
@@ -76,16 +92,14 @@ def read_split_index(root: Path | str, split: str) -> SplitIndex:
     folder = root / folder_name
     if not csv.is_file():
         raise ReleaseError(f"{csv}: file not found (a release folder needs {' '.join(n for n, _ in SPLITS.values())})")
-    try:
-        table = pd.read_csv(csv, dtype={"ID": str})
-    except pd.errors.EmptyDataError:
-        raise ReleaseError(f"{csv}: the file is empty") from None
+    table = read_csv(csv)
     if "ID" not in table.columns:
         raise ReleaseError(f"{csv}: no 'ID' column (columns: {list(table.columns)})")
     if table.empty:
         raise ReleaseError(f"{csv}: no rows")
-    if table["ID"].isna().any():
-        rows = (table.index[table["ID"].isna()] + 2).tolist()[:5]
+    empty = table["ID"].str.strip() == ""
+    if empty.any():
+        rows = (table.index[empty] + 2).tolist()[:5]
         raise ReleaseError(f"{csv}: empty ID on line(s) {rows}")
     table["ID"] = clean_ids(table["ID"], csv)
     dup = table["ID"][table["ID"].duplicated()].unique().tolist()
@@ -124,26 +138,73 @@ def read_release_index(root: Path | str) -> tuple[SplitIndex, SplitIndex]:
     return train, test
 
 
-def load_patch(path: Path, nan_policy: str = "error") -> tuple[np.ndarray, int]:
-    """One (64, 64, 12) patch as float32, with the number of non-finite values it had.
+NPY_MAGIC = b"\x93NUMPY"
+#: the first bytes of what a patch file is sometimes instead of an .npy array
+FOREIGN_FORMATS = {b"PK\x03\x04": "a zip archive (an .npz of several arrays?), not one .npy array",
+                   b"\x80": "pickled Python data, which is never loaded"}
+FLOAT32_MAX = float(np.finfo(np.float32).max)
 
-    ``nan_policy='error'`` stops on NaN/Inf; ``'fill'`` replaces them by the band's finite mean (0 if none).
+
+def patch_stat(path: Path) -> os.stat_result:
+    """The file's status; one line when it is missing (a dangling link) or not a regular file (a folder, a pipe that
+    would block the reader)."""
+    try:
+        status = os.stat(path)
+    except OSError as err:
+        raise ReleaseError(f"{path}: cannot be read ({err.strerror}; a dangling symbolic link?)") from None
+    if not stat.S_ISREG(status.st_mode):
+        raise ReleaseError(f"{path}: not a regular file")
+    return status
+
+
+def _check_npy_header(path: Path) -> None:
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as err:
+        raise ReleaseError(f"{path}: cannot be read ({err.strerror})") from None
+    if head == NPY_MAGIC:
+        return
+    what = next((text for magic, text in FOREIGN_FORMATS.items() if head.startswith(magic)),
+                "not an .npy file (no NumPy header: text, or another format)" if head else "an empty file")
+    raise ReleaseError(f"{path}: {what}")
+
+
+def load_patch(path: Path, nan_policy: str = "error") -> tuple[np.ndarray, int]:
+    """One (64, 64, 12) patch as float32, with the number of values it had that are not finite floats (NaN, Inf, or
+    beyond float32's range).
+
+    ``nan_policy='error'`` stops on them; ``'fill'`` replaces them by the band's finite mean (0 if none).
     """
+    patch_stat(path)
+    _check_npy_header(path)
     try:
         arr = np.load(path, allow_pickle=False)
-    except Exception as exc:  # corrupt or not an .npy
-        raise ReleaseError(f"{path}: cannot be read as .npy ({exc})") from None
+    except Exception as exc:  # corrupt, truncated, an object array
+        raise ReleaseError(f"{path}: cannot be read as .npy ({first_line(exc)})") from None
     if arr.shape != RAW_SHAPE:
         raise ReleaseError(f"{path}: shape {arr.shape}, expected {RAW_SHAPE} (height, width, bands)")
     if arr.dtype not in (np.float64, np.float32):
         raise ReleaseError(f"{path}: dtype {arr.dtype}, expected float64 or float32")
-    arr = arr.astype(np.float32, copy=False)
     finite = np.isfinite(arr)
-    bad = int(arr.size - np.count_nonzero(finite))
+    nonfinite = int(arr.size - np.count_nonzero(finite))
+    overflow, example = 0, None
+    if arr.dtype == np.float64:  # values float32 cannot hold would become Inf
+        huge = np.abs(np.where(finite, arr, 0)) > FLOAT32_MAX
+        overflow = int(np.count_nonzero(huge))
+        if overflow:
+            example = float(arr[huge][0])
+            finite &= ~huge
+        with np.errstate(over="ignore"):
+            arr = arr.astype(np.float32)
+    bad = nonfinite + overflow
     if bad:
         if nan_policy != "fill":
+            parts = [f"{nonfinite} NaN/Inf value(s)"] if nonfinite else []
+            if overflow:
+                parts.append(f"{overflow} value(s) beyond float32's range (e.g. {example:g})")
             raise ReleaseError(
-                f"{path}: {bad} NaN/Inf value(s); set data.nan_policy=fill to replace them by the band mean"
+                f"{path}: {' and '.join(parts)}; set data.nan_policy=fill to replace them by the band mean"
             )
         arr = arr.copy()
         for b in range(arr.shape[-1]):

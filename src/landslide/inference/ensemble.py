@@ -11,51 +11,75 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import torch
-from omegaconf import DictConfig
 from torch import Tensor
 
 from landslide.bands import CHANNEL_NAMES, channel_indices
 from landslide.checkpoint import load_module
-from landslide.data.cache import load_or_build_split
+from landslide.data.cache import cache_key, load_or_build_split
 from landslide.data.release import read_split_index
 from landslide.errors import RunError, first_line
 from landslide.features import compute_features
 from landslide.features.cached import split_features
-from landslide.files import atomic_output, read_config, read_json, write_json
+from landslide.files import OutputSet, read_json
 from landslide.filter.negative import load_filter
 from landslide.hardware import bf16_supported
+from landslide.inference.options import check_predict_options, check_prediction_out
 from landslide.localisation import localise as localise_views
 from landslide.metrics import calibrate
 from landslide.prediction import predict_probs, resolve_device
-from landslide.run_record import read_prediction_settings
+from landslide.run_record import (
+    lookup,
+    read_prediction_settings,
+    read_run_config,
+    recorded_fingerprint,
+    recorded_nan_policy,
+)
 
 log = logging.getLogger(__name__)
 
 __all__ = ["RunError", "load_run", "predict_run", "write_submission"]
 
 
-def load_run(run_dir: Path) -> tuple[DictConfig, dict, list[Path]]:
-    """The run's config, CV summary and fold folders, checking that every artefact is present."""
-    config = run_dir / ".hydra" / "config.yaml"
-    summary_path = run_dir / "cv_summary.json"
-    for path in (config, summary_path):
-        if not path.is_file():
-            raise RunError(f"{path}: not found; is {run_dir} a finished training run?")
-    summary = read_json(summary_path)
+def _check_summary(path: Path, summary: Any) -> list[dict]:
+    """The folds of a CV summary, checked: each names its fold and its threshold."""
+    if not isinstance(summary, dict):
+        raise RunError(f"{path}: not a CV summary (a JSON object)")
     if summary.get("oof_f1") is None:
-        raise RunError(f"{summary_path}: the run trained no network (stage=filter?)")
+        raise RunError(f"{path}: the run trained no network (stage=filter?)")
+    folds = summary.get("folds")
+    ok = isinstance(folds, list) and folds and all(
+        isinstance(f, dict) and isinstance(f.get("fold"), int) and isinstance(f.get("threshold"), int | float)
+        for f in folds)
+    if not ok:
+        raise RunError(f"{path}: damaged (its folds do not each name a fold and a threshold); train the run again or "
+                       "restore the file")
+    return folds
+
+
+def load_run(run_dir: Path) -> tuple[dict, dict, list[Path]]:
+    """The run's config (as recorded, plain values), CV summary and fold folders, checking that every artefact is
+    present; one :class:`RunError` line naming what is missing or damaged."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise RunError(f"{run_dir}: not found; run_dir must be a training run's folder")
+    summary_path = run_dir / "cv_summary.json"
+    if not summary_path.is_file():
+        raise RunError(f"{summary_path}: not found; is {run_dir} a finished training run?")
+    config = read_run_config(run_dir)
+    summary = read_json(summary_path)
     fold_dirs = []
-    for fold in summary["folds"]:
+    for fold in _check_summary(summary_path, summary):
         fold_dir = run_dir / "folds" / f"fold_{fold['fold']}"
         for name in ("model.ckpt", "filter.json"):
             if not (fold_dir / name).is_file():
                 raise RunError(f"{fold_dir / name}: missing; fold {fold['fold']} cannot be used")
         fold_dirs.append(fold_dir)
-    return read_config(config), summary, fold_dirs
+    return config, summary, fold_dirs
 
 
 def _fold_filter(fold_dir: Path):
@@ -66,12 +90,13 @@ def _fold_filter(fold_dir: Path):
                        f"({first_line(err)})") from None
 
 
-def _settings(cfg: DictConfig, run_dir: Path, overrides: dict) -> dict:
+def _settings(config: dict, run_dir: Path, overrides: dict) -> dict:
     """What the run recorded for prediction, with the user's overrides (a warning names each that differs)."""
     recorded = read_prediction_settings(run_dir) or {
-        "tta": bool(cfg.get("tta", True)), "precision": str(cfg.trainer.precision),
-        "channels": None, "bands": str(cfg.data.bands), "cloud_threshold": float(cfg.data.cloud_threshold),
-        "nan_policy": str(cfg.data.nan_policy),
+        "tta": bool(lookup(config, "tta", True)), "precision": str(lookup(config, "trainer.precision")),
+        "channels": None, "bands": str(lookup(config, "data.bands")),
+        "cloud_threshold": float(lookup(config, "data.cloud_threshold")),
+        "nan_policy": str(lookup(config, "data.nan_policy")),
     }
     settings = dict(recorded)
     for key, value in overrides.items():
@@ -85,7 +110,8 @@ def _settings(cfg: DictConfig, run_dir: Path, overrides: dict) -> dict:
 
 
 def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: list[str]) -> None:
-    """Write ``ID,label`` after checking that every expected ID is there exactly once, in order."""
+    """Write ``ID,label`` to ``path`` (a staged file of an :class:`OutputSet`) after checking that every expected ID
+    is there exactly once, in order."""
     missing = sorted(set(expected) - set(ids))
     extra = sorted(set(ids) - set(expected))
     dup = pd.Series(ids)[pd.Series(ids).duplicated()].tolist()
@@ -94,8 +120,7 @@ def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: l
             f"refusing to write {path}: {len(missing)} missing ID(s) {missing[:5]}, {len(dup)} duplicated "
             f"{dup[:5]}, {len(extra)} unknown {extra[:5]}, order differs from Test.csv: {list(ids) != list(expected)}"
         )
-    with atomic_output(path) as tmp:
-        pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(tmp, index=False)
+    pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(path, index=False)
 
 
 class FoldEnsemble:
@@ -109,8 +134,8 @@ class FoldEnsemble:
     def __init__(self, run_dir: Path | str, device: str, batch_size: int, tta: bool | None = None,
                  precision: str | None = None, nan_policy: str | None = None) -> None:
         self.run_dir = Path(run_dir)
-        self.cfg, self.summary, self.fold_dirs = load_run(self.run_dir)
-        self.settings = _settings(self.cfg, self.run_dir, {"tta": tta, "precision": precision,
+        self.config, self.summary, self.fold_dirs = load_run(self.run_dir)
+        self.settings = _settings(self.config, self.run_dir, {"tta": tta, "precision": precision,
                                                            "nan_policy": nan_policy})
         self.tta = bool(self.settings["tta"])
         self.device = resolve_device(device)
@@ -171,23 +196,45 @@ class FoldEnsemble:
         return out
 
 
+def check_training_release(root: Path, run_dir: Path, settings: dict) -> None:
+    """Before predicting the run's own release: its training split is still the one the run was trained on."""
+    recorded = recorded_fingerprint(run_dir)
+    if recorded is None:
+        return
+    if not (root / "Train.csv").is_file():
+        log.warning("%s: no Train.csv, so it cannot be checked to be the release %s was trained on", root, run_dir)
+        return
+    found = cache_key(read_split_index(root, "train"), settings["cloud_threshold"], recorded_nan_policy(run_dir))
+    if found != recorded:
+        raise RunError(f"{root}: its training split is not the one {run_dir} was trained on (Train.csv or its files "
+                       "changed since); to predict another release's Test.csv on purpose, pass data.root=<release>")
+
+
 def predict_run(run_dir: Path | str, out: Path | str | None, data_root: str | None, cache_dir: str | None,
                 batch_size: int, tta: bool | None, device: str, precision: str | None = None,
                 nan_policy: str | None = None) -> dict:
-    """Predict ``Test.csv`` of the run's release (or of ``data_root``); write submission.csv and predictions.csv.
+    """Predict ``Test.csv`` of the run's release (or of ``data_root``); write submission.csv, predictions.csv and
+    predict_summary.json as one set (:class:`OutputSet`: the summary, written last, names the other two).
 
-    Reads only ``Test.csv`` and ``test_data/``: statistics, filters and thresholds come from the run. TTA, precision
-    and preprocessing follow the run's record unless overridden (with a warning)."""
+    Reads only ``Test.csv`` and ``test_data/`` (and, for the run's own release, the training split's file list, to
+    check it is the release the run was trained on): statistics, filters and thresholds come from the run. TTA,
+    precision and preprocessing follow the run's record unless overridden (with a warning)."""
     started = time.perf_counter()
     run_dir = Path(run_dir)
-    ensemble = FoldEnsemble(run_dir, device, batch_size, tta, precision, nan_policy)
-    cfg, summary, fold_dirs, settings = ensemble.cfg, ensemble.summary, ensemble.fold_dirs, ensemble.settings
+    check_predict_options(tta=tta, precision=precision, nan_policy=nan_policy, device=device, batch_size=batch_size)
     out = Path(out) if out else run_dir / "predictions"
-    out.mkdir(parents=True, exist_ok=True)
-    root = Path(data_root or cfg.data.root)
-    split = load_or_build_split(read_split_index(root, "test"), cache_dir or cfg.data.cache_dir,
-                                settings["cloud_threshold"], settings["nan_policy"], int(cfg.data.read_workers),
-                                bool(cfg.data.progress))
+    check_prediction_out(run_dir, out)
+    ensemble = FoldEnsemble(run_dir, device, batch_size, tta, precision, nan_policy)
+    config, summary, fold_dirs, settings = ensemble.config, ensemble.summary, ensemble.fold_dirs, ensemble.settings
+    root = Path(data_root or lookup(config, "data.root"))
+    if data_root is None:
+        check_training_release(root, run_dir, settings)
+    test_index = read_split_index(root, "test")
+    log.info("predicting %d test images of %s (%s)", len(test_index.ids), root,
+             "the run's training release" if data_root is None else "data.root")
+    split = load_or_build_split(test_index, cache_dir or lookup(config, "data.cache_dir"),
+                                settings["cloud_threshold"], settings["nan_policy"],
+                                int(lookup(config, "data.read_workers", 4)), bool(lookup(config, "data.progress")))
     result = ensemble.predict(torch.from_numpy(split.images), split_features(split))
     probs, filtered, prob = result["per_fold"], result["filtered"], result["prob"]
     labels = (prob >= 0.5).astype(int)
@@ -203,16 +250,16 @@ def predict_run(run_dir: Path | str, out: Path | str | None, data_root: str | No
     })
     # checked against Test.csv as it is on disk now, not against the list the predictions were made from
     expected = read_split_index(root, "test").ids
-    write_submission(out / "submission.csv", ids, labels, expected)
-    with atomic_output(out / "predictions.csv") as tmp:
-        table.to_csv(tmp, index=False)
-    elapsed = time.perf_counter() - started
-    report = {
-        "run_dir": str(run_dir), "out": str(out), "n_test": len(ids), "folds": len(fold_dirs),
-        "tta": ensemble.tta, "bf16": ensemble.bf16, "positives": int(labels.sum()), "filtered": int(filtered.sum()),
-        "seconds": round(elapsed, 2),
-    }
-    write_json(out / "predict_summary.json", report)
+    with OutputSet(out / "predict_summary.json") as outputs:
+        write_submission(outputs.stage(out / "submission.csv"), ids, labels, expected)
+        table.to_csv(outputs.stage(out / "predictions.csv"), index=False)
+        elapsed = time.perf_counter() - started
+        report = {
+            "run_dir": str(run_dir), "data_root": str(root), "out": str(out), "n_test": len(ids),
+            "folds": len(fold_dirs), "tta": ensemble.tta, "bf16": ensemble.bf16, "positives": int(labels.sum()),
+            "filtered": int(filtered.sum()), "seconds": round(elapsed, 2),
+        }
+        outputs.commit(report)
     log.info("wrote %s (%d IDs, %d positive, %d filtered) in %.1fs", out / "submission.csv", len(ids),
              report["positives"], report["filtered"], elapsed)
     return report

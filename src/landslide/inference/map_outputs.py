@@ -1,13 +1,11 @@
 """What a landslide map writes: the probability raster (a temporary GeoTIFF made a Cloud-Optimised GeoTIFF), the
-polygons above the threshold (GeoJSON) and the summary (JSON). Every file appears whole or not at all: it is
-written under a temporary name beside its destination and renamed."""
+polygons above the threshold (GeoJSON) and the summary (JSON). The writers here write where they are told: the
+map stages its files in an :class:`~landslide.files.OutputSet` and moves them in together, the summary last."""
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -16,18 +14,6 @@ from landslide.data.scene import SceneInfo, import_rasterio
 
 #: nodata and scale of each output type: uint8 holds round(100 * p), float32 holds p
 ENCODINGS: dict[str, tuple[float, float]] = {"uint8": (255, 100.0), "float32": (float("nan"), 1.0)}
-
-
-def temporary(path: Path) -> Path:
-    """A name beside ``path`` for writing it before the rename."""
-    return path.with_name(f".{path.name}.{os.getpid()}.part")
-
-
-def write_json(path: Path, data: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary(path)
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
 
 
 class RasterSink:
@@ -61,15 +47,13 @@ def encode(prob: np.ndarray, dtype: str) -> np.ndarray:
 
 
 def to_cog(src: Path, out: Path) -> None:
-    """Copy a GeoTIFF into a Cloud-Optimised GeoTIFF (DEFLATE, 512 px tiles, averaged overviews), atomically."""
+    """Copy a GeoTIFF into a Cloud-Optimised GeoTIFF (DEFLATE, 512 px tiles, averaged overviews) at ``out`` (a
+    staged file of the map's :class:`~landslide.files.OutputSet`)."""
     import_rasterio()
     from rasterio.shutil import copy
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temporary(out)
-    copy(src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE",
+    copy(src, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=512, OVERVIEW_RESAMPLING="AVERAGE",
          BIGTIFF="IF_SAFER")
-    os.replace(tmp, out)
 
 
 class WindowSupport:
@@ -181,5 +165,5 @@ def polygons(mask_path: Path, map_path: Path, info: SceneInfo, out: Path, min_ar
                     "window_origins": [[int(support.rows[i]), int(support.cols[i])] for i in windows],
                 },
             })
-    write_json(out, {"type": "FeatureCollection", "features": features})
+    out.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=2))
     return len(features)

@@ -32,22 +32,21 @@ from tqdm.auto import tqdm
 from landslide.bands import PATCH_SIZE
 from landslide.data.preprocess import to_channels
 from landslide.data.scene import SceneInfo, SceneReader, import_rasterio
+from landslide.errors import ConfigError, SceneError
+from landslide.files import OutputSet, temporary_path
 from landslide.inference.ensemble import FoldEnsemble
-from landslide.inference.map_outputs import (
-    ENCODINGS,
-    RasterSink,
-    WindowSupport,
-    encode,
-    polygons,
-    temporary,
-    to_cog,
-    write_json,
-)
-from landslide.localisation import METHODS
+from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
+from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
 
 log = logging.getLogger(__name__)
-BLENDS = ("mean", "gaussian")
-MODES = ("window", *METHODS)
+
+
+def no_valid_pixels(scene: Path, valid_read: int, min_valid: float) -> str:
+    """Why a map would be empty: a scene that is nodata everywhere, or windows all below ``min_valid``."""
+    if not valid_read:
+        return f"{scene}: no valid pixel (nodata, or not finite, in every band everywhere); nothing to map"
+    return (f"{scene}: {valid_read} valid pixel(s), but no 64 x 64 window has min_valid={min_valid:g} of its pixels "
+            "valid; nothing to map")
 
 
 def window_origins(size: int, stride: int, window: int = PATCH_SIZE) -> list[int]:
@@ -178,44 +177,55 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
                   dtype: str, threshold: float, min_valid: float, min_area_m2: float, smooth: int,
                   resolution_m: float, resolution_tolerance: float, windows_per_batch: int, batch_size: int,
                   tta: bool | None, device: str, progress: bool, gdal_cache_mb: int, vector: Path | str | None = None,
-                  summary: Path | str | None = None, band_map: dict[str, int] | None = None,
+                  summary: Path | str | None = None, figure: Path | str | None = None,
+                  truth: Path | str | None = None, band_map: dict[str, int] | None = None,
                   ensemble: FoldEnsemble | None = None) -> dict:
     """Map ``scene`` with the fold ensemble of ``run_dir`` (or an ``ensemble`` already loaded from it) in ``mode``
     (window, cam or gradient): write the COG ``out``, optionally the GeoJSON ``vector`` (polygons of at least
-    ``min_area_m2``, rings smoothed ``smooth`` times), and the summary (default ``out`` with ``.json``); return
-    the summary.
+    ``min_area_m2``, rings smoothed ``smooth`` times) and the PNG ``figure`` (with the outlines of ``truth``), and
+    the summary (default ``out`` with ``.json``); return the summary.
+
+    The files are one set (:class:`~landslide.files.OutputSet`): written under temporary names, moved in together,
+    the summary last, naming the others. No output may be an input or another output; a scene without a valid
+    window stops with a :class:`SceneError` and writes nothing.
 
     Window rows are cut as their strip is read and predicted together once ``windows_per_batch`` windows wait
     (narrow scenes batch several window rows), so memory is bounded by the batch and one strip, not the scene.
     GDAL's block cache is capped at ``gdal_cache_mb`` (its default, 5% of the machine's memory, would fill up
     with the scene's blocks)."""
-    if dtype not in ENCODINGS:
-        raise ValueError(f"dtype must be one of {', '.join(ENCODINGS)}, got {dtype!r}")
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
+    check_map_options(mode=mode, stride=stride, blend=blend, dtype=dtype, threshold=threshold, min_valid=min_valid,
+                      min_area_m2=min_area_m2, smooth=smooth, windows_per_batch=windows_per_batch,
+                      batch_size=batch_size, tta=tta, device=device)
+    if truth and not Path(truth).is_file():
+        raise ConfigError(f"truth={truth}: not found")
+    named = map_outputs(out, vector, summary, figure)
+    check_map_outputs(named, {"scene": scene, "truth": truth})
     localise = None if mode == "window" else mode
     weights = window_weights(blend)
     started = time.perf_counter()
-    out = Path(out)
-    summary_path = Path(summary) if summary else out.with_suffix(".json")
+    out, summary_path = named["out"], named["summary"]
     with import_rasterio().Env(GDAL_CACHEMAX=int(gdal_cache_mb)), \
-            SceneReader(scene, band_map, resolution_m, resolution_tolerance) as reader:
+            SceneReader(scene, band_map, resolution_m, resolution_tolerance) as reader, \
+            OutputSet(summary_path) as outputs:
         info = reader.info
         rows, cols = window_origins(info.height, stride), window_origins(info.width, stride)
         ensemble = ensemble or FoldEnsemble(run_dir, device, batch_size, tta)
         cloud_threshold = float(ensemble.settings["cloud_threshold"])
         out.parent.mkdir(parents=True, exist_ok=True)
-        raw_path, mask_path = temporary(out.with_suffix(".raw.tif")), temporary(out.with_suffix(".mask.tif"))
+        raw_path = temporary_path(out.with_name(f"{out.stem}.raw.tif"))
+        mask_path = temporary_path(out.with_name(f"{out.stem}.mask.tif"))
         sink = MapSink(raw_path, mask_path if vector else None, info, dtype, threshold)
         blender = Blender(info.width, weights)
-        counts = {"windows": 0, "skipped": 0, "filtered": 0}
+        counts = {"windows": 0, "skipped": 0, "filtered": 0, "valid_read": 0}
         support = WindowSupport(threshold)
         methods: set[str] = set()
         pending: list[tuple[int, list[int], np.ndarray]] = []  # (top, columns, raw windows) awaiting prediction
         bar = tqdm(total=len(rows) * len(cols), unit="win", desc=f"mapping {info.path.name}", disable=not progress)
         try:
             for i, (top, data, valid) in enumerate(strips(reader, rows)):
-                blender.extend(valid[blender.end - top :])
+                fresh = valid[blender.end - top :]
+                counts["valid_read"] += int(fresh.sum())
+                blender.extend(fresh)
                 raw, share = cut_windows(data, valid, cols)
                 keep = np.flatnonzero(share >= min_valid)
                 pending.append((top, [cols[j] for j in keep], raw[keep]))
@@ -246,9 +256,15 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
                 sink.write(done_top, blender.pop((info.height if last else rows[i + 1]) - done_top))
             bar.close()
             sink.close()
-            to_cog(raw_path, out)
-            n_polygons = polygons(mask_path, out, info, Path(vector), min_area_m2, smooth, support) if vector \
-                else None
+            if not sink.valid:
+                raise SceneError(no_valid_pixels(info.path, counts["valid_read"], min_valid))
+            to_cog(raw_path, outputs.stage(out))
+            n_polygons = polygons(mask_path, outputs.staged_path(out), info, outputs.stage(vector), min_area_m2,
+                                  smooth, support) if vector else None
+            if figure:
+                from landslide.plots.scene import plot_scene_map
+
+                plot_scene_map(scene, outputs.staged_path(out), outputs.stage(figure), truth, threshold, band_map)
         finally:
             sink.close()
             raw_path.unlink(missing_ok=True)
@@ -256,7 +272,7 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
         elapsed = time.perf_counter() - started
         report = {
             "scene": str(info.path), "run_dir": str(run_dir), "out": str(out),
-            "vector": str(vector) if vector else None,
+            "vector": str(vector) if vector else None, "figure": str(figure) if figure else None,
             "width": info.width, "height": info.height, "crs": str(info.crs),
             "pixel_size_m": [round(s, 3) for s in info.pixel_size_m], "mode": mode,
             "localised_with": sorted(methods) or None, "stride": stride, "blend": blend,
@@ -269,7 +285,7 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
             "polygons": n_polygons, "rows_read": reader.rows_read, "max_rows_held": reader.max_rows_held,
             "max_rows_blended": blender.max_rows,
         }
-    write_json(summary_path, report)
+        outputs.commit(report)
     log.info("wrote %s (%d windows in %.1fs, %.1f windows/s; %.2f%% of valid pixels above %.2f)", out,
              counts["windows"], elapsed, report["windows_per_second"], 100 * report["share_above_threshold"],
              threshold)

@@ -11,6 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from landslide.bands import CHANNEL_NAMES
@@ -25,21 +26,16 @@ def _stretch(img: np.ndarray) -> np.ndarray:
     return np.clip((img - low) / max(high - low, 1e-6), 0, 1)
 
 
-def plot_sample(
-    image: np.ndarray,
-    channels: tuple[str, ...] | list[str] = CHANNEL_NAMES,
-    label: int | None = None,
-    prediction: float | None = None,
-    title: str | None = None,
-    path: Path | str | None = None,
-) -> Figure:
-    """Plot a (c, 64, 64) sample in physical units: RGB, NIR, cloud mask and SAR post / pre / diff per pass.
+#: a panel: its title, its image and a matplotlib colormap (None: RGB)
+Panel = tuple[str, np.ndarray, str | None]
 
-    Panels whose channels are absent from ``channels`` are skipped. Saved as PNG when ``path`` is given.
-    """
+
+def sample_panels(image: np.ndarray, channels: Sequence[str] = CHANNEL_NAMES) -> list[Panel]:
+    """The panels of a (c, 64, 64) sample in physical units, as ``(title, image, colormap)``: RGB (2-98% stretch),
+    NIR, cloud mask and SAR post / pre / diff per pass, those whose channels are in ``channels``."""
     image = np.asarray(image, dtype=np.float32)
     at = {name: image[i] for i, name in enumerate(channels)}
-    panels: list[tuple[str, np.ndarray, str | None]] = []
+    panels: list[Panel] = []
     if all(b in at for b in ("red", "green", "blue")):
         rgb = np.stack([at["red"], at["green"], at["blue"]], -1)
         panels.append(("RGB", _stretch(rgb), None))
@@ -54,17 +50,38 @@ def plot_sample(
             panels.append((f"{orbit} {pol.upper()} post", post, "gray"))
             panels.append((f"{orbit} {pol.upper()} pre", pre, "gray"))
             panels.append((f"{orbit} {pol.upper()} diff", post - pre, "RdBu_r"))
+    return panels
+
+
+def show_panel(ax: Axes, img: np.ndarray, cmap: str | None) -> None:
+    """One panel: a difference on a symmetric diverging scale, anything else as it is."""
+    if cmap == "RdBu_r":
+        lim = float(np.percentile(np.abs(img), 98)) or 1.0
+        ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim)
+    else:
+        ax.imshow(img, cmap=cmap)
+
+
+def plot_sample(
+    image: np.ndarray,
+    channels: tuple[str, ...] | list[str] = CHANNEL_NAMES,
+    label: int | None = None,
+    prediction: float | None = None,
+    title: str | None = None,
+    path: Path | str | None = None,
+) -> Figure:
+    """Plot a (c, 64, 64) sample in physical units: RGB, NIR, cloud mask and SAR post / pre / diff per pass.
+
+    Panels whose channels are absent from ``channels`` are skipped. Saved as PNG when ``path`` is given.
+    """
+    panels = sample_panels(image, channels)
     cols = 5
     rows = int(np.ceil(len(panels) / cols))
     fig, axes = plt.subplots(rows, cols, figsize=(2.4 * cols, 2.5 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, (name, img, cmap) in zip(axes.flat, panels):
-        if cmap == "RdBu_r":
-            lim = float(np.percentile(np.abs(img), 98)) or 1.0
-            ax.imshow(img, cmap=cmap, vmin=-lim, vmax=lim)
-        else:
-            ax.imshow(img, cmap=cmap)
+        show_panel(ax, img, cmap)
         ax.set_title(name, fontsize=9)
     parts = [title] if title else []
     if label is not None:

@@ -2,24 +2,40 @@
 
 ``python train.py -m data.fold=0,1,...,9 hydra/launcher=joblib`` trains each fold in its own job folder;
 ``python -m landslide.aggregate <job folders or the sweep folder> --out <dir>`` then writes ``<dir>/folds/fold_<k>/``
-(copied), ``.hydra/config.yaml`` (the first job's, ``data.fold`` null), ``run.json`` (the jobs' defining settings,
-which must be equal, and all their invocations: time and energy add up), ``cv_summary.json`` and
-``oof_predictions.csv``. ``predict.py run_dir=<dir>`` reads it like any run.
+(copied), ``run.json`` (the jobs' defining settings, which must be equal as a resumed run's must; the first job's
+config with ``data.fold`` null, also written to ``.hydra/config.yaml`` for reading; all their invocations: time and
+energy add up), ``cv_summary.json`` and ``oof_predictions.csv``. ``predict.py run_dir=<dir>`` reads it like any run.
+
+The jobs' configs are read from their ``run.json`` as plain values: the datamodule that gives the labels and folds is
+built by its own constructor from them, nothing named in them is imported or built, and no data is generated.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
+import inspect
 import logging
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 
-from landslide.errors import RunError, user_errors
-from landslide.files import read_config, read_json, write_json, write_text
-from landslide.run_record import MANIFEST, RunManifest, differences
+from landslide.data.datamodule import LandslideDataModule
+from landslide.errors import RunError, first_line, print_error_line, user_errors
+from landslide.files import read_json, write_json, write_text
+from landslide.run_record import (
+    MANIFEST,
+    RunManifest,
+    compare_records,
+    describe,
+    differences,
+    lookup,
+    read_run_config,
+    recorded_fingerprint,
+)
 
 log = logging.getLogger("landslide.aggregate")
 
@@ -29,28 +45,31 @@ LOGGER_DIRS = ("csv", "tensorboard")
 
 @dataclass
 class Job:
-    """One job folder: its config, its ``run.json`` and the folds it was meant to train."""
+    """One job folder: its config (as its ``run.json`` recorded it, plain values), its record and the folds it was
+    meant to train."""
 
     folder: Path
-    cfg: DictConfig
+    config: dict
     record: dict
     folds: list[int]
 
 
 def read_job(folder: Path) -> Job:
     """A job folder's config and record; it trains ``data.fold`` or, when that is null, every fold."""
-    config, record = folder / ".hydra" / "config.yaml", folder / MANIFEST
-    for path in (config, record):
-        if not path.is_file():
-            raise RunError(f"{path}: not found; is {folder} a train.py job folder?")
-    cfg = read_config(config)
-    data = read_json(record)
-    num_folds = data.get("defining", {}).get("data", {}).get("num_folds")
-    if not isinstance(num_folds, int):
-        raise RunError(f"{record}: holds no run record (defining settings, folds); was {folder} made by train.py?")
-    fold = OmegaConf.select(cfg, "data.fold")
-    folds = [int(fold)] if fold is not None else list(range(num_folds))
-    return Job(folder, cfg, data, folds)
+    record_path = folder / MANIFEST
+    if not record_path.is_file():
+        raise RunError(f"{record_path}: not found; is {folder} a train.py job folder?")
+    record = read_json(record_path)
+    if not isinstance(record, dict) or not isinstance(record.get("defining"), dict):
+        raise RunError(f"{record_path}: holds no run record (defining settings, folds); was {folder} made by "
+                       "train.py?")
+    config = read_run_config(folder)
+    num_folds = lookup(config, "data.num_folds")
+    fold = lookup(config, "data.fold")
+    if not isinstance(num_folds, int) or not (fold is None or isinstance(fold, int)):
+        raise RunError(f"{record_path}: its config names no folds (data.num_folds, data.fold)")
+    folds = [fold] if fold is not None else list(range(num_folds))
+    return Job(folder, config, record, folds)
 
 
 def _job_number(folder: Path) -> tuple[int, str]:
@@ -79,10 +98,10 @@ def collect(folders: list[Path]) -> tuple[list[Job], dict[int, Job]]:
     first = jobs[0]
     owner: dict[int, Job] = {}
     for job in jobs:
-        for part in ("defining", "prediction"):
-            diff = differences(first.record.get(part, {}), job.record.get(part, {}))
-            if diff:
-                raise RunError(f"{job.folder}: other settings than {first.folder} ({'; '.join(diff)})")
+        diff = compare_records(first.record, job.record) + differences(first.record.get("prediction", {}),
+                                                                        job.record.get("prediction", {}))
+        if diff:
+            raise RunError(f"{job.folder}: other settings than {first.folder} ({describe(diff)})")
         for fold in job.folds:
             done = job.folder / "folds" / f"fold_{fold}" / "result.json"
             if not done.is_file():
@@ -90,24 +109,47 @@ def collect(folders: list[Path]) -> tuple[list[Job], dict[int, Job]]:
             if fold in owner:
                 raise RunError(f"fold {fold} is in both {owner[fold].folder} and {job.folder}")
             owner[fold] = job
-    num_folds = int(first.record["defining"]["data"]["num_folds"])
+    num_folds = int(lookup(first.config, "data.num_folds"))
     missing = sorted(set(range(num_folds)) - set(owner))
     if missing:
         raise RunError(f"fold(s) {missing} of {num_folds} missing: no job folder among {len(jobs)} holds them")
     return jobs, owner
 
 
-def labelled_data(cfg: DictConfig, fingerprint: str):
+def _has_target(tree: Any) -> bool:
+    if isinstance(tree, dict):
+        return "_target_" in tree or any(_has_target(v) for v in tree.values())
+    return isinstance(tree, list) and any(_has_target(v) for v in tree)
+
+
+def datamodule_settings(config: dict, source: Path) -> dict[str, Any]:
+    """The :class:`LandslideDataModule` arguments in a job's recorded ``data`` config, as plain values: nothing in
+    it is built (a ``_target_`` anywhere below ``data`` is refused), and no data is generated."""
+    data = config.get("data")
+    if not isinstance(data, dict):
+        raise RunError(f"{source}: its config has no data settings")
+    for key, value in data.items():
+        if _has_target(value):
+            raise RunError(f"{source}: data.{key} holds a _target_; a run's config is read as plain values, never "
+                           "built")
+    accepted = set(inspect.signature(LandslideDataModule).parameters)
+    settings = {k: v for k, v in data.items() if k in accepted}
+    settings.update(fold=None, synthetic=None)  # the jobs' data exists already: nothing is generated
+    return settings
+
+
+def labelled_data(config: dict, fingerprint: str | None, source: Path) -> LandslideDataModule:
     """The jobs' datamodule (labels, IDs, folds) from the cached training split, which must be the one they trained
     on."""
-    from hydra.utils import instantiate
-
     from landslide.training.fold import option_errors
 
-    with option_errors("data"):
-        dm = instantiate(cfg.data)
+    try:
+        with option_errors("data"):
+            dm = LandslideDataModule(**datamodule_settings(config, source))
+    except TypeError as err:  # a setting missing or of the wrong kind
+        raise RunError(f"{source}: its data settings cannot be used ({first_line(err)})") from None
     dm.prepare_data()
-    if dm.split("train").meta["key"] != fingerprint:
+    if fingerprint is not None and dm.split("train").meta["key"] != fingerprint:
         raise RunError(f"{dm.root}: its training split is not the one the jobs trained on; run the aggregate where "
                        "data.root resolves as it did for the jobs")
     return dm
@@ -130,25 +172,26 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     if (out / MANIFEST).is_file():
         raise RunError(f"{out / MANIFEST}: {out} already holds a run; choose another --out")
     first = jobs[0]
-    cfg = OmegaConf.create(OmegaConf.to_container(first.cfg))
-    cfg.data.fold = None
-    dm = labelled_data(cfg, first.record["defining"]["data"]["fingerprint"])
+    config = copy.deepcopy(first.config)
+    config["data"]["fold"] = None
+    dm = labelled_data(config, recorded_fingerprint(first.folder), first.folder / MANIFEST)
 
     for fold, job in sorted(owner.items()):
         _copy_fold(job, fold, out)
-    config_text = OmegaConf.to_yaml(cfg)
+    config_text = OmegaConf.to_yaml(config)  # plain values (no interpolation is left in a recorded config)
     write_text(out / ".hydra" / "config.yaml", config_text)
     results = [read_json(out / "folds" / f"fold_{fold}" / "result.json") for fold in sorted(owner)]
 
     record = RunManifest(out)
     record.data = {
         **first.record,
+        "config": config,
         "hydra_files": {"config.yaml": config_text},
         "invocations": [inv for job in jobs for inv in job.record.get("invocations", [])],
         "merged_from": [str(job.folder) for job in jobs],
     }
     wall, wh = record.totals()
-    summary = summarise(cfg, dm, results, wall, wh)
+    summary = summarise(OmegaConf.create(config), dm, results, wall, wh)
     summary["invocations"] = len(record.invocations)
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
@@ -159,9 +202,18 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     return summary
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """Command-line mistakes as one error line (exit 2), with the usage in it."""
+
+    def error(self, message: str) -> NoReturn:
+        usage = " ".join(self.format_usage().split()).removeprefix("usage: ")
+        print_error_line(f"{self.prog}: {message} (usage: {usage})")
+        raise SystemExit(2)
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m landslide.aggregate",
-                                     description="Merge folds trained as separate jobs into one run directory.")
+    parser = OneLineParser(prog="python -m landslide.aggregate",
+                           description="Merge folds trained as separate jobs into one run directory.")
     parser.add_argument("runs", nargs="+", type=Path, help="job folders (or a sweep folder holding them)")
     parser.add_argument("--out", required=True, type=Path, help="the run directory to write")
     args = parser.parse_args(argv)

@@ -20,7 +20,7 @@ import torch
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from hydra.utils import get_class
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from landslide.bands import BAND_SETS
 from landslide.callbacks import EnergyTracker
@@ -30,12 +30,15 @@ from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
-from landslide.training.fold import build_datamodule, option_errors, train_fold
+from landslide.training.fold import build_datamodule, check_initial_weights, option_errors, train_fold
 from landslide.training.ranks import is_rank_zero, planned_processes
+from landslide.training.run_logging import log_run
 from landslide.training.stacked import train_stacked
 from landslide.training.summary import print_summary, summarise
 
 log = logging.getLogger(__name__)
+#: the largest share of Train.csv that data.holdout_fraction may keep out of the folds
+MAX_HOLDOUT = 0.5
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -54,13 +57,20 @@ def check_options(cfg: DictConfig) -> None:
     need(data.get("fold") is None or 0 <= int(data.fold) < data.num_folds,
          f"data.fold must be null or in [0, {data.num_folds}), got {data.get('fold')!r}")
     for key in ("batch_size", "eval_batch_size"):
-        need(int(data[key]) >= 1, f"data.{key} must be >= 1, got {data[key]!r}")
+        need(_integer(data[key]) and data[key] >= 1, f"data.{key} must be an integer >= 1, got {data[key]!r}")
+    holdout = data.get("holdout_fraction")
+    need(isinstance(holdout, int | float) and not isinstance(holdout, bool) and 0 <= holdout <= MAX_HOLDOUT,
+         f"data.holdout_fraction must be in [0, {MAX_HOLDOUT}] (the folds need the rest), got {holdout!r}")
     need(not (planned_processes(cfg) > 1 and _local_multirun()),
          "a multi-device trainer (DDP) cannot run inside a local multirun: its processes would start the sweep "
          "again; run one job per command, or on SLURM one job per node (hydra.launcher.tasks_per_node = GPUs)")
     if cfg.stage == "all" and not trainer.get("fast_dev_run"):
         epochs = trainer.get("max_epochs")
         need(isinstance(epochs, int) and epochs >= 1, f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
+
+
+def _integer(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _local_multirun() -> bool:
@@ -120,10 +130,12 @@ def run_cv(cfg: DictConfig) -> dict:
         dm = build_datamodule(cfg)
         with option_errors("data"):
             dm.folds()  # enough images of each class for the folds, checked before any training
+        if cfg.get("init_weights") and cfg.stage == "all":
+            check_initial_weights(str(cfg.init_weights), list(dm.channels))
         if lead:
             record = RunManifest(out)
             record.claim(defining_settings(cfg, dm.split("train").meta["key"]),
-                         prediction_settings(cfg, dm.channels))
+                         prediction_settings(cfg, dm.channels), OmegaConf.to_container(cfg, resolve=True))
             manifest = record  # only an invocation that continues the recorded run is added to it
         feats = split_features(dm.split("train"))
         folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
@@ -165,7 +177,9 @@ def run_cv(cfg: DictConfig) -> dict:
     write_json(out / "cv_summary.json", summary)
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
+    manifest.keep_hydra_files()
     print_summary(summary)
+    log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
     return summary
 
 

@@ -21,9 +21,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.callbacks import EnergyCallback, MetricHistory, ResumeState
-from landslide.checkpoint import load_module, network_weights
+from landslide.checkpoint import load_module, network_weights, read_checkpoint
 from landslide.data.datamodule import LandslideDataModule
-from landslide.errors import ConfigError, first_line
+from landslide.errors import ConfigError, RunError, first_line
 from landslide.files import atomic_output
 from landslide.filter.negative import filter_report, load_filter
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
@@ -129,17 +129,39 @@ def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, trai
     return filt, keep_train, keep_val, report
 
 
+def check_initial_weights(path: str, channels: list[str]) -> None:
+    """Before any fold trains: ``init_weights`` is a readable checkpoint of a network on the same channels."""
+    settings = read_checkpoint(path).get("hyper_parameters")
+    trained_on = settings.get("channels") if isinstance(settings, dict) else None
+    if trained_on is not None and list(trained_on) != channels:
+        raise ConfigError(f"init_weights={path}: trained on channels {list(trained_on)}, this run uses {channels} "
+                          "(another data.bands); start from weights of the same band set")
+
+
 def load_initial_weights(module: LandslideModule, path: str) -> None:
     """Fine-tuning: the network weights of a checkpoint (the optimiser starts fresh), read without running code."""
     weights = network_weights(path)
     try:
         missing, unexpected = module.load_state_dict(weights, strict=False)
     except RuntimeError as err:  # shapes differ
-        raise ValueError(f"init_weights={path} does not fit this model: {str(err).splitlines()[-1].strip()}") from None
+        raise ConfigError(f"init_weights={path} does not fit this model: "
+                          f"{str(err).strip().splitlines()[-1].strip()}") from None
     missing = [k for k in missing if k.startswith("net.")]
     if missing or unexpected:
-        raise ValueError(f"init_weights={path} does not fit this model: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
+        raise ConfigError(f"init_weights={path} does not fit this model: missing {missing[:5]}, "
+                          f"unexpected {unexpected[:5]}")
+
+
+def resume_point(last: Path) -> str | None:
+    """The checkpoint an interrupted fold continues from (None: none), read first without running code: a damaged
+    or foreign one stops with one line naming it, not inside Lightning."""
+    if not last.is_file():
+        return None
+    try:
+        read_checkpoint(last)
+    except RunError as err:
+        raise RunError(f"{err}; delete it to train the fold again from its start") from None
+    return str(last)
 
 
 def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_dir: Path
@@ -154,13 +176,13 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
                                      default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
-    figures = cfg.log_figures and bool(loggers) and is_rank_zero()
+    figures = bool(cfg.log_figures) and is_rank_zero()  # PNGs in the fold's figures/, and to the loggers
     if figures:
         positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
         figure = plot_split_sample(dm.gather, dm.channels, positive, labels=dm.labels, ids=dm.train_ids)
         log_figure(loggers, "samples/validation_positive", figure, folder=fold_dir / "figures")
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+        trainer.fit(module, datamodule=dm, ckpt_path=resume_point(last), weights_only=True)
         history = find_callback(callbacks, MetricHistory)
         if figures and history.history:
             figure = f1_curve_figure(history.history, f"{cfg.name}, fold {fold}")

@@ -7,6 +7,8 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from omegaconf import DictConfig, OmegaConf
@@ -18,7 +20,7 @@ from landslide.training.ranks import is_rank_zero
 EARLIER_METRICS = "metrics.earlier.csv"
 
 
-def _remembered(path: Path, value: str | None) -> str | None:
+def remembered(path: Path, value: str | None) -> str | None:
     """The value stored in ``path`` by an earlier (interrupted) run, else ``value``, stored for the next one."""
     if path.is_file():
         return path.read_text().strip()
@@ -28,11 +30,27 @@ def _remembered(path: Path, value: str | None) -> str | None:
     return value
 
 
+def logger_entries(cfg: DictConfig, kind: type) -> list[DictConfig]:
+    """The entries of the ``logger`` group whose ``_target_`` is ``kind`` or a subclass of it."""
+    return [entry for entry in (cfg.get("logger") or {}).values()
+            if entry is not None and "_target_" in entry and issubclass(get_class(entry["_target_"]), kind)]
+
+
+def wandb_group(run_dir: Path, configured: str | None) -> str | None:
+    """The W&B group of a CV run's runs (its folds and the run itself): ``logger.wandb.group``, with the job's
+    number in a multirun (each job is a CV run of its own), kept in ``run_dir/wandb_group`` so that a resumed run
+    stays in it."""
+    if configured is not None and HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        configured = f"{configured}-{HydraConfig.get().job.num}"
+    return remembered(run_dir / "wandb_group", configured)
+
+
 def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
-    """One logger per configured entry, versioned by fold. W&B runs of one CV run share a group (kept in the run's
-    ``wandb_group``) and each keeps its run id in ``fold_dir/wandb_id``, so a resumed run continues the same W&B
-    runs in the same group. With several processes (DDP) every process has the loggers (Lightning logs from rank
-    zero only) and only rank zero touches the fold's files."""
+    """One logger per configured entry, versioned by fold. W&B runs of one CV run share a group (see
+    :func:`wandb_group`) and each keeps its run id in ``fold_dir/wandb_id``, so a resumed run continues the same W&B
+    runs in the same group; the fold runs upload no checkpoints (the run's own W&B run holds them all, see
+    :mod:`landslide.training.run_logging`). With several processes (DDP) every process has the loggers (Lightning
+    logs from rank zero only) and only rank zero touches the fold's files."""
     lead = is_rank_zero()
     loggers: list[Logger] = []
     for _, entry in (cfg.get("logger") or {}).items():
@@ -41,9 +59,9 @@ def build_loggers(cfg: DictConfig, fold: int, fold_dir: Path) -> list[Logger]:
         cls = get_class(entry["_target_"])
         extra: dict[str, Any] = {}
         if issubclass(cls, WandbLogger) and lead:
-            extra = {"name": f"{cfg.name}-fold{fold}", "id": _remembered(fold_dir / "wandb_id", uuid.uuid4().hex[:12]),
-                     "group": _remembered(fold_dir.parent.parent / "wandb_group", entry.get("group")),
-                     "resume": "allow"}
+            extra = {"name": f"{cfg.name}-fold{fold}", "id": remembered(fold_dir / "wandb_id", uuid.uuid4().hex[:12]),
+                     "group": wandb_group(fold_dir.parent.parent, entry.get("group")),
+                     "resume": "allow", "log_model": False}
         elif issubclass(cls, (CSVLogger, TensorBoardLogger)):
             extra = {"version": f"fold_{fold}"}
         logger = instantiate(entry, **extra)
@@ -92,18 +110,17 @@ def finish_loggers(loggers: list[Logger]) -> None:
 
 
 def log_figure(loggers: list[Logger], key: str, figure, step: int = 0, folder: Path | None = None) -> None:
-    """Send a matplotlib figure through each logger's image API (W&B images, TensorBoard figures); loggers
-    without one (CSV) get a PNG in ``folder``."""
+    """Write a matplotlib figure as a PNG in ``folder`` (named after ``key``) and send it through each logger's
+    image API (W&B images, TensorBoard figures)."""
     import matplotlib.pyplot as plt
 
-    saved = False
+    if folder is not None:
+        folder.mkdir(parents=True, exist_ok=True)
+        with atomic_output(folder / f"{key.replace('/', '_')}.png") as tmp:
+            figure.savefig(tmp, dpi=90, format="png")
     for logger in loggers:
         if isinstance(logger, WandbLogger):
             logger.log_image(key=key, images=[figure], step=step)
         elif isinstance(logger, TensorBoardLogger):
             logger.experiment.add_figure(key, figure, global_step=step, close=False)
-        elif folder is not None and not saved:
-            folder.mkdir(parents=True, exist_ok=True)
-            figure.savefig(folder / f"{key.replace('/', '_')}.png", dpi=90)
-            saved = True
     plt.close(figure)

@@ -49,6 +49,7 @@ from landslide.training.fold import (
     build_module,
     fit_fold_filter,
     load_initial_weights,
+    resume_point,
     score_fold,
 )
 from landslide.training.loggers import build_loggers, finish_loggers, log_figure
@@ -200,7 +201,7 @@ def _replay(cfg: DictConfig, module: LandslideModule, fold: int, fold_dir: Path,
             for logger in loggers:
                 logger.log_metrics({**metrics, "epoch": row["epoch"]}, step=(row["epoch"] + 1) * steps_per_epoch - 1)
         history = [r for r in rows if any(k.startswith("val/") for k in r)]
-        if cfg.log_figures and loggers and history:
+        if cfg.log_figures and history:
             figure = f1_curve_figure(history, f"{cfg.name}, fold {fold}")
             log_figure(loggers, "curves/val_f1", figure, step=len(rows) * steps_per_epoch,
                        folder=fold_dir / "figures")
@@ -246,7 +247,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     log.info("folds %s train at once (stacked weights): %d steps of %d images per fold an epoch", folds,
              max(len(s) for s in data.streams), data.streams[0].batch_size)
     try:
-        trainer.fit(stacked, datamodule=data, ckpt_path=str(last) if last.is_file() else None, weights_only=True)
+        trainer.fit(stacked, datamodule=data, ckpt_path=resume_point(last), weights_only=True)
     finally:
         finish_loggers(loggers)
     if trainer.interrupted:
@@ -262,11 +263,16 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     results: dict[int, dict] = {}
     for part, module in zip(parts, modules):
         save_fold_checkpoint(module, part.fold_dir / "model.ckpt", trainer.current_epoch, trainer.global_step)
-        fold_hist = fold_history(history, part.fold)
-        by_epoch = {r["epoch"]: dict(r) for r in fold_history(stacked.train_history, part.fold)}
-        for row in fold_hist:
-            by_epoch.setdefault(row["epoch"], {}).update(row)
+        # training metrics from the module's own record (MetricHistory reads them before the module logs them)
+        train_rows = {r["epoch"]: r for r in fold_history(stacked.train_history, part.fold)}
+        by_epoch = {e: dict(r) for e, r in train_rows.items()}
+        for row in fold_history(history, part.fold):
+            by_epoch.setdefault(row["epoch"], {}).update(
+                {k: v for k, v in row.items() if not k.startswith("train/")})
         _replay(cfg, module, part.fold, part.fold_dir, [by_epoch[e] for e in sorted(by_epoch)], steps)
+        # the history the sequential loop keeps: validation metrics and the training loss of each epoch
+        fold_hist = [{k: v for k, v in by_epoch[e].items() if not k.startswith("train/") or k == "train/loss"}
+                     for e in sorted(by_epoch)]
         result: dict[str, Any] = {"fold": part.fold, "filter": part.report}
         result.update(score_fold(cfg, dm, module, part.filt, feats, part.val_index, part.keep_val, device))
         result.update({

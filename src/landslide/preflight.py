@@ -1,0 +1,153 @@
+"""What each command checks before Hydra makes its output folder (a Hydra callback, ``hydra.callbacks.preflight``):
+missing mandatory arguments, a run directory or release that is not there, options out of range, outputs that would
+overwrite inputs or each other. A mistake stops with one line (exit 2) and leaves no stub folder behind.
+
+Hydra calls :meth:`Preflight.on_run_start` after composing the config and before it creates the job's folder and
+writes ``.hydra/`` there. A multirun's jobs are checked by the commands themselves, inside each job.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from landslide.errors import USER_ERRORS, ConfigError, ReleaseError, SceneError, print_error_line
+
+#: what each mandatory argument is, for the one line that asks for it
+MANDATORY = {
+    "run_dir": "a training run's folder, e.g. run_dir=logs/train/runs/<date>",
+    "scene": "the GeoTIFF to map, e.g. scene=stack.tif",
+    "out": "the map to write, e.g. out=map.tif",
+}
+#: output folders locked by this process (an exclusive lock on the folder itself: no file is left behind)
+_LOCKS: dict[str, int] = {}
+
+
+@contextmanager
+def preflight_errors() -> Iterator[None]:
+    """A user's mistake found before the job starts: one line, exit 2."""
+    try:
+        yield
+    except USER_ERRORS as err:
+        print_error_line(str(err))
+        raise SystemExit(2) from None
+
+
+def missing_arguments(cfg: DictConfig, prefix: str = "") -> list[str]:
+    """The keys of the command's config (Hydra's own left out) that are still ``???``; nothing is resolved (some
+    keys point at the job Hydra has not started yet)."""
+    missing = []
+    for key in cfg:
+        name = f"{prefix}{key}"
+        if name == "hydra":
+            continue
+        node = cfg._get_node(key)
+        if isinstance(node, DictConfig):
+            missing.extend(missing_arguments(node, f"{name}."))
+        elif node is not None and node._is_missing():
+            missing.append(name)
+    return sorted(missing)
+
+
+def check_mandatory(cfg: DictConfig) -> None:
+    missing = missing_arguments(cfg)
+    if missing:
+        wanted = "; ".join(f"{k} ({MANDATORY[k]})" if k in MANDATORY else k for k in missing)
+        raise ConfigError(f"{cfg.task_name}: missing mandatory argument{'s' if len(missing) > 1 else ''}: {wanted}")
+
+
+def check_train(cfg: DictConfig) -> None:
+    """The options in range, the release there (or the embedded set to be generated), the run folder writable."""
+    from landslide.files import check_writable
+    from landslide.synth.embedded import describes
+    from landslide.training.cv import check_options
+
+    check_options(cfg)
+    root = Path(cfg.data.root)
+    synthetic = cfg.data.get("synthetic")
+    generated = synthetic is not None and describes(root, OmegaConf.to_container(synthetic, resolve=True))
+    if not generated and not (root / "Train.csv").is_file():
+        where = "no folder" if not root.exists() else "no Train.csv"
+        raise ReleaseError(f"data.root={root}: {where} there; data.root must be a release folder with Train.csv, "
+                           "Test.csv, train_data/ and test_data/")
+    check_writable("hydra.run.dir", Path(cfg.hydra.run.dir), folder=True)
+
+
+def check_predict(cfg: DictConfig) -> None:
+    from landslide.inference.ensemble import load_run
+    from landslide.inference.options import check_predict_options, check_prediction_out
+
+    check_predict_options(tta=cfg.get("tta"), precision=cfg.get("precision"), nan_policy=cfg.data.get("nan_policy"),
+                          device=str(cfg.device), batch_size=cfg.batch_size)
+    load_run(Path(cfg.run_dir))
+    root = cfg.data.get("root")
+    if root is not None and not (Path(root) / "Test.csv").is_file():
+        where = "no folder" if not Path(root).exists() else "no Test.csv"
+        raise ReleaseError(f"data.root={root}: {where} there; it must be a release folder with Test.csv and "
+                           "test_data/")
+    check_prediction_out(cfg.run_dir, cfg.out)
+    lock_output(Path(cfg.out))
+
+
+def check_map(cfg: DictConfig) -> None:
+    from landslide.inference.ensemble import load_run
+    from landslide.inference.options import check_map_options, check_map_outputs, map_outputs
+
+    check_map_options(mode=cfg.mode, stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype, threshold=cfg.threshold,
+                      min_valid=cfg.min_valid, min_area_m2=cfg.min_area_m2, smooth=cfg.smooth,
+                      windows_per_batch=cfg.windows_per_batch, batch_size=cfg.batch_size, tta=cfg.tta,
+                      device=str(cfg.device))
+    if not Path(cfg.scene).is_file():
+        raise SceneError(f"scene={cfg.scene}: not found")
+    if cfg.get("truth") and not Path(cfg.truth).is_file():
+        raise ConfigError(f"truth={cfg.truth}: not found")
+    load_run(Path(cfg.run_dir))
+    check_map_outputs(map_outputs(cfg.out, cfg.vector, cfg.summary, cfg.get("figure")),
+                      {"scene": cfg.scene, "truth": cfg.get("truth")})
+
+
+CHECKS = {"train": check_train, "predict": check_predict, "map": check_map}
+
+
+def lock_output(out: Path) -> None:
+    """Take ``out`` for this process (one predict per output folder at a time), after every other check."""
+    out.mkdir(parents=True, exist_ok=True)
+    fd = os.open(out, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        raise ConfigError(f"out={out}: another command is writing there now; wait for it or choose another "
+                          "out=") from None
+    _LOCKS[str(out)] = fd
+
+
+def release_output(out: Path | str) -> None:
+    """Release ``out`` if this process holds it."""
+    fd = _LOCKS.pop(str(out), None)
+    if fd is not None:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+class Preflight(Callback):
+    """Checks a single run's inputs before Hydra creates its output folder (see the module's docstring)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        with preflight_errors():
+            check_mandatory(config)
+            check = CHECKS.get(str(config.get("task_name")))
+            if check is not None:
+                check(config)
+
+    def on_run_end(self, config: DictConfig, **kwargs: Any) -> None:
+        out = config.get("out") if config.get("task_name") == "predict" else None
+        if out is not None:
+            release_output(out)
