@@ -13,8 +13,8 @@ confounders, slides of the realistic patch profile's shapes crossing window bord
   polygon touching both);
 - speed: windows/s and km²/s (the map's summary: mapping time, models loaded included).
 
-``--run`` names a training run; ``--train`` trains one first with ``train.py`` on generated realistic patches
-(``data=realistic data.num_folds=3 filter.max_positive_loss=0.05``, the accuracy benchmark's CPU recipe), whose
+``--run`` names a training run; ``--train`` trains one first with ``train.py`` on windows cut from generated
+scenes (``data=scenes data.num_folds=3 data.fold=0 trainer.max_epochs=20``: one fold of three), whose
 slides have the scene's shapes and looks. Extra arguments after ``--`` go to every ``map.py`` call. The scenes and
 maps go to a temporary folder (removed) unless ``--keep`` names one.
 """
@@ -39,7 +39,7 @@ from landslide.synth.landscape import Slide
 from landslide.synth.scene import generate_scene, truth_paths
 
 REPO = Path(__file__).resolve().parents[1]
-TRAIN = ["data=realistic", "data.num_folds=3", "filter.max_positive_loss=0.05"]
+TRAIN = ["data=scenes", "data.num_folds=3", "data.fold=0", "trainer.max_epochs=20"]
 #: the gap between the two slides of a pair, in pixels (10 m)
 PAIR_GAP = 10
 
