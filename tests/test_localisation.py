@@ -14,6 +14,7 @@ from landslide.localisation import (
     PoolingTap,
     class_activation,
     evidence,
+    gaussian_smooth,
     input_gradient,
     inverse_dihedral_view,
     localise,
@@ -122,6 +123,19 @@ def test_views_turn_back_and_evidence_is_relative():
     rel = relative_evidence(maps)
     torch.testing.assert_close(rel[0], torch.tensor([[0.0, 0.5], [1.0, 0.0]]))
     assert (rel[1] == 0).all()
+
+
+def test_gradient_evidence_is_smoothed_and_scaled_to_a_high_quantile():
+    """One hot pixel does not set a window's scale: the 99th percentile does, and values above it are 1."""
+    maps = torch.zeros(1, 64, 64)
+    maps[0, 10:20, 10:20] = 1.0
+    maps[0, 50, 50] = 100.0
+    rel = relative_evidence(maps, 0.99)
+    assert rel[0, 15, 15] == 1.0 and rel[0, 50, 50] == 1.0 and rel[0, 40, 40] == 0.0
+    assert float(relative_evidence(maps)[0, 15, 15]) == pytest.approx(0.01)
+    smooth = gaussian_smooth(maps, 3.0)
+    assert float(smooth.sum()) == pytest.approx(float(maps.sum()), rel=0.02)  # mass kept (away from the edges)
+    assert smooth[0, 15, 15] < 1.0 and smooth[0, 20, 15] > 0.0 and smooth[0, 50, 50] < 10.0
 
 
 def _square_images(n: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

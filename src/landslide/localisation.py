@@ -15,8 +15,10 @@ records a graph, so a map costs about one forward pass.
 over channels; needs a full backward pass, and is the fallback for a network whose pooling is not caught (a
 flatten, a strided reduction).
 
-Either way a map is the positive part of the evidence, divided by its maximum in the image: 1 where the network's
-evidence for a landslide peaks, 0 where there is none (:func:`relative_evidence`).
+Either way a map is the positive part of the evidence, divided by its peak in the image: 1 where the network's
+evidence for a landslide peaks, 0 where there is none (:func:`relative_evidence`). Input x gradient is noisy from
+pixel to pixel: its positive part is smoothed by a Gaussian of ``GRADIENT_SIGMA_PX`` and its peak is the 99th
+percentile (clipped at 1), so that a few pixels do not set the scale of the whole window.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ from landslide.data.augment import TTA_VIEWS, tta_views
 from landslide.module import LandslideModule
 
 METHODS = ("cam", "gradient")
+#: smoothing of input x gradient maps (px, Gaussian sigma) and the share of pixels below their peak
+GRADIENT_SIGMA_PX = 3.0
+GRADIENT_PEAK_QUANTILE = 0.99
 
 _REDUCTIONS = {torch.mean, torch.Tensor.mean, torch.amax, torch.Tensor.amax, torch.sum, torch.Tensor.sum,
                torch.logsumexp, torch.Tensor.logsumexp, torch.nansum, torch.Tensor.nansum}
@@ -119,12 +124,29 @@ def input_gradient(net: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
         return logits.detach().float(), (grad.float() * x.detach().float()).sum(1)
 
 
-def relative_evidence(maps: Tensor) -> Tensor:
-    """(n, H, W) evidence as shares of each image's peak: the positive part divided by its maximum (0 where the
-    image holds no positive evidence)."""
+def relative_evidence(maps: Tensor, peak_quantile: float = 1.0) -> Tensor:
+    """(n, H, W) evidence as shares of each image's peak: the positive part divided by its maximum, or by its
+    ``peak_quantile`` quantile and clipped at 1 (0 where the image holds no positive evidence)."""
     positive = maps.clamp_min(0)
-    peak = positive.amax(dim=(-2, -1), keepdim=True)
-    return torch.where(peak > 0, positive / peak.clamp_min(1e-12), torch.zeros_like(positive))
+    if peak_quantile >= 1.0:
+        peak = positive.amax(dim=(-2, -1), keepdim=True)
+    else:  # kthvalue: no size limit (torch.quantile has one)
+        flat = positive.flatten(-2)
+        k = max(1, min(flat.shape[-1], round(peak_quantile * flat.shape[-1])))
+        peak = flat.kthvalue(k, dim=-1).values[..., None, None]
+        peak = torch.where(peak > 0, peak, positive.amax(dim=(-2, -1), keepdim=True))
+    return torch.where(peak > 0, (positive / peak.clamp_min(1e-12)).clamp_max(1.0), torch.zeros_like(positive))
+
+
+def gaussian_smooth(maps: Tensor, sigma: float) -> Tensor:
+    """(n, H, W) maps smoothed by a separable Gaussian of ``sigma`` px (edges replicated)."""
+    radius = max(1, int(3 * sigma))
+    taps = torch.arange(-radius, radius + 1, device=maps.device, dtype=maps.dtype)
+    kernel = torch.exp(-0.5 * (taps / sigma) ** 2)
+    kernel = kernel / kernel.sum()
+    x = F.pad(maps[:, None], (radius, radius, radius, radius), mode="replicate")
+    x = F.conv2d(x, kernel.view(1, 1, 1, -1))
+    return F.conv2d(x, kernel.view(1, 1, -1, 1))[:, 0]
 
 
 def inverse_dihedral_view(x: Tensor, k: int) -> Tensor:
@@ -147,6 +169,11 @@ def evidence(module: LandslideModule, images: Tensor, method: str) -> tuple[Tens
         method = "gradient"
         found = input_gradient(module.net, x)
     logits, maps = found
+    if method == "gradient":
+        with torch.autocast(x.device.type, enabled=False):
+            relative = relative_evidence(gaussian_smooth(maps.float().clamp_min(0), GRADIENT_SIGMA_PX),
+                                         GRADIENT_PEAK_QUANTILE)
+        return torch.sigmoid(logits), relative, method
     return torch.sigmoid(logits), relative_evidence(maps), method
 
 
