@@ -13,9 +13,9 @@ In one run, on the same data and model, it measures
 with ``--bounds`` (d) the framework's bare model step (no data path, no Lightning), the ceiling of (b);
 with ``--stacked K`` K fold models trained at once (stacked weights, ``vmap``): their bare step, the bound, and
     ``Trainer.fit`` on ``training.stacked_module.StackedLandslideModule``, the path ``train.py`` takes on a GPU;
-with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy, and on a GPU
-    its utilisation and power sampled with NVML or nvidia-smi; with ``cv.parallel_folds=auto`` the folds train
-    stacked there).
+with ``--full`` (e) the full recipe end to end through ``train.py`` (wall time and CodeCarbon energy, the seconds
+    of each phase of the run, and on a GPU its utilisation and power sampled with NVML or nvidia-smi; with
+    ``cv.parallel_folds=auto`` the folds train stacked there).
 The host allocator is tuned first, as ``train.py`` does, so every loop runs with it. Sizes scale down on a CPU;
 every figure printed is measured in this run.
 """
@@ -49,6 +49,7 @@ from landslide.gpu_monitor import GpuMonitor
 from landslide.hardware import tune_host_allocator
 from landslide.prediction import predict_probs
 from landslide.synth.release import generate_release
+from landslide.timing import phase_table
 from landslide.training.fold import build_datamodule, build_module
 from landslide.training.stacked import FoldPart, StackedFoldsData
 from landslide.training.stacked_module import StackedLandslideModule
@@ -248,17 +249,31 @@ def prediction(module, images, device, models: int, batch_size: int) -> dict:
 
 
 def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
-    """The whole recipe through train.py; wall time and energy from its cv_summary.json."""
+    """The whole recipe through train.py; wall time and energy from its cv_summary.json, and where the seconds
+    went: train.py's phases (its ``phases``) and ``launch``, the interpreter and Hydra before ``train()`` began
+    (this process's wall time of the command less train.py's own)."""
     run_dir = out / "full_recipe"
     cmd = [sys.executable, str(TRAIN_SCRIPT), f"data.root={root}",
            f"hydra.run.dir={run_dir}", "print_config=false", *overrides]
     started = time.perf_counter()
     with GpuMonitor() as gpu:  # utilisation and power beside wall time and energy (nothing on a CPU)
         subprocess.run(cmd, check=True)
+    wall = time.perf_counter() - started
     summary = json.loads((run_dir / "cv_summary.json").read_text())
-    return {"wall_s": time.perf_counter() - started, "energy_wh": summary["energy_wh"], "oof_f1": summary["oof_f1"],
+    phases = {"launch": round(wall - summary["wall_seconds"], 3), **summary.get("phases", {})}
+    training = phases.get("train_steps", 0.0)
+    return {"wall_s": round(wall, 2), "energy_wh": summary["energy_wh"], "oof_f1": summary["oof_f1"],
             "f1_mean": summary["f1_mean"], "parallel_folds": summary["folds"][0].get("parallel_folds", 1),
-            "overrides": overrides, **gpu.summary()}
+            "run_dir_mb": summary.get("run_dir_mb"), "overrides": overrides, **gpu.summary(),
+            # the share of the wall spent in training steps after the first (compilation is the first step's)
+            "train_steps_share": round(training / wall, 3) if wall else None, "phases": phases}
+
+
+def print_phases(phases: dict[str, float], wall: float) -> None:
+    """The full recipe's seconds per phase, largest first (``other`` last), with their shares of the wall."""
+    print(f"full recipe: where the {wall:.1f} s went")
+    for name, seconds, share in phase_table(phases, wall):
+        print(f"  {name:14s} {seconds:9.2f} s {share:7.1%}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -419,6 +434,8 @@ def main(argv: list[str] | None = None) -> dict:
     (args.out / "bench.json").write_text(json.dumps(result, indent=2))
     for key, value in result.items():
         print(f"{key:32s} {value}")
+    if "full_recipe" in result:
+        print_phases(result["full_recipe"]["phases"], result["full_recipe"]["wall_s"])
     return result
 
 

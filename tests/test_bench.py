@@ -103,3 +103,26 @@ def test_gpu_monitor_integrates_power_and_reports_nothing_without_a_gpu():
     summary = monitor.summary()
     assert summary["gpu_energy_wh"] == pytest.approx(2.0) and summary["gpu_util_mean_pct"] == 75.0
     assert summary["gpu_power_max_w"] == 300.0
+
+
+@pytest.mark.slow
+def test_the_full_recipe_says_where_its_seconds_went(tmp_path, tiny_release, capsys):
+    """``--full``'s record of train.py: its phases and the launch before train() add up to the command's wall."""
+    bench = load_benchmark()
+    result = bench.full_recipe(tiny_release, ["debug=tiny", f"data.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    phases = result["phases"]
+    assert phases["launch"] > 0 and {"startup", "filter", "first_step", "train_steps", "scoring"} <= set(phases)
+    assert sum(phases.values()) == pytest.approx(result["wall_s"], rel=0.02)
+    assert 0 < result["train_steps_share"] < 1 and result["run_dir_mb"] > 0
+    bench.print_phases(phases, result["wall_s"])
+    assert "where the" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_overheads_benchmark_times_each_cut(tmp_path, capsys):
+    spec = importlib.util.spec_from_file_location("overheads", REPO / "benchmarks" / "overheads.py")
+    overheads = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(overheads)
+    result = overheads.main(["--device", "cpu", "--small", "--repeats", "1", "--out", str(tmp_path / "o.json")])
+    assert len(result) == 5 and all(row["old_s"] > 0 and row["new_s"] > 0 for row in result.values())
+    assert json.loads((tmp_path / "o.json").read_text())["device"] == "cpu" and "old/new" in capsys.readouterr().out

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import entry
+from wandb_records import read_runs
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
 
@@ -46,7 +47,7 @@ def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
     single, sweep, merged = tmp_path / "single", tmp_path / "sweep", tmp_path / "merged"
     # both jobs start on no data: one makes it and its cache, the other waits for them
     run("train.py", "-m", *TINY, "data.fold=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}", env=env)
+        f"hydra.sweep.dir={sweep}", "logger=many", "log_figures=true", env=env)
     run("train.py", *TINY, f"hydra.run.dir={single}", env=env)
     jobs = sorted(p.parent for p in sweep.glob("*/run.json"))
     assert len(jobs) == 2 and all((j / "folds" / f"fold_{k}" / "result.json").is_file() for k, j in enumerate(jobs))
@@ -64,8 +65,15 @@ def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
     assert [i["folds_trained"] for i in record["invocations"]] == [[0], [1]] and sb["invocations"] == 2
     assert sb["wall_seconds"] == pytest.approx(sum(i["wall_seconds"] for i in record["invocations"]), abs=0.02)
     assert sb["energy_wh"] == pytest.approx(sum(i["energy_wh"] for i in record["invocations"]), abs=1e-5)
+    # the same summary: the jobs' phases added up to their wall times, the merged folder's size
+    assert set(sb) == set(sa) and sum(sb["phases"].values()) == pytest.approx(sb["wall_seconds"], rel=0.02)
     assert "fold: null" in (merged / ".hydra" / "config.yaml").read_text()
     assert (merged / "csv" / "fold_1" / "metrics.csv").is_file()
+    # the merged run has its own W&B run (job type cv) and TensorBoard session, and its figures, as a single run has
+    (cv,) = [r for r in read_runs(merged / "wandb") if r.job_type == "cv"]
+    assert cv.finished and cv.summary["oof_f1"] == pytest.approx(sb["oof_f1"]) and cv.summary["invocations"] == 2
+    assert list((merged / "tensorboard" / "cv").glob("events.out.tfevents.*"))
+    assert (merged / "figures" / "pr_curve.png").is_file()
 
     run("predict.py", f"run_dir={merged}", f"out={tmp_path / 'pred'}", env=env)
     assert (tmp_path / "pred" / "submission.csv").is_file()

@@ -205,7 +205,8 @@ def test_augmentation_and_fold_seed_settings_reach_the_data(tiny_release, tmp_pa
     assert dm.augment.erase_log_ratio == (2.0, 2.0) and dm.fold_seed_stride == 7
 
     # log aspect 2: every erased box is e^2 (7.4) times as tall as wide
-    augment = BatchAugment(flip=False, rotate=False, erase_p=1.0, erase_scale=(0.05, 0.05), erase_log_ratio=(2.0, 2.0))
+    augment = BatchAugment(flip=False, rotate=False, erase_p=1.0, erase_scale=(0.05, 0.05), erase_log_ratio=(2.0, 2.0),
+                           dihedral_gather=True)
     augment.set_fill(torch.ones(1))
     boxes = augment(torch.zeros(8, 1, 64, 64), generator=torch.Generator().manual_seed(0))[:, 0] > 0
     for box in boxes:

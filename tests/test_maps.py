@@ -137,6 +137,10 @@ def test_window_map_is_higher_inside_planted_landslides(scene, window_map):
     assert summary["folds"] == 2 and summary["tta"] is True and summary["rows_read"] == 190
     assert summary["mode"] == "window" and summary["localised_with"] is None
     assert summary["share_above_threshold"] == pytest.approx((p[~nodata] >= 0.5).mean(), abs=0.02)
+    # where map.py's seconds went, the figure included: the phases add up to the command's wall time
+    assert {"startup", "load_run", "read", "windows", "features", "network", "filter", "blend", "cog", "polygons",
+            "figure", "other"} <= set(summary["phases"])
+    assert sum(summary["phases"].values()) == pytest.approx(summary["wall_seconds"], rel=0.02)
     assert len(polygons) == summary["polygons"] >= 1
     for feature in polygons:
         props = feature["properties"]

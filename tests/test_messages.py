@@ -302,8 +302,9 @@ def test_a_damaged_last_checkpoint_on_resume_is_one_line(trained, tmp_path):
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
     (copy / "folds" / "fold_0" / "result.json").unlink()  # fold 0 unfinished: it resumes from last.ckpt
-    last = copy / "folds" / "fold_0" / "checkpoints" / "last.ckpt"
-    last.write_bytes(last.read_bytes()[:2000])
+    last = copy / "folds" / "fold_0" / "checkpoints" / "last.ckpt"  # removed when the fold finished: put one back
+    last.parent.mkdir(exist_ok=True)
+    last.write_bytes((copy / "folds" / "fold_0" / "model.ckpt").read_bytes()[:2000])  # a checkpoint cut short
     line = one_error_line(run("train.py", *TINY, f"hydra.run.dir={copy}", env=env, cwd=tmp_path))
     assert f"{last}: cannot be read as a checkpoint of weights" in line and "delete it to train the fold" in line
     torch.save({"state_dict": {}, "payload": Payload()}, last)

@@ -154,3 +154,57 @@ def test_parallel_folds_setting(setting, extra, pending, expected):
 def test_parallel_folds_refuses_nonsense():
     with pytest.raises(ValueError, match="auto or a positive integer"):
         parallel_folds(OmegaConf.merge(train_config(), {"cv": {"parallel_folds": "0"}}), 4)
+
+
+def test_one_stacked_scoring_pass_gives_each_fold_its_own_probabilities(tiny_release, tmp_path):
+    """Out-of-fold scoring of all folds in one stacked pass (8 test-time views) against each fold's module scored
+    alone (``predict_probs``), on padded validation parts of different lengths."""
+    from landslide.data.datamodule import LandslideDataModule
+    from landslide.prediction import predict_probs
+    from landslide.training.stacked import stacked_network_probs
+
+    dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=3, progress=False))
+    dm.prepare_data()
+    dm.setup()
+    templates = [fold_module(k) for k in range(2)]
+    for t in templates:  # trained-looking BatchNorm statistics, so that eval mode matters
+        t.train()
+        t(dm.gather("train", np.arange(40)))
+    rows = [dm.folds()[0][1], dm.folds()[1][1][:-5]]
+    stacked = StackedLandslideModule([copy.deepcopy(t) for t in templates], [len(r) for r in rows], [0, 1])
+    index = torch.as_tensor(np.stack([np.resize(r, len(rows[0])) for r in rows]))
+    got = stacked_network_probs(stacked, dm, index, chunk=7, tta=True, device=torch.device("cpu"), bf16=False)
+    for k, (template, r) in enumerate(zip(templates, rows)):
+        alone = predict_probs(template, dm.gather("train", r), 56, True, "cpu", bf16=False).mean(0)
+        np.testing.assert_allclose(got[k, : len(r)], alone, atol=2e-5)
+
+
+def test_stacked_validation_logs_each_folds_own_scores():
+    templates = [fold_module(k) for k in range(2)]
+    stacked = StackedLandslideModule(templates, [5, 3], [4, 9])
+    logged = {}
+    stacked.log_dict = logged.update
+    stacked.on_validation_epoch_start()
+    logits = torch.tensor([[2.0, -1.0, 0.5, -3.0, 1.0], [-2.0, 3.0, -0.1, 9.0, 9.0]])
+    y = torch.tensor([[1.0, 0.0, 1.0, 0.0, 0.0], [0.0, 1.0, 1.0, 0.0, 0.0]])
+    keep = torch.tensor([[True, True, True, True, False], [True, True, True, True, True]])
+    stacked._val_logits[:], stacked._val_prob[:], stacked._val_y[:] = logits, torch.sigmoid(logits) * keep, y
+    stacked.on_validation_epoch_end()
+    # fold 4: 5 images (the fifth filtered); fold 9: its first 3, the two confident "positives" are padding
+    assert logged["val/f1/fold_4"] == pytest.approx(1.0) and logged["val/f1/fold_9"] == pytest.approx(2 / 3)
+    assert logged["val/recall/fold_9"] == pytest.approx(0.5) and logged["val/auroc/fold_9"] == pytest.approx(1.0)
+    assert logged["val/f1_best/fold_9"] == pytest.approx(1.0)
+    assert logged["val/f1"] == pytest.approx((1.0 + 2 / 3) / 2)
+    assert all(isinstance(v, float) for v in logged.values())  # plain numbers: copied to the host once
+
+
+def test_stacked_scoring_setting():
+    from landslide.training.stacked import stacked_scoring
+
+    def cfg(value):
+        return OmegaConf.merge(train_config(), {"cv": {"stacked_scoring": value}})
+
+    assert stacked_scoring(cfg("auto"), torch.device("cuda")) and not stacked_scoring(cfg("auto"), torch.device("cpu"))
+    assert stacked_scoring(cfg(True), torch.device("cpu")) and not stacked_scoring(cfg(False), torch.device("cuda"))
+    with pytest.raises(ValueError, match="cv.stacked_scoring must be auto, true or false"):
+        stacked_scoring(cfg("sometimes"), torch.device("cpu"))

@@ -15,7 +15,8 @@ EXPERIMENTS = sorted(p.stem for p in (REPO / "configs" / "experiment").glob("*.y
 DEBUGS = sorted(p.stem for p in (REPO / "configs" / "debug").glob("*.yaml"))
 
 
-@pytest.mark.parametrize("debug", DEBUGS)
+# every experiment with the tiny preset in the default run; with the other presets under -m slow
+@pytest.mark.parametrize("debug", [d if d == "tiny" else pytest.param(d, marks=pytest.mark.slow) for d in DEBUGS])
 def test_every_experiment_runs_with_every_debug_preset(debug, project_env, tmp_path):
     sweep = tmp_path / "sweep"
     wandb = debug == "tiny"  # one of the sweeps logs to W&B (offline), to compare its approaches there

@@ -19,6 +19,9 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import first_line, print_error_line, user_errors
+from landslide.timing import PhaseTimer, phase
+
+STARTUP = "startup"  # a phase (landslide.timing): the imports and set-up before the command's work
 
 log = logging.getLogger(__name__)
 
@@ -96,50 +99,67 @@ def print_config(cfg: DictConfig) -> None:
 
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
-    import lightning as L
+    with PhaseTimer().activate() as timer:
+        with phase(STARTUP):  # the heavy imports, the config printed, the seeds
+            import lightning as L
 
-    from landslide.run_record import hydra_files_kept
-    from landslide.training.cv import run_cv
-    from landslide.training.ranks import is_rank_zero
-    from landslide.training.search import warn_without_holdout
+            from landslide.hardware import cuda_sync
+            from landslide.run_record import hydra_files_kept
+            from landslide.training.cv import run_cv
+            from landslide.training.ranks import is_rank_zero
+            from landslide.training.search import warn_without_holdout
 
-    _quiet_third_parties()
-    _tune_host(cfg)
-    if cfg.print_config and is_rank_zero():
-        print_config(cfg)
-    warn_without_holdout(cfg)
-    L.seed_everything(int(cfg.seed), workers=True)
-    # Hydra has written this invocation's .hydra/ into the run directory: a failed or refused one puts the run's back
-    kept = hydra_files_kept(cfg.paths.output_dir) if is_rank_zero() else nullcontext()
-    with kept, user_errors():
-        summary = run_cv(cfg)
+            timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
+            _quiet_third_parties()
+            _tune_host(cfg)
+            if cfg.print_config and is_rank_zero():
+                print_config(cfg)
+            warn_without_holdout(cfg)
+            L.seed_everything(int(cfg.seed), workers=True)
+        # Hydra wrote this invocation's .hydra/ into the run directory: a failed or refused one puts the run's back
+        kept = hydra_files_kept(cfg.paths.output_dir) if is_rank_zero() else nullcontext()
+        with kept, user_errors():
+            summary = run_cv(cfg)
     value = summary.get(cfg.optimized_metric)
     return None if value is None else float(value)
 
 
 def predict(cfg: DictConfig) -> dict:
     """Predict a test set with a training run's fold ensemble."""
-    from landslide.inference.ensemble import predict_run
-    from landslide.preflight import release_output
+    with PhaseTimer().activate() as timer:
+        with phase(STARTUP):
+            from landslide.hardware import cuda_sync
+            from landslide.inference.ensemble import predict_run
+            from landslide.preflight import release_output
 
-    _quiet_third_parties()
-    _tune_host(cfg)
-    try:
-        with user_errors():
-            return predict_run(
-                cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), cfg.batch_size,
-                cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
-            )
-    finally:
-        release_output(cfg.out)
+            timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
+            _quiet_third_parties()
+            _tune_host(cfg)
+        try:
+            with user_errors():
+                return predict_run(
+                    cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), cfg.batch_size,
+                    cfg.get("tta"), str(cfg.device), cfg.get("precision"), cfg.data.get("nan_policy"),
+                )
+        finally:
+            release_output(cfg.out)
 
 
 def make_map(cfg: DictConfig) -> dict:
     """Map a scene with a training run's fold ensemble: probability COG, optional polygons and figure, summary."""
+    with PhaseTimer().activate() as timer:
+        with phase(STARTUP):
+            from landslide.hardware import cuda_sync
+
+            timer.sync = cuda_sync  # the GPU's queued work counts in the phase that queued it
+            _quiet_third_parties()
+            _tune_host(cfg)
+        return _make_map(cfg)
+
+
+def _make_map(cfg: DictConfig) -> dict:
     from landslide.inference.scene import predict_scene
 
-    _quiet_third_parties()
-    _tune_host(cfg)
     with user_errors():
         bands = cfg.get("bands")
         return predict_scene(

@@ -59,3 +59,9 @@ def tune_host_allocator(keep_bytes: int = 1 << 30, mmap_threshold: int = 32 << 2
     if not applied:
         log.debug("mallopt refused some host allocator settings")
     return applied
+
+
+def cuda_sync() -> None:
+    """Wait for the GPU's queued work, where this process uses CUDA (a no-op otherwise: it starts nothing)."""
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()

@@ -13,18 +13,12 @@ import torch
 from torch import Tensor
 from torch.optim import Optimizer
 from torchmetrics import MetricCollection
-from torchmetrics.classification import (
-    BinaryAUROC,
-    BinaryAveragePrecision,
-    BinaryF1Score,
-    BinaryPrecision,
-    BinaryPrecisionRecallCurve,
-    BinaryRecall,
-)
+from torchmetrics.classification import BinaryF1Score
 
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import TTA_VIEWS, tta_views
 from landslide.losses import build_loss
+from landslide.metrics import ValidationOutputs, binary_scores
 from landslide.models import build_network
 
 
@@ -96,19 +90,10 @@ class LandslideModule(L.LightningModule):
         # kept out of the module tree so that the state dict holds the weights once, under ``net.``
         object.__setattr__(self, "_forward", torch.compile(self._normalised_forward) if compile
                            else self._normalised_forward)
-        at_half = {"threshold": 0.5}
-        self.train_metrics = MetricCollection({"f1": BinaryF1Score(**at_half)}, prefix="train/")
-        self.val_metrics = MetricCollection(
-            {
-                "f1": BinaryF1Score(**at_half),
-                "precision": BinaryPrecision(**at_half),
-                "recall": BinaryRecall(**at_half),
-                "auroc": BinaryAUROC(),
-                "ap": BinaryAveragePrecision(),
-            },
-            prefix="val/",
-        )
-        self.val_curve = BinaryPrecisionRecallCurve()
+        # fed 0/1 predictions without argument checks: no host synchronisation per step
+        self.train_metrics = MetricCollection({"f1": BinaryF1Score(validate_args=False)}, prefix="train/")
+        # the epoch's outputs stay on the device; the scores are computed once per validation (val/<name>)
+        self.val_outputs = ValidationOutputs()
 
     # ------------------------------------------------------------------ forward
     def forward(self, x: Tensor) -> Tensor:
@@ -138,7 +123,7 @@ class LandslideModule(L.LightningModule):
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         logits = self(batch["x"])
         loss = self.criterion(logits.float(), batch["y"])
-        self.train_metrics.update(torch.sigmoid(logits.detach().float()), batch["y"].int())
+        self.train_metrics.update((torch.sigmoid(logits.detach().float()) > 0.5).int(), batch["y"].int())
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
 
@@ -148,23 +133,20 @@ class LandslideModule(L.LightningModule):
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         logits = self(batch["x"]).float()
-        self.log("val/loss", self.criterion(logits, batch["y"]), on_step=False, on_epoch=True, sync_dist=True)
         # the whole pipeline's prediction: images the negative filter removed count as predicted negative
-        prob = torch.sigmoid(logits) * batch["keep"]
-        target = batch["y"].int()
-        self.val_metrics.update(prob, target)
-        self.val_curve.update(prob, target)
+        self.val_outputs.update(logits, torch.sigmoid(logits) * batch["keep"], batch["y"])
 
     def on_validation_epoch_end(self) -> None:
-        # metrics gather every process's states; sync_dist only averages the equal values and keeps Lightning quiet
-        self.log_dict(self.val_metrics.compute(), prog_bar=False, sync_dist=True)
-        self.val_metrics.reset()
-        precision, recall, thresholds = self.val_curve.compute()
-        f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-        best = torch.argmax(f1[:-1]) if thresholds.numel() else torch.tensor(0)
-        self.log("val/f1_best", f1[best], sync_dist=True)
-        self.log("val/best_threshold", thresholds[best] if thresholds.numel() else torch.tensor(0.5), sync_dist=True)
-        self.val_curve.reset()
+        # every process's outputs (torchmetrics gathers them); sync_dist only averages the equal values and keeps
+        # Lightning quiet
+        if self.val_outputs.update_count == 0:  # no validation batch ran
+            return
+        logits, prob, target = self.val_outputs.compute()
+        self.val_outputs.reset()
+        scores = {"val/loss": self.criterion(logits, target),
+                  **{f"val/{k}": v[0] for k, v in binary_scores(prob[None], target[None]).items()}}
+        values = torch.stack(list(scores.values())).tolist()  # one host copy per validation
+        self.log_dict(dict(zip(scores, values)), sync_dist=True)
 
     def test_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
         self.validation_step(batch, batch_idx)

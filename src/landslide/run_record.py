@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from landslide.errors import ConfigError, RunError
 from landslide.files import read_json, write_json, write_text
+from landslide.timing import OTHER, add_phases
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,10 @@ HARMLESS: tuple[str, ...] = (
     "trainer.enable_progress_bar", "trainer.enable_model_summary", "trainer.log_every_n_steps",
     # callbacks that only observe, or save the state an interrupted fold resumes from
     "callbacks.progress_bar", "callbacks.lr_monitor", "callbacks.energy", "callbacks.last_checkpoint",
+    "callbacks.keep_checkpoints", "trainer.plugins",
+    # how the same numbers are computed: the augmentation's gather, where statistics are summed, how many filters
+    # are fitted at once, how stacked folds are scored
+    "data.augment.dihedral_gather", "data.stats_on_device", "cv.parallel_filters", "cv.stacked_scoring",
 )
 #: The pseudo-key under which the training split's fingerprint is recorded among the defining settings.
 FINGERPRINT = "data.fingerprint"
@@ -171,18 +176,32 @@ class RunManifest:
         self.data["hydra_files"] = _hydra_files(self.run_dir)
         self.save()
 
-    def add_invocation(self, started: float, wall_seconds: float, energy_wh: float, folds: list[int]) -> None:
-        self.data.setdefault("invocations", []).append({
+    def add_invocation(self, started: float, wall_seconds: float, energy_wh: float, folds: list[int],
+                       phases: dict[str, float] | None = None) -> None:
+        """Record an invocation: when it started, its wall time, energy, the folds it finished and its seconds per
+        phase (:mod:`landslide.timing`)."""
+        entry = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_seconds": round(wall_seconds, 2),
             "energy_wh": round(energy_wh, 6),
             "folds_trained": folds,
-        })
+        }
+        if phases is not None:
+            entry["phases"] = phases
+        self.data.setdefault("invocations", []).append(entry)
         self.save()
 
     def totals(self) -> tuple[float, float]:
         """Wall seconds and Wh summed over every recorded invocation."""
         return (sum(i["wall_seconds"] for i in self.invocations), sum(i["energy_wh"] for i in self.invocations))
+
+    def phase_totals(self) -> dict[str, float]:
+        """Seconds per phase summed over every recorded invocation (one recorded without phases counts as
+        ``other``): they add up to :meth:`totals`' wall time."""
+        total: dict[str, float] = {}
+        for invocation in self.invocations:
+            total = add_phases(total, invocation.get("phases") or {OTHER: invocation["wall_seconds"]})
+        return total
 
     def save(self) -> None:
         write_json(self.path, self.data)

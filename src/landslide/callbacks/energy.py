@@ -9,7 +9,11 @@ from typing import Any
 import lightning as L
 from lightning.pytorch.callbacks import Callback
 
+from landslide.timing import phase
+
 log = logging.getLogger(__name__)
+
+ENERGY = "energy"  # a phase (landslide.timing): CodeCarbon's trackers started and stopped
 
 
 class EnergyTracker:
@@ -97,12 +101,14 @@ class EnergyCallback(Callback):
         self.tracker = EnergyTracker(folder, "landslide-fit", country_iso_code=self.country_iso_code,
                                      measure_power_secs=self.measure_power_secs,
                                      enabled=self.enabled and trainer.is_global_zero)
-        self.tracker.start()
+        with phase(ENERGY):
+            self.tracker.start()
 
     def _finish(self, trainer: L.Trainer) -> None:
         if self.tracker is None:
             return
-        self.wh = self.tracker.stop()
+        with phase(ENERGY):
+            self.wh = self.tracker.stop()
         metrics = {"energy/wh": self.wh, **{f"energy/{k}": v for k, v in self.tracker.detail.items()}}
         for logger in trainer.loggers:
             logger.log_metrics(metrics, step=trainer.global_step)

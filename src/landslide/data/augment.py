@@ -24,6 +24,22 @@ def tta_views(x: Tensor) -> Tensor:
     return torch.stack([dihedral_view(x, k) for k in range(TTA_VIEWS)])
 
 
+def dihedral_sources(size: int, device: torch.device | str = "cpu") -> Tensor:
+    """(8, size * size) int64: for each of the 8 draws ``4 * transpose + 2 * flip_rows + flip_cols`` of
+    :class:`BatchAugment`, the flat source pixel of every output pixel (columns flipped first, then rows, then the
+    transpose, as the three coins apply them)."""
+    i = torch.arange(size, device=device).view(size, 1).expand(size, size)
+    j = torch.arange(size, device=device).view(1, size).expand(size, size)
+    maps = []
+    for draw in range(8):
+        flip_cols, flip_rows, transpose = draw & 1, draw >> 1 & 1, draw >> 2 & 1
+        a, b = (j, i) if transpose else (i, j)  # the output pixel (i, j) reads (a, b) of the flipped image ...
+        a = size - 1 - a if flip_rows else a  # ... which reads row size-1-a of the column-flipped one ...
+        b = size - 1 - b if flip_cols else b  # ... which reads column size-1-b of the source
+        maps.append((a * size + b).reshape(-1))
+    return torch.stack(maps)
+
+
 class BatchAugment(nn.Module):
     """Random flips, 90-degree rotations and patch erasing applied per sample to a whole batch at once.
 
@@ -31,6 +47,12 @@ class BatchAugment(nn.Module):
     normalisation they read as zero. A patch covers a share of the image drawn from ``erase_scale``, with the log of
     its aspect ratio (height / width) drawn from ``erase_log_ratio``. The settings come from the config
     (``data.augment``).
+
+    ``dihedral_gather`` (the default): the three coins (flip columns, flip rows, transpose) make one dihedral draw
+    per image, applied as one gather of the batch through that draw's source-pixel map, and the erased boxes are
+    filled in place: one copy of the batch. Otherwise each coin is a ``torch.where`` between the batch and its
+    flipped copy, and erasing another: about eight copies. Both draw the same random numbers in the same order and
+    give the same images.
     """
 
     def __init__(
@@ -41,15 +63,18 @@ class BatchAugment(nn.Module):
         erase_p: float,
         erase_scale: tuple[float, float],
         erase_log_ratio: tuple[float, float],
+        dihedral_gather: bool,
     ) -> None:
         super().__init__()
         self.flip = flip
         self.rotate = rotate
+        self.dihedral_gather = dihedral_gather
         self.erase_p = erase_p
         self.erase_scale = tuple(erase_scale)
         self.erase_log_ratio = tuple(erase_log_ratio)
         self.fill = torch.zeros(0)
         self._fill_on: dict[tuple[str, torch.dtype], Tensor] = {}
+        self._sources: dict[tuple[str, int], Tensor] = {}
 
     def set_fill(self, fill: Tensor) -> None:
         self.fill = fill.detach().clone().float().cpu()
@@ -71,16 +96,43 @@ class BatchAugment(nn.Module):
         def coin(p: float = 0.5) -> Tensor:
             return (torch.rand(n, device=x.device, generator=generator) < p).view(n, 1, 1, 1)
 
+        rotate = self.rotate and x.shape[-1] == x.shape[-2]
+        if self.dihedral_gather and (self.flip or rotate):
+            draw = torch.zeros(n, dtype=torch.long, device=x.device)
+            if self.flip:
+                draw += coin().view(n).long()  # flip columns
+                draw += 2 * coin().view(n).long()  # flip rows
+            if rotate:
+                draw += 4 * coin().view(n).long()  # transpose: with the flips all 8 dihedral views
+            x = self._dihedral(x, draw)
+            if self.erase_p > 0:  # in place: the gather made x a new tensor
+                box, values = self._boxes(x, coin(self.erase_p).view(n), generator, fill)
+                torch.where(box.unsqueeze(1), values, x, out=x)
+            return x
         if self.flip:
             x = torch.where(coin(), x.flip(-1), x)
             x = torch.where(coin(), x.flip(-2), x)
-        if self.rotate and x.shape[-1] == x.shape[-2]:
+        if rotate:
             x = torch.where(coin(), x.transpose(-1, -2), x)  # with the flips: all 8 dihedral views
         if self.erase_p > 0:
-            x = self._erase(x, coin(self.erase_p).view(n), generator, fill)
+            box, values = self._boxes(x, coin(self.erase_p).view(n), generator, fill)
+            x = torch.where(box.unsqueeze(1), values, x)
         return x
 
-    def _erase(self, x: Tensor, apply: Tensor, generator: torch.Generator | None, fill: Tensor | None) -> Tensor:
+    def _dihedral(self, x: Tensor, draw: Tensor) -> Tensor:
+        """Image k of ``x`` under dihedral draw ``draw[k]``: one gather, a new tensor."""
+        n, c, h, w = x.shape
+        key = (str(x.device), h)
+        if key not in self._sources:
+            self._sources[key] = dihedral_sources(h, x.device)
+        source = self._sources[key][draw]  # (n, h * w)
+        flat = x.reshape(n, c, h * w)
+        return torch.gather(flat, 2, source.unsqueeze(1).expand(n, c, h * w)).view(n, c, h, w)
+
+    def _boxes(self, x: Tensor, apply: Tensor, generator: torch.Generator | None, fill: Tensor | None
+               ) -> tuple[Tensor, Tensor]:
+        """The erased box of each image (n, h, w) (all False where ``apply`` is) and the fill values (1 or n, c, 1,
+        1)."""
         n, c, h, w = x.shape
         dev = x.device
         area = torch.empty(n, device=dev).uniform_(*self.erase_scale, generator=generator) * h * w
@@ -97,4 +149,4 @@ class BatchAugment(nn.Module):
             & apply.view(n, 1, 1)
         )
         values = self._fill(c, x) if fill is None else fill.to(device=dev, dtype=x.dtype).view(n, c, 1, 1)
-        return torch.where(box.unsqueeze(1), values, x)
+        return box, values

@@ -19,10 +19,11 @@ from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_
 from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
 from landslide.data.cache import CachedSplit, load_or_build_split
-from landslide.data.preprocess import channel_stats
+from landslide.data.preprocess import channel_stats, resident_channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
 from landslide.errors import ConfigError
 from landslide.synth.embedded import ensure_embedded_release
+from landslide.timing import phase
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,7 @@ class LandslideDataModule(L.LightningDataModule):
         read_workers: int,
         augment: dict,
         device_resident: bool,
+        stats_on_device: bool,
         progress: bool,
         synthetic: dict | None = None,
     ) -> None:
@@ -92,6 +94,9 @@ class LandslideDataModule(L.LightningDataModule):
         self.synthetic = dict(synthetic or {})
         self.augment = BatchAugment(**(augment or {}))
         self.device_resident = device_resident
+        self.stats_on_device = stats_on_device
+        # the device training will use (:meth:`place`); statistics are computed there when ``stats_on_device``
+        self.device = torch.device("cpu")
         self.progress = progress
         self._indices: dict[str, SplitIndex] = {}
         self._splits: dict[str, CachedSplit] = {}
@@ -105,8 +110,7 @@ class LandslideDataModule(L.LightningDataModule):
         self.filter_keep = np.zeros(0, bool)
         self._folds: list[tuple[np.ndarray, np.ndarray]] | None = None
         self._holdout: np.ndarray | None = None
-        self.norm_mean: list[float] = []
-        self.norm_std: list[float] = []
+        self._stats: tuple[list[float], list[float]] | None = None  # of train_index; None: not computed yet
         self.epoch_seed = split_seed
 
     # ---------------------------------------------------------------- data on disk
@@ -219,15 +223,39 @@ class LandslideDataModule(L.LightningDataModule):
             keep[val_part] = np.asarray(val_keep, bool)
         self.filter_keep = keep
         self._forget(FILTER_KEEP)
-        self.fit_stats(self.train_index)
+        self._stats = None  # fitted on the fold's training images when first needed
 
-    def fit_stats(self, index: np.ndarray) -> None:
+    def place(self, device: torch.device | str) -> None:
+        """The device training will use: with ``stats_on_device`` the statistics are computed there, on the split's
+        resident copy (which training reuses), instead of on the host."""
+        self.device = torch.device(device)
+
+    @property
+    def norm_mean(self) -> list[float]:
+        """Per-channel means of the current fold's training images (fitted on first use after :meth:`set_fold`)."""
+        return self._fitted_stats()[0]
+
+    @property
+    def norm_std(self) -> list[float]:
+        return self._fitted_stats()[1]
+
+    def _fitted_stats(self) -> tuple[list[float], list[float]]:
+        if self._stats is None:
+            with phase("statistics"):
+                self._stats = self.fit_stats(self.train_index)
+            self.augment.set_fill(torch.tensor(self._stats[0]))
+        return self._stats
+
+    def fit_stats(self, index: np.ndarray) -> tuple[list[float], list[float]]:
+        """Per-channel mean and standard deviation of training rows ``index`` (float64 sums): with
+        ``stats_on_device`` and a GPU as :attr:`device`, on the split's resident copy there; else in NumPy on the
+        host (on a CPU the faster of the two)."""
         if self.stats == "bigearthnet":
-            self.norm_mean, self.norm_std = bigearthnet_stats(self.channels)
-        else:
-            images = self.gather("train", np.sort(index)).numpy()
-            self.norm_mean, self.norm_std = channel_stats(images, self.channels)
-        self.augment.set_fill(torch.tensor(self.norm_mean))
+            return bigearthnet_stats(self.channels)
+        index = np.sort(index)
+        if not self.stats_on_device or self.device.type == "cpu":
+            return channel_stats(self.gather("train", index).numpy(), self.channels)
+        return resident_channel_stats(lambda rows: self.gather("train", rows, self.device), index, self.channels)
 
     # ---------------------------------------------------------------- loaders
     def _loader(self, source: str, index: np.ndarray, batch_size: int, shuffle: bool) -> DataLoader:
@@ -291,6 +319,7 @@ class LandslideDataModule(L.LightningDataModule):
         out: dict[str, Tensor] = {"index": index}
         trainer = getattr(self, "trainer", None)
         if trainer is not None and trainer.training:
+            self._fitted_stats()  # the erasing fill is the fold's training means
             x = self.augment(x)
         out["x"] = x
         if source == "train":

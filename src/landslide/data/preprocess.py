@@ -11,7 +11,10 @@ reflectance, and the network normalises with statistics fitted on each fold's tr
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
+import torch
 
 from landslide.bands import CHANNEL_NAMES, UNNORMALISED, raw_index
 
@@ -60,6 +63,32 @@ def channel_stats(
         count += block.shape[0] * block.shape[2] * block.shape[3]
     if count == 0:
         raise ValueError("cannot compute statistics of an empty set")
+    return _finish_stats(channels, total, total_sq, count)
+
+
+def resident_channel_stats(gather: Callable[[np.ndarray], torch.Tensor], index: np.ndarray,
+                           channels: tuple[str, ...] | list[str], chunk: int = 1024) -> tuple[list[float], list[float]]:
+    """:func:`channel_stats` of the rows ``index`` that ``gather(rows)`` returns as (n, c, h, w) tensors, summed in
+    float64 where the tensors live (the split's resident copy on the training device): one host copy of 2 x c sums
+    at the end instead of the images."""
+    total = total_sq = None
+    count = 0
+    for start in range(0, len(index), chunk):
+        block = gather(index[start : start + chunk]).double()
+        if block.shape[1] != len(channels):
+            raise ValueError(f"{block.shape[1]} image channels but {len(channels)} channel names")
+        sums, squares = block.sum(dim=(0, 2, 3)), block.square().sum(dim=(0, 2, 3))
+        total = sums if total is None else total + sums
+        total_sq = squares if total_sq is None else total_sq + squares
+        count += block.shape[0] * block.shape[2] * block.shape[3]
+    if total is None:
+        raise ValueError("cannot compute statistics of an empty set")
+    both = torch.stack([total, total_sq]).cpu().numpy()
+    return _finish_stats(channels, both[0], both[1], count)
+
+
+def _finish_stats(channels: tuple[str, ...] | list[str], total: np.ndarray, total_sq: np.ndarray, count: int
+                  ) -> tuple[list[float], list[float]]:
     mean = total / count
     std = np.sqrt(np.maximum(total_sq / count - mean**2, 0.0))
     means, stds = [], []

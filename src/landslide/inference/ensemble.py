@@ -39,8 +39,17 @@ from landslide.run_record import (
     recorded_fingerprint,
     recorded_nan_policy,
 )
+from landslide.timing import phase, timing_report
 
 log = logging.getLogger(__name__)
+
+# phases of predict.py and map.py (landslide.timing)
+LOAD_RUN = "load_run"  # the run's config, checkpoints and filters
+DATA = "data"  # the test split read, validated and cached
+FEATURES = "features"  # the hand-crafted features for the filters
+NETWORK = "network"  # the fold networks with test-time views, calibrated
+FILTER = "filter"  # the fold filters' votes
+WRITE = "write"  # submission and predictions files
 
 __all__ = ["RunError", "load_run", "predict_run", "write_submission"]
 
@@ -162,25 +171,28 @@ class FoldEnsemble:
         ``localised_with``, the method each fold used."""
         images = torch.as_tensor(images)
         if features is None:
-            features = compute_features(images.cpu().numpy())
+            with phase(FEATURES):
+                features = compute_features(images.cpu().numpy())
         net_in = images if self._picks is None else images.index_select(1, self._picks.to(images.device))
         net_in = net_in.to(self.device)
         per_fold, keeps, methods = [], [], []
         pixel = None
         for module, filt, threshold in zip(self.modules, self.filters, self.thresholds):
-            if localise:
-                views, maps, used = localise_views(module, net_in, self.batch_size, self.tta, self.device, localise,
-                                                   self.bf16)
-                views = calibrate(views, threshold)
-                score = torch.einsum("vn,vnhw->nhw", views, maps)
-                pixel = score if pixel is None else pixel + score
-                per_fold.append(views.cpu().numpy())
-                methods.append(used)
-            else:
-                views = torch.from_numpy(predict_probs(module, net_in, self.batch_size, self.tta, self.device,
-                                                       bf16=self.bf16))
-                per_fold.append(calibrate(views, threshold).numpy())
-            keeps.append(filt.keep(features))
+            with phase(NETWORK):  # the network's forward (and, localising, backward) passes
+                if localise:
+                    views, maps, used = localise_views(module, net_in, self.batch_size, self.tta, self.device,
+                                                       localise, self.bf16)
+                    views = calibrate(views, threshold)
+                    score = torch.einsum("vn,vnhw->nhw", views, maps)
+                    pixel = score if pixel is None else pixel + score
+                    per_fold.append(views.cpu().numpy())
+                    methods.append(used)
+                else:
+                    views = torch.from_numpy(predict_probs(module, net_in, self.batch_size, self.tta, self.device,
+                                                           bf16=self.bf16))
+                    per_fold.append(calibrate(views, threshold).numpy())
+            with phase(FILTER):
+                keeps.append(filt.keep(features))
         probs = np.stack(per_fold)  # (folds, views, n)
         votes = 1 - np.mean(keeps, axis=0)
         filtered = votes > 0.5
@@ -224,18 +236,22 @@ def predict_run(run_dir: Path | str, out: Path | str | None, data_root: str | No
     check_predict_options(tta=tta, precision=precision, nan_policy=nan_policy, device=device, batch_size=batch_size)
     out = Path(out) if out else run_dir / "predictions"
     check_prediction_out(run_dir, out)
-    ensemble = FoldEnsemble(run_dir, device, batch_size, tta, precision, nan_policy)
+    with phase(LOAD_RUN):
+        ensemble = FoldEnsemble(run_dir, device, batch_size, tta, precision, nan_policy)
     config, summary, fold_dirs, settings = ensemble.config, ensemble.summary, ensemble.fold_dirs, ensemble.settings
     root = Path(data_root or lookup(config, "data.root"))
-    if data_root is None:
-        check_training_release(root, run_dir, settings)
-    test_index = read_split_index(root, "test")
-    log.info("predicting %d test images of %s (%s)", len(test_index.ids), root,
-             "the run's training release" if data_root is None else "data.root")
-    split = load_or_build_split(test_index, cache_dir or lookup(config, "data.cache_dir"),
-                                settings["cloud_threshold"], settings["nan_policy"],
-                                int(lookup(config, "data.read_workers", 4)), bool(lookup(config, "data.progress")))
-    result = ensemble.predict(torch.from_numpy(split.images), split_features(split))
+    with phase(DATA):
+        if data_root is None:
+            check_training_release(root, run_dir, settings)
+        test_index = read_split_index(root, "test")
+        log.info("predicting %d test images of %s (%s)", len(test_index.ids), root,
+                 "the run's training release" if data_root is None else "data.root")
+        split = load_or_build_split(test_index, cache_dir or lookup(config, "data.cache_dir"),
+                                    settings["cloud_threshold"], settings["nan_policy"],
+                                    int(lookup(config, "data.read_workers", 4)), bool(lookup(config, "data.progress")))
+    with phase(FEATURES):
+        features = split_features(split)
+    result = ensemble.predict(torch.from_numpy(split.images), features)
     probs, filtered, prob = result["per_fold"], result["filtered"], result["prob"]
     labels = (prob >= 0.5).astype(int)
     ids = split.ids
@@ -248,18 +264,22 @@ def predict_run(run_dir: Path | str, out: Path | str | None, data_root: str | No
         "network_prob": np.round(result["network_prob"], 6),
         **{f"fold_{f['fold']}": np.round(p.mean(0), 6) for f, p in zip(summary["folds"], probs)},
     })
-    # checked against Test.csv as it is on disk now, not against the list the predictions were made from
-    expected = read_split_index(root, "test").ids
-    with OutputSet(out / "predict_summary.json") as outputs:
-        write_submission(outputs.stage(out / "submission.csv"), ids, labels, expected)
-        table.to_csv(outputs.stage(out / "predictions.csv"), index=False)
-        elapsed = time.perf_counter() - started
-        report = {
-            "run_dir": str(run_dir), "data_root": str(root), "out": str(out), "n_test": len(ids),
-            "folds": len(fold_dirs), "tta": ensemble.tta, "bf16": ensemble.bf16, "positives": int(labels.sum()),
-            "filtered": int(filtered.sum()), "seconds": round(elapsed, 2),
-        }
-        outputs.commit(report)
+    with phase(WRITE):
+        # checked against Test.csv as it is on disk now, not against the list the predictions were made from
+        expected = read_split_index(root, "test").ids
+        with OutputSet(out / "predict_summary.json") as outputs:
+            write_submission(outputs.stage(out / "submission.csv"), ids, labels, expected)
+            table.to_csv(outputs.stage(out / "predictions.csv"), index=False)
+            elapsed = time.perf_counter() - started
+            report = {
+                "run_dir": str(run_dir), "data_root": str(root), "out": str(out), "n_test": len(ids),
+                "folds": len(fold_dirs), "tta": ensemble.tta, "bf16": ensemble.bf16, "positives": int(labels.sum()),
+                "filtered": int(filtered.sum()), "seconds": round(elapsed, 2),
+            }
+            timing = timing_report()
+            if timing is not None:  # the whole command (imports included) by phase; they add up to wall_seconds
+                report.update(timing)
+            outputs.commit(report)
     log.info("wrote %s (%d IDs, %d positive, %d filtered) in %.1fs", out / "submission.csv", len(ids),
              report["positives"], report["filtered"], elapsed)
     return report

@@ -34,11 +34,19 @@ from landslide.data.preprocess import to_channels
 from landslide.data.scene import SceneInfo, SceneReader, import_rasterio
 from landslide.errors import ConfigError, SceneError
 from landslide.files import OutputSet, temporary_path
-from landslide.inference.ensemble import FoldEnsemble
+from landslide.inference.ensemble import LOAD_RUN, FoldEnsemble
 from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
 from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
+from landslide.timing import phase, timed, timing_report
 
 log = logging.getLogger(__name__)
+# phases of map.py (landslide.timing), beside those of the ensemble's prediction
+READ = "read"  # the scene's rows
+WINDOWS = "windows"  # windows cut, gaps filled, model channels
+BLEND = "blend"  # window probabilities blended and the map's rows written
+COG = "cog"  # the Cloud-Optimised GeoTIFF
+POLYGONS = "polygons"
+FIGURE = "figure"  # the map's figure beside the scene
 
 
 def no_valid_pixels(scene: Path, valid_read: int, min_valid: float) -> str:
@@ -209,7 +217,8 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
             OutputSet(summary_path) as outputs:
         info = reader.info
         rows, cols = window_origins(info.height, stride), window_origins(info.width, stride)
-        ensemble = ensemble or FoldEnsemble(run_dir, device, batch_size, tta)
+        with phase(LOAD_RUN):
+            ensemble = ensemble or FoldEnsemble(run_dir, device, batch_size, tta)
         cloud_threshold = float(ensemble.settings["cloud_threshold"])
         out.parent.mkdir(parents=True, exist_ok=True)
         raw_path = temporary_path(out.with_name(f"{out.stem}.raw.tif"))
@@ -222,11 +231,12 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
         pending: list[tuple[int, list[int], np.ndarray]] = []  # (top, columns, raw windows) awaiting prediction
         bar = tqdm(total=len(rows) * len(cols), unit="win", desc=f"mapping {info.path.name}", disable=not progress)
         try:
-            for i, (top, data, valid) in enumerate(strips(reader, rows)):
+            for i, (top, data, valid) in enumerate(timed(READ, strips(reader, rows))):
                 fresh = valid[blender.end - top :]
                 counts["valid_read"] += int(fresh.sum())
                 blender.extend(fresh)
-                raw, share = cut_windows(data, valid, cols)
+                with phase(WINDOWS):
+                    raw, share = cut_windows(data, valid, cols)
                 keep = np.flatnonzero(share >= min_valid)
                 pending.append((top, [cols[j] for j in keep], raw[keep]))
                 counts["windows"] += len(keep)
@@ -237,34 +247,39 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
                 batch = np.concatenate([p[2] for p in pending])
                 probs, values = [], []
                 for start in range(0, len(batch), windows_per_batch):
-                    result = ensemble.predict(to_channels(batch[start : start + windows_per_batch], cloud_threshold),
-                                              localise=localise)
+                    with phase(WINDOWS):
+                        channels = to_channels(batch[start : start + windows_per_batch], cloud_threshold)
+                    result = ensemble.predict(channels, localise=localise)
                     probs.append(result["prob"])
                     values.append(result["pixel"] if localise else result["prob"])
                     methods.update(result.get("localised_with", ()))
                     counts["filtered"] += int(result["filtered"].sum())
                 probs = np.concatenate(probs) if probs else np.zeros(0)
                 values = np.concatenate(values) if values else np.zeros(0)
-                splits = np.cumsum([len(p[1]) for p in pending])[:-1]
-                for (row_top, row_cols, _), row_probs, row_values in zip(pending, np.split(probs, splits),
-                                                                         np.split(values, splits)):
-                    blender.add(row_top, row_cols, row_values)
-                    support.add(row_top, row_cols, row_probs)
-                bar.update(len(cols) * len(pending))
-                pending, batch = [], None
-                done_top = blender.top
-                sink.write(done_top, blender.pop((info.height if last else rows[i + 1]) - done_top))
+                with phase(BLEND):
+                    splits = np.cumsum([len(p[1]) for p in pending])[:-1]
+                    for (row_top, row_cols, _), row_probs, row_values in zip(pending, np.split(probs, splits),
+                                                                             np.split(values, splits)):
+                        blender.add(row_top, row_cols, row_values)
+                        support.add(row_top, row_cols, row_probs)
+                    bar.update(len(cols) * len(pending))
+                    pending, batch = [], None
+                    done_top = blender.top
+                    sink.write(done_top, blender.pop((info.height if last else rows[i + 1]) - done_top))
             bar.close()
-            sink.close()
-            if not sink.valid:
-                raise SceneError(no_valid_pixels(info.path, counts["valid_read"], min_valid))
-            to_cog(raw_path, outputs.stage(out))
-            n_polygons = polygons(mask_path, outputs.staged_path(out), info, outputs.stage(vector), min_area_m2,
-                                  smooth, support) if vector else None
+            with phase(COG):
+                sink.close()
+                if not sink.valid:
+                    raise SceneError(no_valid_pixels(info.path, counts["valid_read"], min_valid))
+                to_cog(raw_path, outputs.stage(out))
+            with phase(POLYGONS):
+                n_polygons = (polygons(mask_path, outputs.staged_path(out), info, outputs.stage(vector), min_area_m2,
+                                       smooth, support) if vector else None)
             if figure:
                 from landslide.plots.scene import plot_scene_map
 
-                plot_scene_map(scene, outputs.staged_path(out), outputs.stage(figure), truth, threshold, band_map)
+                with phase(FIGURE):
+                    plot_scene_map(scene, outputs.staged_path(out), outputs.stage(figure), truth, threshold, band_map)
         finally:
             sink.close()
             raw_path.unlink(missing_ok=True)
@@ -283,8 +298,11 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
             "windows_per_second": round(counts["windows"] / max(elapsed, 1e-9), 1),
             "valid_pixels": sink.valid, "share_above_threshold": round(sink.above / max(sink.valid, 1), 6),
             "polygons": n_polygons, "rows_read": reader.rows_read, "max_rows_held": reader.max_rows_held,
-            "max_rows_blended": blender.max_rows,
+            "max_rows_blended": blender.max_rows, "summary": str(summary_path),
         }
+        timing = timing_report()
+        if timing is not None:  # the whole command (imports included) by phase; they add up to wall_seconds
+            report.update(timing)
         outputs.commit(report)
     log.info("wrote %s (%d windows in %.1fs, %.1f windows/s; %.2f%% of valid pixels above %.2f)", out,
              counts["windows"], elapsed, report["windows_per_second"], 100 * report["share_above_threshold"],

@@ -7,7 +7,9 @@ config with ``data.fold`` null, also written to ``.hydra/config.yaml`` for readi
 energy add up), ``cv_summary.json`` and ``oof_predictions.csv``. ``predict.py run_dir=<dir>`` reads it like any run.
 
 The jobs' configs are read from their ``run.json`` as plain values: the datamodule that gives the labels and folds is
-built by its own constructor from them, nothing named in them is imported or built, and no data is generated.
+built by its own constructor from them, no data is generated, and nothing named in them is imported or built but
+the W&B and TensorBoard loggers of :data:`RUN_LOGGERS`, which give the merged run its own W&B run and TensorBoard
+session as ``train.py`` gives a run (written into ``--out``).
 """
 
 from __future__ import annotations
@@ -36,11 +38,18 @@ from landslide.run_record import (
     read_run_config,
     recorded_fingerprint,
 )
+from landslide.training.run_logging import log_run
 
 log = logging.getLogger("landslide.aggregate")
 
 #: per-fold logger folders of a run directory, copied with the folds
 LOGGER_DIRS = ("csv", "tensorboard")
+#: the logger classes a merged run's own W&B run and TensorBoard session are made with; other entries of the jobs'
+#: ``logger`` config are left out (nothing else named in a job's config is built)
+RUN_LOGGERS = frozenset({
+    "lightning.pytorch.loggers.WandbLogger", "lightning.pytorch.loggers.wandb.WandbLogger",
+    "lightning.pytorch.loggers.TensorBoardLogger", "lightning.pytorch.loggers.tensorboard.TensorBoardLogger",
+})
 
 
 @dataclass
@@ -155,6 +164,18 @@ def labelled_data(config: dict, fingerprint: str | None, source: Path) -> Landsl
     return dm
 
 
+def run_loggers(config: dict, out: Path, source: Path) -> dict[str, dict]:
+    """The jobs' W&B and TensorBoard logger entries (:data:`RUN_LOGGERS`), writing into the merged run ``out``."""
+    kept: dict[str, dict] = {}
+    for name, entry in (config.get("logger") or {}).items():
+        if not isinstance(entry, dict) or entry.get("_target_") not in RUN_LOGGERS:
+            continue  # CSV keeps per-fold files only (copied with the folds); other loggers are not built
+        if any(_has_target(value) for value in entry.values()):
+            raise RunError(f"{source}: logger.{name} holds a nested _target_; a run's config is never built")
+        kept[name] = {**entry, "save_dir": str(out)}
+    return kept
+
+
 def _copy_fold(job: Job, fold: int, out: Path) -> None:
     name = f"fold_{fold}"
     shutil.copytree(job.folder / "folds" / name, out / "folds" / name, dirs_exist_ok=True)
@@ -165,7 +186,7 @@ def _copy_fold(job: Job, fold: int, out: Path) -> None:
 
 def aggregate(folders: list[Path], out: Path) -> dict:
     """Write the merged run directory ``out``; return its CV summary."""
-    from landslide.training.cv import write_oof
+    from landslide.training.cv import folder_bytes, write_oof
     from landslide.training.summary import print_summary, summarise
 
     jobs, owner = collect(job_folders([Path(f) for f in folders]))
@@ -193,10 +214,15 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     wall, wh = record.totals()
     summary = summarise(OmegaConf.create(config), dm, results, wall, wh)
     summary["invocations"] = len(record.invocations)
+    summary["phases"] = record.phase_totals()  # the jobs' seconds per phase, added up like their wall times
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
+    summary["run_dir_mb"] = round(folder_bytes(out) / 1e6, 1)
     write_json(out / "cv_summary.json", summary)
     record.save()  # last: a folder with run.json is a finished merge
+    loggers = run_loggers(config, out, first.folder / MANIFEST)
+    if loggers or config.get("log_figures"):  # figures, the merged run's W&B run and TensorBoard session
+        log_run(OmegaConf.create({**config, "logger": loggers}), out, dm)
     print_summary(summary)
     log.info("merged %d fold(s) from %d job(s) into %s", len(owner), len(jobs), out)
     return summary

@@ -24,13 +24,25 @@ from omegaconf import DictConfig, OmegaConf
 
 from landslide.bands import BAND_SETS
 from landslide.callbacks import EnergyTracker
+from landslide.callbacks.energy import ENERGY
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
+from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
-from landslide.training.fold import build_datamodule, check_initial_weights, option_errors, train_fold
+from landslide.timing import PhaseTimer, active_timer, add_phases, phase
+from landslide.training.fold import (
+    LOGGERS,
+    build_datamodule,
+    check_initial_weights,
+    drop_checkpoints,
+    fit_filters,
+    option_errors,
+    train_fold,
+    training_device,
+)
 from landslide.training.ranks import is_rank_zero, planned_processes
 from landslide.training.run_logging import log_run
 from landslide.training.stacked import train_stacked
@@ -39,6 +51,12 @@ from landslide.training.summary import print_summary, summarise
 log = logging.getLogger(__name__)
 #: the largest share of Train.csv that data.holdout_fraction may keep out of the folds
 MAX_HOLDOUT = 0.5
+
+# phases of a training run besides those of one fold (training.fold, callbacks.phases)
+DATA = "data"  # the release generated or read, validated and cached; the folds
+FEATURES = "features"  # the hand-crafted features (cached beside the arrays)
+FILTER = "filter"  # every pending fold's filter fitted and applied
+SUMMARY = "summary"  # the summary, the out-of-fold predictions file, the run folder's size
 
 
 def check_options(cfg: DictConfig) -> None:
@@ -115,21 +133,35 @@ def run_cv(cfg: DictConfig) -> dict:
     """Train every fold (or ``data.fold`` only) and write ``cv_summary.json`` and ``oof_predictions.csv``.
 
     The run directory's ``run.json`` records the settings that define the run: a later invocation in the same
-    directory continues it (finished folds are skipped, an interrupted one resumes) only with equal settings."""
+    directory continues it (finished folds are skipped, an interrupted one resumes) only with equal settings.
+    The seconds of the invocation go to the phases of the active :class:`~landslide.timing.PhaseTimer` (``train.py``
+    starts one; without one the run times itself from here)."""
+    timer = active_timer()
+    if timer is None:
+        with PhaseTimer(sync=cuda_sync).activate() as timer:
+            return _run_cv(cfg, timer)
+    return _run_cv(cfg, timer)
+
+
+def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     check_options(cfg)
     out = Path(cfg.paths.output_dir)
-    started, started_at = time.perf_counter(), time.time()
+    started_at = time.time() - timer.wall()  # when the command's timer started
     energy = cfg.energy
     lead = is_rank_zero()  # with several processes (DDP) the others only train
     tracker = EnergyTracker(out, "landslide-cv", country_iso_code=str(energy.country_iso_code),
                             measure_power_secs=float(energy.measure_power_secs), enabled=bool(energy.enabled) and lead)
     manifest: RunManifest | None = None
     trained: list[int] = []
-    tracker.start()
+    finished = False
+    with phase(ENERGY):
+        tracker.start()
     try:
-        dm = build_datamodule(cfg)
-        with option_errors("data"):
-            dm.folds()  # enough images of each class for the folds, checked before any training
+        with phase(DATA):
+            dm = build_datamodule(cfg)
+            dm.place(training_device(cfg))
+            with option_errors("data"):
+                dm.folds()  # enough images of each class for the folds, checked before any training
         if cfg.get("init_weights") and cfg.stage == "all":
             check_initial_weights(str(cfg.init_weights), list(dm.channels))
         if lead:
@@ -137,7 +169,8 @@ def run_cv(cfg: DictConfig) -> dict:
             record.claim(defining_settings(cfg, dm.split("train").meta["key"]),
                          prediction_settings(cfg, dm.channels), OmegaConf.to_container(cfg, resolve=True))
             manifest = record  # only an invocation that continues the recorded run is added to it
-        feats = split_features(dm.split("train"))
+        with phase(FEATURES):
+            feats = split_features(dm.split("train"))
         folds = [int(cfg.data.fold)] if cfg.data.get("fold") is not None else list(range(dm.num_folds))
         results: dict[int, dict] = {}
         for fold in folds:
@@ -146,41 +179,74 @@ def run_cv(cfg: DictConfig) -> dict:
                 log.info("fold %d already finished; skipping it", fold)
                 results[fold] = json.loads(done.read_text())
         pending = [f for f in folds if f not in results]
+        with phase(FILTER):
+            fitted = fit_filters(cfg, feats, dm.labels, {f: dm.folds()[f] for f in pending}, out)
         at_once = parallel_folds(cfg, len(pending))
         for start in range(0, len(pending), at_once):
             chunk = pending[start : start + at_once]
             if len(chunk) > 1:
                 log.info("folds %s/%d at once", ", ".join(str(f + 1) for f in chunk), dm.num_folds)
-                done_now = train_stacked(cfg, dm, chunk, feats, out)
+                done_now = train_stacked(cfg, dm, chunk, feats, out, {f: fitted[f] for f in chunk})
             else:
                 fold = chunk[0]
                 fold_dir = out / "folds" / f"fold_{fold}"
                 fold_dir.mkdir(parents=True, exist_ok=True)
                 log.info("fold %d/%d", fold + 1, dm.num_folds)
-                done_now = {fold: train_fold(cfg, dm, fold, feats, fold_dir)}
+                done_now = {fold: train_fold(cfg, dm, fold, feats, fold_dir, fitted[fold])}
+            if not lead:
+                continue
             for fold, result in done_now.items():
-                if not lead:
-                    continue
                 write_json(out / "folds" / f"fold_{fold}" / "result.json", result, indent=None)
                 trained.append(fold)
                 results[fold] = result
+                drop_checkpoints(cfg, out / "folds" / f"fold_{fold}")
+            if len(chunk) > 1:
+                drop_checkpoints(cfg, out / "stacked" / ("stacked_" + "_".join(map(str, chunk))))
         results = [results[f] for f in folds] if lead else []
+        finished = True
     finally:
-        run_wh = tracker.stop()
-        if manifest is not None:
-            manifest.add_invocation(started_at, time.perf_counter() - started, run_wh, trained)
+        with phase(ENERGY):
+            run_wh = tracker.stop()
+        if manifest is not None and not finished:  # a failed or interrupted invocation still counts
+            report = timer.report()
+            manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"])
     if not lead:
         return {}
-    wall, wh = manifest.totals()
-    summary = summarise(cfg, dm, results, wall, wh)
-    summary["invocations"] = len(manifest.invocations)
+    with phase(SUMMARY):
+        summary = summarise(cfg, dm, results, 0.0, 0.0)
+        if summary.get("oof_f1") is not None:
+            write_oof(out / "oof_predictions.csv", dm, results)
+        add_totals(summary, manifest, out, timer.report(), run_wh)  # this invocation so far, not yet recorded
+        write_json(out / "cv_summary.json", summary)
+    with phase(LOGGERS):
+        log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
+    # the invocation recorded with every second up to here; the summary again, with its figures' seconds and size
+    report = timer.report()
+    manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"])
+    add_totals(summary, manifest, out)
     write_json(out / "cv_summary.json", summary)
-    if summary.get("oof_f1") is not None:
-        write_oof(out / "oof_predictions.csv", dm, results)
     manifest.keep_hydra_files()
     print_summary(summary)
-    log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
     return summary
+
+
+def add_totals(summary: dict, manifest: RunManifest, out: Path, pending: dict | None = None,
+               pending_wh: float = 0.0) -> None:
+    """The run's wall time, energy, invocations and seconds per phase (every recorded invocation, and ``pending``,
+    a timer report of this one if it is not recorded yet) and the run folder's size, into ``summary``."""
+    wall, wh = manifest.totals()
+    phases = manifest.phase_totals()
+    invocations = len(manifest.invocations)
+    if pending is not None:
+        wall, wh, invocations = wall + pending["wall_seconds"], wh + pending_wh, invocations + 1
+        phases = add_phases(phases, pending["phases"])
+    summary.update({"wall_seconds": round(wall, 2), "energy_wh": round(wh, 6), "invocations": invocations,
+                    "phases": phases, "run_dir_mb": round(folder_bytes(out) / 1e6, 1)})
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder``."""
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
 def write_oof(path: Path, dm: LandslideDataModule, results: list[dict]) -> None:

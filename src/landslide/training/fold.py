@@ -5,10 +5,13 @@ loggers, its training, and its score (the whole two-stage pipeline on the whole 
 from __future__ import annotations
 
 import logging
+import os
 import shutil
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +23,8 @@ from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
 from omegaconf import DictConfig, OmegaConf
 
-from landslide.callbacks import EnergyCallback, MetricHistory, ResumeState
+from landslide.callbacks import EnergyCallback, FitPhases, MetricHistory, ResumeState, ValidateLastEpoch
+from landslide.callbacks.phases import CHECKPOINTS
 from landslide.checkpoint import load_module, network_weights, read_checkpoint
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError, RunError, first_line
@@ -31,10 +35,17 @@ from landslide.module import LandslideModule
 from landslide.plots.curves import f1_curve_figure
 from landslide.plots.samples import plot_split_sample
 from landslide.prediction import predict_probs
+from landslide.timing import phase
 from landslide.training.loggers import build_loggers, finish_loggers, log_figure
 from landslide.training.ranks import is_rank_zero, wait_for_rank_zero
 
 log = logging.getLogger(__name__)
+
+# phases of a training run (landslide.timing) that the fold's steps mark; the fit's own are in callbacks.phases
+SETUP = "setup"  # module, callbacks, trainer
+LIGHTNING = "lightning"  # Trainer.fit's own set-up, hooks and tear-down (FitPhases splits out the rest)
+SCORING = "scoring"  # out-of-fold predictions with test-time views
+LOGGERS = "loggers"  # loggers made, replayed, finished; figures
 
 
 @contextmanager
@@ -59,6 +70,14 @@ def build_datamodule(cfg: DictConfig) -> LandslideDataModule:
     return dm
 
 
+def training_device(cfg: DictConfig) -> torch.device:
+    """The device ``cfg.trainer`` trains on (this process's GPU under DDP), known before the trainer is built."""
+    accelerator = str(cfg.trainer.get("accelerator", "auto"))
+    if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    return torch.device("cpu")
+
+
 def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
     """The LightningModule ``model._target_`` names (LandslideModule or a subclass) for the current fold, built from
     the ``model`` config with the fold's band set and statistics. Every other ``_target_`` of the node is built too
@@ -79,54 +98,119 @@ def build_module(cfg: DictConfig, dm: LandslideDataModule) -> LandslideModule:
 
 def build_callbacks(cfg: DictConfig, fold_dir: Path) -> list[Callback]:
     """The configured callbacks for one fold; progress bars are left out when ``trainer.enable_progress_bar``
-    is false (Lightning refuses the pair). Checkpoint callbacks write under the fold's folder, energy callbacks
-    there too."""
+    is false (Lightning refuses the pair), and a monitored checkpoint (the best epoch) unless
+    ``epoch_selection=best`` reads it. Checkpoint callbacks write under the fold's folder, energy callbacks there
+    too. Entries that are not callbacks (``callbacks.keep_checkpoints``) are settings."""
     callbacks: list[Callback] = []
     progress_bar = cfg.trainer.enable_progress_bar
     for _, entry in (cfg.get("callbacks") or {}).items():
-        if entry is None or "_target_" not in entry:
+        if not OmegaConf.is_dict(entry) or "_target_" not in entry:
             continue
         cls = get_class(entry["_target_"])
         if not progress_bar and issubclass(cls, ProgressBar):
             continue
         extra: dict[str, Any] = {}
         if issubclass(cls, ModelCheckpoint):
+            if entry.get("monitor") and cfg.epoch_selection != "best":
+                continue  # nothing else reads the best epoch's checkpoint
             extra["dirpath"] = str(fold_dir / "checkpoints")
         if issubclass(cls, EnergyCallback):
             extra["output_dir"] = str(fold_dir)
         callbacks.append(instantiate(entry, **extra))
-    callbacks.extend([MetricHistory(), ResumeState()])
+    callbacks.extend([MetricHistory(), ResumeState(), ValidateLastEpoch(), FitPhases()])
     return callbacks
+
+
+def drop_checkpoints(cfg: DictConfig, folder: Path) -> None:
+    """Remove a finished fold's (or stacked folds') ``checkpoints/`` (``last.ckpt``, the best epoch's copy): a
+    finished fold is never resumed and prediction reads ``model.ckpt``. Kept with ``callbacks.keep_checkpoints``."""
+    if OmegaConf.select(cfg, "callbacks.keep_checkpoints", default=False):
+        return
+    with phase(CHECKPOINTS):
+        shutil.rmtree(folder / "checkpoints", ignore_errors=True)
+
+
+def save_weights(trainer: L.Trainer, path: Path) -> None:
+    """``model.ckpt``: the trained weights as a weights-only Lightning checkpoint, written atomically and finished
+    before returning (also with an asynchronous checkpoint plugin)."""
+    with phase(CHECKPOINTS), atomic_output(path) as tmp:
+        trainer.save_checkpoint(tmp, weights_only=True)
+        trainer.strategy.checkpoint_io.teardown()  # waits for a write in a thread
 
 
 def find_callback(callbacks: list[Callback], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
 
-def fit_fold_filter(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, train_part: np.ndarray,
-                    val_part: np.ndarray, fold_dir: Path) -> tuple[Any, np.ndarray, np.ndarray, dict]:
-    """Fit the fold's filter on its training part only, save it, and report what it keeps on both parts.
+@dataclass
+class FoldFilter:
+    """A fold's fitted filter, what it keeps of the fold's training and validation parts, its report, and the
+    seconds its fit took."""
 
-    With several processes (DDP) rank zero fits and saves it; the others wait for it and load the saved filter."""
+    filt: Any
+    keep_train: np.ndarray
+    keep_val: np.ndarray
+    report: dict
+    seconds: float
+
+
+def filter_workers(cfg: DictConfig, pending: int) -> int:
+    """How many folds' filters ``cv.parallel_filters`` fits at once: ``auto`` as many as the host's cores hold at
+    ``filter.params.n_jobs`` threads each (1 where a fit takes every core), at most the pending folds."""
+    value = str(cfg.cv.parallel_filters)
+    if value == "auto":
+        threads = OmegaConf.select(cfg, "filter.params.n_jobs", default=1)
+        threads = int(threads) if threads is not None else 1
+        workers = 1 if threads <= 0 else max(1, (os.cpu_count() or 1) // threads)
+    elif value.isdigit() and int(value) >= 1:
+        workers = int(value)
+    else:
+        raise ConfigError(f"cv.parallel_filters must be auto or a positive integer, got {value!r}")
+    return max(1, min(workers, pending))
+
+
+def fit_filters(cfg: DictConfig, feats: np.ndarray, labels: np.ndarray, parts: dict[int, tuple[np.ndarray, np.ndarray]],
+                out: Path) -> dict[int, FoldFilter]:
+    """Fit each fold's filter on its training part only (``filter.fit``, whatever it is), save it in
+    ``folds/fold_<k>/``, and report what it keeps of both parts. ``cv.parallel_filters`` folds at once, in threads
+    (the fits release the GIL; each is seeded, so the filters are those of fits one after another).
+
+    With several processes (DDP) rank zero fits and saves them; the others wait for it and load the saved filters."""
     lead = is_rank_zero()
+    folders = {fold: out / "folds" / f"fold_{fold}" for fold in parts}
+    fitted: dict[int, FoldFilter] = {}
+
+    def kept(fold: int, filt: Any, seconds: float) -> FoldFilter:
+        train_part, val_part = parts[fold]
+        keep_train, keep_val = filt.keep(feats[train_part]), filt.keep(feats[val_part])
+        report = {
+            "kind": filt.kind,
+            "threshold": float(filt.threshold),
+            "train": filter_report(keep_train, labels[train_part]),
+            "val": filter_report(keep_val, labels[val_part]),
+            "calibration": getattr(filt, "calibration", {}),
+        }
+        return FoldFilter(filt, keep_train, keep_val, report, seconds)
+
     if lead:
         with option_errors("filter"):
-            filt = instantiate(cfg.filter)
-        filt.fit(feats[train_part], labels[train_part], index=train_part)
-        filt.save(fold_dir)
+            filters = {fold: instantiate(cfg.filter) for fold in parts}  # configs are read on this thread only
+
+        def fit(fold: int) -> None:
+            started = time.perf_counter()
+            filt, train_part = filters[fold], parts[fold][0]
+            filt.fit(feats[train_part], labels[train_part], index=train_part)
+            filt.save(folders[fold])
+            fitted[fold] = kept(fold, filt, time.perf_counter() - started)
+
+        workers = filter_workers(cfg, len(parts))
+        log.info("fitting the filters of %d fold(s), %d at once", len(parts), workers)
+        with ThreadPoolExecutor(workers) as pool:
+            list(pool.map(fit, parts))  # re-raises a fit's error here
     wait_for_rank_zero()
     if not lead:
-        filt = load_filter(fold_dir)
-    keep_train = filt.keep(feats[train_part])
-    keep_val = filt.keep(feats[val_part])
-    report = {
-        "kind": filt.kind,
-        "threshold": float(filt.threshold),
-        "train": filter_report(keep_train, labels[train_part]),
-        "val": filter_report(keep_val, labels[val_part]),
-        "calibration": getattr(filt, "calibration", {}),
-    }
-    return filt, keep_train, keep_val, report
+        fitted = {fold: kept(fold, load_filter(folders[fold]), 0.0) for fold in parts}
+    return {fold: fitted[fold] for fold in parts}
 
 
 def check_initial_weights(path: str, channels: list[str]) -> None:
@@ -167,28 +251,35 @@ def resume_point(last: Path) -> str | None:
 def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_dir: Path
                      ) -> tuple[LandslideModule, L.Trainer, list[Callback]]:
     """Train the fold's network (resuming from ``checkpoints/last.ckpt`` if present) and save ``model.ckpt``."""
-    module = build_module(cfg, dm)
-    if cfg.get("init_weights"):
-        load_initial_weights(module, cfg.init_weights)
-        log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
-    callbacks = build_callbacks(cfg, fold_dir)
-    loggers = build_loggers(cfg, fold, fold_dir)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     default_root_dir=str(fold_dir))
+    with phase(SETUP):
+        module = build_module(cfg, dm)
+        if cfg.get("init_weights"):
+            load_initial_weights(module, cfg.init_weights)
+            log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
+        callbacks = build_callbacks(cfg, fold_dir)
+    with phase(LOGGERS):
+        loggers = build_loggers(cfg, fold, fold_dir)
+    with phase(SETUP):
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                         default_root_dir=str(fold_dir))
     last = fold_dir / "checkpoints" / "last.ckpt"
     figures = bool(cfg.log_figures) and is_rank_zero()  # PNGs in the fold's figures/, and to the loggers
     if figures:
-        positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
-        figure = plot_split_sample(dm.gather, dm.channels, positive, labels=dm.labels, ids=dm.train_ids)
-        log_figure(loggers, "samples/validation_positive", figure, folder=fold_dir / "figures")
+        with phase(LOGGERS):
+            positive = int(dm.val_index[np.argmax(dm.labels[dm.val_index])])
+            figure = plot_split_sample(dm.gather, dm.channels, positive, labels=dm.labels, ids=dm.train_ids)
+            log_figure(loggers, "samples/validation_positive", figure, folder=fold_dir / "figures")
     try:
-        trainer.fit(module, datamodule=dm, ckpt_path=resume_point(last), weights_only=True)
+        with phase(LIGHTNING):
+            trainer.fit(module, datamodule=dm, ckpt_path=resume_point(last), weights_only=True)
         history = find_callback(callbacks, MetricHistory)
         if figures and history.history:
-            figure = f1_curve_figure(history.history, f"{cfg.name}, fold {fold}")
-            log_figure(loggers, "curves/val_f1", figure, step=trainer.global_step, folder=fold_dir / "figures")
+            with phase(LOGGERS):
+                figure = f1_curve_figure(history.history, f"{cfg.name}, fold {fold}")
+                log_figure(loggers, "curves/val_f1", figure, step=trainer.global_step, folder=fold_dir / "figures")
     finally:
-        finish_loggers(loggers)
+        with phase(LOGGERS):
+            finish_loggers(loggers)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"fold {fold} was interrupted; run again with the same run directory to resume")
 
@@ -199,12 +290,11 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     elif cfg.epoch_selection == "best" and checkpoint is not None and checkpoint.best_model_path:
         log.warning("fold %d: using the best epoch on the validation fold; its CV score is optimistically biased",
                     fold)
-        with atomic_output(model_path) as tmp:
+        with phase(CHECKPOINTS), atomic_output(model_path) as tmp:
             shutil.copyfile(checkpoint.best_model_path, tmp)
         module = load_module(model_path)
     else:
-        with atomic_output(model_path) as tmp:
-            trainer.save_checkpoint(tmp, weights_only=True)
+        save_weights(trainer, model_path)
     return module, trainer, callbacks
 
 
@@ -215,25 +305,25 @@ def network_probs(cfg: DictConfig, module: LandslideModule, dm: LandslideDataMod
     return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.tta), device).mean(0)
 
 
-def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path) -> dict:
-    """Filter, train and score one fold; save its artefacts; return its result."""
+def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path,
+               fitted: FoldFilter) -> dict:
+    """Train and score one fold with its fitted filter; save its artefacts; return its result."""
     started = time.perf_counter()
-    labels = dm.labels
-    train_part, val_part = dm.folds()[fold]
-    filt, keep_train, keep_val, report = fit_fold_filter(cfg, feats, labels, train_part, val_part, fold_dir)
-    result: dict[str, Any] = {"fold": fold, "filter": report}
+    result: dict[str, Any] = {"fold": fold, "filter": fitted.report}
     if cfg.stage == "filter":
-        result["wall_seconds"] = round(time.perf_counter() - started, 2)
+        result["wall_seconds"] = round(fitted.seconds, 2)
         return result
 
     L.seed_everything(int(cfg.seed) + fold, workers=True)
-    dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
+    dm.set_fold(fold, train_keep=fitted.keep_train, val_keep=fitted.keep_val)
     module, trainer, callbacks = fit_fold_network(cfg, dm, fold, fold_dir)
     if not trainer.is_global_zero:
         return result
 
     device = trainer.strategy.root_device
-    result.update(score_fold(cfg, dm, module, filt, feats, val_part, keep_val, device))
+    val_part = dm.folds()[fold][1]
+    with phase(SCORING):
+        result.update(score_fold(cfg, dm, module, fitted.filt, feats, val_part, fitted.keep_val, device))
     energy = find_callback(callbacks, EnergyCallback)
     history = find_callback(callbacks, MetricHistory)
     result.update({
@@ -241,7 +331,8 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
         "epoch_selection": cfg.epoch_selection,
         "energy_wh": energy.wh if energy else None,
         "history": history.history,
-        "wall_seconds": round(time.perf_counter() - started, 2),
+        # this fold's own seconds: its filter's fit and its training and scoring
+        "wall_seconds": round(time.perf_counter() - started + fitted.seconds, 2),
     })
     result["oof"] = result.pop("oof")
     return result
@@ -251,13 +342,23 @@ def score_fold(cfg: DictConfig, dm: LandslideDataModule, module: LandslideModule
                val_part: np.ndarray, keep_val: np.ndarray, device: torch.device) -> dict:
     """The whole two-stage pipeline on the whole validation part (filtered images are predicted negative): F1 at
     0.5 and at the fold's F1-optimal threshold, the out-of-fold probabilities, and the held-out rows if any."""
+    holdout = dm.holdout_index
+    hold_net = network_probs(cfg, module, dm, holdout, device) if len(holdout) else None
+    return score_probs(dm, filt, feats, val_part, keep_val, network_probs(cfg, module, dm, val_part, device),
+                       hold_net)
+
+
+def score_probs(dm: LandslideDataModule, filt: Any, feats: np.ndarray, val_part: np.ndarray, keep_val: np.ndarray,
+                val_net: np.ndarray, hold_net: np.ndarray | None) -> dict:
+    """:func:`score_fold` from the network's probabilities (mean over the test-time views) of the validation part
+    and of the held-out rows (``dm.holdout_index``; None when there are none)."""
     labels = dm.labels
-    prob = network_probs(cfg, module, dm, val_part, device) * keep_val
+    prob = val_net * keep_val
     threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
     result: dict[str, Any] = {}
     holdout = dm.holdout_index
-    if len(holdout):
-        hold_prob = calibrate(torch.from_numpy(network_probs(cfg, module, dm, holdout, device)), threshold).numpy()
+    if hold_net is not None and len(holdout):
+        hold_prob = calibrate(torch.from_numpy(hold_net), threshold).numpy()
         result["holdout"] = {"index": holdout.tolist(), "prob": (hold_prob * filt.keep(feats[holdout])).tolist()}
     result.update({
         "n_val": len(val_part),

@@ -89,9 +89,17 @@ def _set_aside_metrics(log_dir: Path) -> None:
 
 
 def _restore_metrics(log_dir: Path) -> None:
-    """One ``metrics.csv`` holding the rows of every invocation of the fold, oldest first."""
+    """One ``metrics.csv`` holding the rows of every invocation of the fold, oldest first. Rows of an interrupted
+    invocation from the epoch the resumed one restarted at (its last checkpoint) on are left out: that invocation
+    trained those epochs again."""
     current, earlier = log_dir / "metrics.csv", log_dir / EARLIER_METRICS
     if earlier.is_file():
+        if current.is_file() and current.stat().st_size and earlier.stat().st_size:
+            now, before = pd.read_csv(current), pd.read_csv(earlier)
+            if "epoch" in now and "epoch" in before and now["epoch"].notna().any():
+                restart = now["epoch"].min()
+                with atomic_output(earlier) as tmp:
+                    before[~(before["epoch"] >= restart)].to_csv(tmp, index=False)
         _concat_csv([earlier, current], current)
         earlier.unlink()
 

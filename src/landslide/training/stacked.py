@@ -13,10 +13,13 @@ sequential loop), so each epoch it sees a few of its images twice and none never
 folds' learning-rate schedules (warm-up, cosine) are one and the same schedule.
 
 Validation runs all folds in one batched pass: their index lists are padded to the longest, predictions land in a
-(K, longest) tensor on the device and the metrics of each fold are computed on its own part once per epoch.
-At the end the stack is split into ordinary ``folds/fold_<k>/model.ckpt`` checkpoints of ``LandslideModule`` and
-scored fold by fold with the sequential loop's own helpers, so the run directory is the same. The stacked module's
-``last.ckpt`` (under ``stacked/folds_<...>/checkpoints``) is written every epoch; a rerun resumes from it.
+(K, longest) tensor on the device and the metrics of every fold are computed at once, each on its own part, with
+one host copy per validation. At the end the folds' out-of-fold probabilities come from one stacked pass per
+test-time view (``cv.stacked_scoring``), the stack is split into ordinary ``folds/fold_<k>/model.ckpt`` checkpoints
+of ``LandslideModule`` and each fold is scored with the sequential loop's own helpers, so the run directory is the
+same. The stacked module's ``last.ckpt`` (under ``stacked/stacked_<folds>/checkpoints``) is written every
+``callbacks.last_checkpoint.every_n_epochs`` epochs; a rerun resumes from it, and it is removed once the folds
+have finished.
 """
 
 from __future__ import annotations
@@ -39,18 +42,28 @@ from torch import Tensor
 from torch.utils.data import DataLoader, IterableDataset
 
 from landslide.callbacks import EnergyCallback, MetricHistory
+from landslide.callbacks.phases import CHECKPOINTS
+from landslide.data.augment import TTA_VIEWS, dihedral_view
 from landslide.data.batches import IndexBatches
 from landslide.data.datamodule import LandslideDataModule
+from landslide.errors import ConfigError
 from landslide.files import atomic_output
+from landslide.hardware import bf16_supported
 from landslide.module import LandslideModule
 from landslide.plots.curves import f1_curve_figure
+from landslide.timing import phase
 from landslide.training.fold import (
+    LIGHTNING,
+    LOGGERS,
+    SCORING,
+    SETUP,
+    FoldFilter,
     build_callbacks,
     build_module,
-    fit_fold_filter,
     load_initial_weights,
     resume_point,
     score_fold,
+    score_probs,
 )
 from landslide.training.loggers import build_loggers, finish_loggers, log_figure
 from landslide.training.stacked_module import StackedLandslideModule
@@ -133,11 +146,18 @@ class StackedFoldsData(L.LightningDataModule):
         dataset = StackedTrainBatches(self.streams)
         if getattr(self, "trainer", None) is not None:  # a resumed run continues the streams where they stopped
             dataset.epoch_source = lambda: self.trainer.current_epoch
-        return DataLoader(dataset, batch_size=None, num_workers=0)
+        # private generators: making an iterator draws nothing from the global random state, so how often
+        # validation runs (or whether a fit was resumed) does not change the augmentations
+        return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
+
+    @property
+    def val_chunk(self) -> int:
+        """Columns of the (K, longest) validation matrix per validation (and scoring) batch."""
+        return max(1, self.dm.eval_batch_size // len(self.parts))
 
     def val_dataloader(self) -> DataLoader:
-        chunk = self.dm.eval_batch_size // len(self.parts)
-        return DataLoader(StackedValBatches(self.val_index, chunk), batch_size=None, num_workers=0)
+        return DataLoader(StackedValBatches(self.val_index, self.val_chunk), batch_size=None, num_workers=0,
+                          generator=torch.Generator())
 
     def _device(self, name: str, tensor: Tensor, device: torch.device) -> Tensor:
         key = (name, str(device))
@@ -209,72 +229,135 @@ def _replay(cfg: DictConfig, module: LandslideModule, fold: int, fold_dir: Path,
         finish_loggers(loggers)
 
 
-def _prepare(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, out: Path
+def _prepare(cfg: DictConfig, dm: LandslideDataModule, fold: int, out: Path, fitted: FoldFilter
              ) -> tuple[FoldPart, LandslideModule]:
-    """Fit fold ``fold``'s filter and build its module exactly as the sequential loop does."""
+    """Fold ``fold``'s part of the stack (its fitted filter) and its module, built exactly as the sequential loop
+    builds it."""
     fold_dir = out / "folds" / f"fold_{fold}"
     fold_dir.mkdir(parents=True, exist_ok=True)
-    train_part, val_part = dm.folds()[fold]
-    filt, keep_train, keep_val, report = fit_fold_filter(cfg, feats, dm.labels, train_part, val_part, fold_dir)
+    val_part = dm.folds()[fold][1]
     L.seed_everything(int(cfg.seed) + fold, workers=True)
-    dm.set_fold(fold, train_keep=keep_train, val_keep=keep_val)
-    module = build_module(cfg, dm)
-    if cfg.get("init_weights"):
-        load_initial_weights(module, cfg.init_weights)
-        log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
-    part = FoldPart(fold, fold_dir, dm.train_index.copy(), val_part, np.asarray(keep_val, bool), dm.epoch_seed,
-                    list(dm.norm_mean), filt, report)
+    dm.set_fold(fold, train_keep=fitted.keep_train, val_keep=fitted.keep_val)
+    norm_mean = list(dm.norm_mean)  # the fold's statistics (a phase of their own)
+    with phase(SETUP):
+        module = build_module(cfg, dm)
+        if cfg.get("init_weights"):
+            load_initial_weights(module, cfg.init_weights)
+            log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
+    part = FoldPart(fold, fold_dir, dm.train_index.copy(), val_part, np.asarray(fitted.keep_val, bool), dm.epoch_seed,
+                    norm_mean, fitted.filt, fitted.report)
     return part, module
 
 
-def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], feats: np.ndarray, out: Path
-                  ) -> dict[int, dict]:
-    """Filter, train (all ``folds`` at once) and score the folds; save their artefacts; return their results."""
+@torch.inference_mode()
+def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModule, index: Tensor, chunk: int,
+                          tta: bool, device: torch.device, bf16: bool | None = None) -> np.ndarray:
+    """(K, n) probabilities of training rows ``index`` (K, n) (row k for fold k), the mean over the test-time views:
+    every fold's network in one stacked pass per view and chunk of ``chunk`` columns (the validation batches'
+    shape, so compiled graphs are reused). The same values as :func:`landslide.prediction.predict_probs` of each
+    fold's module alone, to rounding (``bf16=None``: bf16 autocast where the device runs it fast, as there)."""
+    bf16 = bf16_supported(device.type) if bf16 is None else bf16
+    stacked = stacked.to(device).eval()
+    views = TTA_VIEWS if tta else 1
+    k, n = index.shape
+    out = torch.zeros(views, k, n, device=device)
+    for start in range(0, n, chunk):
+        rows = index[:, start : start + chunk].to(device)
+        flat = dm.gather("train", rows.reshape(-1), device)
+        x = flat.view(k, rows.shape[1], *flat.shape[1:])
+        for view in range(views):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+                logits = stacked(dihedral_view(x, view) if tta else x)[0]
+            out[view, :, start : start + rows.shape[1]] = torch.sigmoid(logits.float())
+    return out.cpu().numpy().mean(0)
+
+
+def stacked_scoring(cfg: DictConfig, device: torch.device) -> bool:
+    """``cv.stacked_scoring``: ``auto`` scores stacked folds in one stacked pass on a GPU and fold by fold on a CPU
+    (where vmap's grouped convolutions are slower than the separate networks)."""
+    value = str(cfg.cv.stacked_scoring).lower()
+    if value not in ("auto", "true", "false"):
+        raise ConfigError(f"cv.stacked_scoring must be auto, true or false, got {cfg.cv.stacked_scoring!r}")
+    return device.type == "cuda" if value == "auto" else value == "true"
+
+
+def score_stacked(cfg: DictConfig, data: StackedFoldsData, stacked: StackedLandslideModule, feats: np.ndarray,
+                  device: torch.device) -> dict[int, dict]:
+    """Every fold's :func:`~landslide.training.fold.score_probs`, its network probabilities from one stacked
+    test-time pass (``cv.stacked_scoring``)."""
+    dm, parts = data.dm, data.parts
+    val = stacked_network_probs(stacked, dm, data.val_index, data.val_chunk, bool(cfg.tta), device)
+    holdout = dm.holdout_index
+    hold = None
+    if len(holdout):
+        rows = torch.as_tensor(holdout, dtype=torch.long).expand(len(parts), -1)
+        hold = stacked_network_probs(stacked, dm, rows, data.val_chunk, bool(cfg.tta), device)
+    return {p.fold: score_probs(dm, p.filt, feats, p.val_index, p.keep_val, val[k, : len(p.val_index)],
+                                None if hold is None else hold[k])
+            for k, p in enumerate(parts)}
+
+
+def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], feats: np.ndarray, out: Path,
+                  fitted: dict[int, FoldFilter]) -> dict[int, dict]:
+    """Train (all ``folds`` at once, each with its fitted filter) and score the folds; save their artefacts;
+    return their results."""
     started = time.perf_counter()
-    parts, templates = zip(*(_prepare(cfg, dm, fold, feats, out) for fold in folds))
+    parts, templates = zip(*(_prepare(cfg, dm, fold, out, fitted[fold]) for fold in folds))
     L.seed_everything(int(cfg.seed) + folds[0], workers=True)
-    data = StackedFoldsData(dm, list(parts))
-    stacked = StackedLandslideModule(list(templates), [len(p.val_index) for p in parts], list(folds))
     tag = "stacked_" + "_".join(map(str, folds))
     stack_dir = out / "stacked" / tag
-    callbacks = build_callbacks(cfg, stack_dir)
-    loggers = build_loggers(cfg, tag, stack_dir)
-    trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                     default_root_dir=str(stack_dir))
+    with phase(SETUP):
+        data = StackedFoldsData(dm, list(parts))
+        stacked = StackedLandslideModule(list(templates), [len(p.val_index) for p in parts], list(folds))
+        callbacks = build_callbacks(cfg, stack_dir)
+    with phase(LOGGERS):
+        loggers = build_loggers(cfg, tag, stack_dir)
+    with phase(SETUP):
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                         default_root_dir=str(stack_dir))
     last = stack_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("folds %s resume from %s", folds, last)
     log.info("folds %s train at once (stacked weights): %d steps of %d images per fold an epoch", folds,
              max(len(s) for s in data.streams), data.streams[0].batch_size)
     try:
-        trainer.fit(stacked, datamodule=data, ckpt_path=resume_point(last), weights_only=True)
+        with phase(LIGHTNING):
+            trainer.fit(stacked, datamodule=data, ckpt_path=resume_point(last), weights_only=True)
     finally:
-        finish_loggers(loggers)
+        with phase(LOGGERS):
+            finish_loggers(loggers)
     if trainer.interrupted:
         raise KeyboardInterrupt(f"folds {folds} were interrupted; run again with the same run directory to resume")
     if not any(isinstance(c, ModelCheckpoint) for c in callbacks):
         log.warning("no ModelCheckpoint callback: an interrupted stacked run cannot resume")
 
-    modules = stacked.unstack()
+    device = trainer.strategy.root_device
+    with phase(SCORING):
+        scores = score_stacked(cfg, data, stacked, feats, device) if stacked_scoring(cfg, device) else None
+        modules = stacked.unstack()
+        if scores is None:  # each fold's module alone, one after another
+            scores = {p.fold: score_fold(cfg, dm, m, p.filt, feats, p.val_index, p.keep_val, device)
+                      for p, m in zip(parts, modules)}
     history = next(c for c in callbacks if isinstance(c, MetricHistory)).history
     energy = next((c for c in callbacks if isinstance(c, EnergyCallback)), None)
-    device = trainer.strategy.root_device
     steps = max(len(s) for s in data.streams)
     results: dict[int, dict] = {}
     for part, module in zip(parts, modules):
-        save_fold_checkpoint(module, part.fold_dir / "model.ckpt", trainer.current_epoch, trainer.global_step)
+        with phase(CHECKPOINTS):
+            save_fold_checkpoint(module, part.fold_dir / "model.ckpt", trainer.current_epoch, trainer.global_step)
         # training metrics from the module's own record (MetricHistory reads them before the module logs them)
         train_rows = {r["epoch"]: r for r in fold_history(stacked.train_history, part.fold)}
         by_epoch = {e: dict(r) for e, r in train_rows.items()}
         for row in fold_history(history, part.fold):
             by_epoch.setdefault(row["epoch"], {}).update(
                 {k: v for k, v in row.items() if not k.startswith("train/")})
-        _replay(cfg, module, part.fold, part.fold_dir, [by_epoch[e] for e in sorted(by_epoch)], steps)
+        with phase(LOGGERS):
+            _replay(cfg, module, part.fold, part.fold_dir, [by_epoch[e] for e in sorted(by_epoch)], steps)
         # the history the sequential loop keeps: validation metrics and the training loss of each epoch
         fold_hist = [{k: v for k, v in by_epoch[e].items() if not k.startswith("train/") or k == "train/loss"}
                      for e in sorted(by_epoch)]
         result: dict[str, Any] = {"fold": part.fold, "filter": part.report}
-        result.update(score_fold(cfg, dm, module, part.filt, feats, part.val_index, part.keep_val, device))
+        result.update(scores[part.fold])
         result.update({
             "epochs": int(trainer.current_epoch),
             "epoch_selection": cfg.epoch_selection,
@@ -283,8 +366,9 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
             "parallel_folds": list(folds),
         })
         results[part.fold] = result
-    wall = round((time.perf_counter() - started) / len(folds), 2)  # the shared run's time, split evenly
-    for result in results.values():
-        result["wall_seconds"] = wall
+    # the shared run's time split evenly, and each fold's filter fit
+    wall = (time.perf_counter() - started) / len(folds)
+    for fold, result in results.items():
+        result["wall_seconds"] = round(wall + fitted[fold].seconds, 2)
         result["oof"] = result.pop("oof")
     return results

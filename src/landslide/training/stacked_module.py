@@ -14,15 +14,8 @@ import lightning as L
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state
-from torchmetrics.functional.classification import (
-    binary_auroc,
-    binary_average_precision,
-    binary_f1_score,
-    binary_precision,
-    binary_precision_recall_curve,
-    binary_recall,
-)
 
+from landslide.metrics import binary_scores
 from landslide.module import LandslideModule
 
 
@@ -149,13 +142,21 @@ class StackedLandslideModule(L.LightningModule):
         self._val_y[:, start : start + m] = batch["y"]
 
     def on_validation_epoch_end(self) -> None:
-        metrics: dict[str, Tensor] = {}
-        for k, (fold, n) in enumerate(zip(self.folds, self.val_sizes)):
-            fold_metrics = fold_val_metrics(self._val_logits[k, :n], self._val_prob[k, :n], self._val_y[k, :n],
-                                            self.criterion)
-            metrics.update({f"{name}/fold_{fold}": value for name, value in fold_metrics.items()})
-        for name in ("val/f1", "val/f1_best", "val/loss"):  # means over folds, e.g. for ModelCheckpoint
-            metrics[name] = torch.stack([metrics[f"{name}/fold_{f}"] for f in self.folds]).mean()
+        """Every fold's scores at once on the device (:func:`landslide.metrics.binary_scores` over the padded
+        (K, longest) predictions, each fold on its own part), one host copy, plain numbers to the loggers."""
+        sizes = torch.tensor(self.val_sizes, device=self._val_prob.device)
+        valid = torch.arange(self._val_prob.shape[1], device=sizes.device)[None] < sizes[:, None]
+        scores = {f"val/{k}": v for k, v in binary_scores(self._val_prob, self._val_y, valid).items()}
+        scores["val/loss"] = torch.stack([self.criterion(self._val_logits[k, :n], self._val_y[k, :n])
+                                          for k, n in enumerate(self.val_sizes)])
+        names = list(scores)
+        table = torch.stack([scores[n] for n in names]).cpu()  # (metrics, K): one host copy per validation
+        metrics: dict[str, float] = {}
+        for i, name in enumerate(names):
+            metrics.update({f"{name}/fold_{fold}": float(table[i, k]) for k, fold in enumerate(self.folds)})
+        for i, name in enumerate(names):
+            if name in ("val/f1", "val/f1_best", "val/loss"):  # means over folds, e.g. for ModelCheckpoint
+                metrics[name] = float(table[i].mean())
         self.log_dict(metrics)
 
     # ------------------------------------------------------------------ optimisation
@@ -176,20 +177,3 @@ class StackedLandslideModule(L.LightningModule):
             template.to("cpu")
         return self.templates
 
-
-def fold_val_metrics(logits: Tensor, prob: Tensor, y: Tensor, criterion: nn.Module) -> dict[str, Tensor]:
-    """The validation metrics LandslideModule logs, for one fold's whole validation part."""
-    target = y.int()
-    precision, recall, thresholds = binary_precision_recall_curve(prob, target)
-    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
-    best = torch.argmax(f1[:-1]) if thresholds.numel() else torch.tensor(0)
-    return {
-        "val/loss": criterion(logits, y),
-        "val/f1": binary_f1_score(prob, target),
-        "val/precision": binary_precision(prob, target),
-        "val/recall": binary_recall(prob, target),
-        "val/auroc": binary_auroc(prob, target),
-        "val/ap": binary_average_precision(prob, target),
-        "val/f1_best": f1[best],
-        "val/best_threshold": thresholds[best] if thresholds.numel() else torch.tensor(0.5),
-    }

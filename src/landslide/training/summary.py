@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import logging
+from typing import Any
+
 import numpy as np
 from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
 from landslide.metrics import f1_at, f1_optimal_threshold
+from landslide.timing import phase_table
+
+log = logging.getLogger(__name__)
 
 
 def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: float) -> dict:
@@ -73,11 +80,24 @@ def _below(report: dict) -> str:
     return f"{cal['oof_positives_lost']} (≤{cal.get('max_positive_loss', 0.0):.0%})"
 
 
-def print_summary(summary: dict) -> None:
+#: the per-fold table's columns (docs/training.md, "The summary", explains each)
+COLUMNS = ("fold", "val filtered", "val positives lost", "inner positives below (allowed)", "F1 at 0.5",
+           "F1 at thr", "thr", "epochs", "seconds", "Wh")
+
+
+def render(renderable: Any) -> str:
+    """A rich table as plain text at its own width (not squeezed to a terminal's or a log file's 80 columns)."""
+    width = Console(width=1000).measure(renderable).maximum
+    console = Console(file=io.StringIO(), width=max(width, 40), color_system=None, force_terminal=False)
+    console.print(renderable)
+    return console.file.getvalue().rstrip()
+
+
+def fold_table(summary: dict) -> Table:
     table = Table(title=f"cross-validation: {summary.get('name')}")
-    for col in ("fold", "filtered", "pos. lost", "inner below", "F1@0.5", "F1@thr", "thr", "epochs",
-                "s", "Wh"):
+    for col in COLUMNS:
         table.add_column(col, justify="right")
+
     def fmt(value: float | None, spec: str) -> str:
         return "-" if value is None else format(value, spec)
 
@@ -88,11 +108,32 @@ def print_summary(summary: dict) -> None:
             fmt(f.get("f1_at_0.5"), ".3f"), fmt(f.get("f1_at_threshold"), ".3f"), fmt(f.get("threshold"), ".3f"),
             fmt(f.get("epochs"), "d"), f"{f['wall_seconds']:.0f}", fmt(f.get("energy_wh"), ".3f"),
         )
-    console = Console()
-    console.print(table)
-    if summary.get("oof_f1") is not None:
-        console.print(
-            f"out-of-fold F1 {summary['oof_f1']:.4f} at threshold {summary['oof_threshold']:.3f} "
+    return table
+
+
+def time_table(phases: dict[str, float], wall: float) -> Table:
+    table = Table(title=f"where the {wall:.0f} s went")
+    for col in ("phase", "seconds", "share"):
+        table.add_column(col, justify="left" if col == "phase" else "right")
+    for name, seconds, share in phase_table(phases, wall):
+        table.add_row(name, f"{seconds:.1f}", f"{share:.1%}")
+    return table
+
+
+def result_line(summary: dict) -> str:
+    text = (f"{summary['wall_seconds']:.0f} s, {summary['energy_wh']:.3f} Wh, run folder "
+            f"{summary.get('run_dir_mb', 0.0):.1f} MB")
+    if summary.get("oof_f1") is None:
+        return text
+    return (f"out-of-fold F1 {summary['oof_f1']:.4f} at threshold {summary['oof_threshold']:.3f} "
             f"(F1 at 0.5: {summary['oof_f1_at_0.5']:.4f}); per-fold F1 {summary['f1_mean']:.4f} "
-            f"± {summary['f1_std']:.4f}; {summary['wall_seconds']:.0f} s, {summary['energy_wh']:.3f} Wh"
-        )
+            f"± {summary['f1_std']:.4f}; {text}")
+
+
+def print_summary(summary: dict) -> None:
+    """The per-fold table, where the time went, and the result line, through the log: on the terminal and in the
+    job's log file (``train.log``) alike."""
+    log.info("\n%s", render(fold_table(summary)))
+    if summary.get("phases"):
+        log.info("\n%s", render(time_table(summary["phases"], summary["wall_seconds"])))
+    log.info("%s", result_line(summary))

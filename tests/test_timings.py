@@ -1,0 +1,256 @@
+"""Every second of a run accounted for (phase timings), and the overheads cut behind config keys leave the results
+as they were: validation every N epochs, statistics on the resident tensor, one augmentation gather, filters fitted
+in parallel, checkpoints only where something reads them, the run's logs as wide as its table."""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from torchmetrics.functional.classification import (
+    binary_auroc,
+    binary_average_precision,
+    binary_f1_score,
+    binary_precision,
+    binary_precision_recall_curve,
+    binary_recall,
+)
+
+import entry
+from conftest import REPO, data_settings
+from landslide.checkpoint import load_module
+from landslide.data.augment import BatchAugment
+from landslide.data.datamodule import LandslideDataModule
+from landslide.data.preprocess import channel_stats, resident_channel_stats, to_channels
+from landslide.features import compute_features
+from landslide.metrics import binary_scores
+from landslide.synth.easy import generate_batch
+from landslide.timing import OTHER, PhaseTimer, add_phases, phase, timed
+from landslide.training.fold import build_callbacks, fit_filters
+from landslide.training.loggers import EARLIER_METRICS, _restore_metrics
+
+TINY = ("debug=tiny", "print_config=false")
+
+
+def compose_train(*overrides: str):
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        return compose("train", overrides=list(overrides))
+
+
+# ------------------------------------------------------------------ the timer
+class Clock:
+    """A clock that moves only when told: the timer's attribution, free of the machine's load."""
+
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+
+def test_phases_are_exclusive_and_add_up_to_the_wall():
+    clock = Clock()
+    timer = PhaseTimer(clock=clock)
+    with timer.activate():
+        clock.sleep(2)  # other
+        with phase("outer"):
+            clock.sleep(3)
+            with phase("inner"):
+                clock.sleep(5)
+            worker = threading.Thread(target=lambda: timer.start("from a thread"))  # ignored: not the owner
+            worker.start()
+            worker.join()
+            clock.sleep(1)
+        for _ in timed("reading", iter([1, 2])):
+            clock.sleep(7)  # the loop body is not reading
+        with phase("left open"):
+            timer.start("inner")  # a phase left open inside another closes with it
+            clock.sleep(1)
+    assert timer.report() == {"wall_seconds": 26.0,
+                              "phases": {"outer": 4.0, "inner": 6.0, "reading": 0.0, "left open": 0.0, OTHER: 16.0}}
+    with phase("nothing active"):  # a library call without a timer records nothing
+        pass
+    assert add_phases({"a": 1.0, OTHER: 2.0}, {"b": 0.5, "a": 1.0}) == {"a": 2.0, "b": 0.5, OTHER: 2.0}
+
+
+# ------------------------------------------------------------------ results unchanged
+def reference_scores(prob: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    t = target.int()
+    precision, recall, thresholds = binary_precision_recall_curve(prob, t)
+    f1 = 2 * precision * recall / (precision + recall).clamp_min(1e-12)
+    best = torch.argmax(f1[:-1])
+    return {"f1": binary_f1_score(prob, t), "precision": binary_precision(prob, t), "recall": binary_recall(prob, t),
+            "auroc": binary_auroc(prob, t), "ap": binary_average_precision(prob, t), "f1_best": f1[best],
+            "best_threshold": thresholds[best]}
+
+
+def test_validation_scores_of_all_folds_at_once_are_torchmetrics_scores():
+    g = torch.Generator().manual_seed(0)
+    for trial in range(40):
+        sizes = torch.randint(6, 50, (3,), generator=g)
+        prob = torch.rand(3, int(sizes.max()), generator=g)
+        if trial % 2:
+            prob = (prob * 4).round() / 4  # ties
+        prob[:, :4] *= torch.rand(3, 4, generator=g) > 0.5  # filtered images: 0
+        target = (torch.rand(prob.shape, generator=g) < 0.3).float()
+        target[:, 0], target[:, 1] = 1, 0
+        valid = torch.arange(prob.shape[1])[None] < sizes[:, None]
+        got = binary_scores(prob, target, valid)
+        for k in range(3):
+            expected = reference_scores(prob[k, : sizes[k]], target[k, : sizes[k]])
+            for name, value in expected.items():
+                assert float(got[name][k]) == pytest.approx(float(value), abs=1e-6), (trial, k, name)
+
+
+def test_one_gather_augments_as_the_three_copies_did():
+    x = torch.randn(40, 13, 64, 64)
+    settings = {**data_settings()["augment"], "erase_p": 0.7}
+    for fill in (None, torch.randn(40, 13)):
+        outs = []
+        for gather in (True, False):
+            augment = BatchAugment(**{**settings, "dihedral_gather": gather})
+            augment.set_fill(torch.arange(13.0))
+            outs.append(augment(x, generator=torch.Generator().manual_seed(4), fill=fill))
+        assert torch.equal(outs[0], outs[1])
+    assert not torch.equal(outs[0], x) and torch.equal(x, x.clone())  # the source is left as it was
+
+
+def test_statistics_on_the_resident_tensor_equal_the_host_ones(tiny_release, tmp_path):
+    dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=3, progress=False))
+    dm.prepare_data()
+    dm.setup()
+    tr, _ = dm.folds()[1]
+    dm.set_fold(1, train_keep=np.arange(len(tr)) % 3 > 0)
+    index = np.sort(dm.train_index)
+    host = channel_stats(dm.gather("train", index).numpy(), dm.channels)
+    # the device path (a GPU's resident copy in training), here on the host tensor, in chunks
+    resident = resident_channel_stats(lambda rows: dm.gather("train", rows), index, dm.channels, chunk=7)
+    np.testing.assert_allclose(resident, host, rtol=1e-12)
+    # fitted once, when first needed, with the erasing fill set to the fold's means
+    assert dm._stats is None and dm.norm_mean == host[0] and dm.norm_std == host[1]
+    assert dm.augment.fill.tolist() == pytest.approx(host[0])
+
+
+def test_filters_fitted_in_parallel_are_the_sequential_ones(tmp_path):
+    raw, labels, _ = generate_batch(5, 240)
+    feats = compute_features(to_channels(raw))
+    labels = np.asarray(labels)
+    order = np.random.default_rng(0).permutation(len(labels))
+    parts = {k: (np.sort(np.setdiff1d(order, order[k::3])), np.sort(order[k::3])) for k in range(3)}
+    fitted = {}
+    for workers in (1, 3):
+        cfg = compose_train(*TINY, f"cv.parallel_filters={workers}")
+        fitted[workers] = fit_filters(cfg, feats, labels, parts, tmp_path / str(workers))
+    for k in parts:
+        one, three = fitted[1][k], fitted[3][k]
+        for f in (one, three):
+            f.report["calibration"].pop("fit_seconds")
+        assert one.report == three.report and one.filt.threshold == three.filt.threshold
+        assert np.array_equal(one.keep_val, three.keep_val) and np.array_equal(one.keep_train, three.keep_train)
+        assert np.array_equal(one.filt.scores(feats), three.filt.scores(feats))
+
+
+def test_training_results_are_unchanged_by_the_cheaper_paths(project_env, tmp_path):
+    """Validation every 2 epochs (the last always), statistics on the resident tensor, one augmentation gather,
+    filters in parallel and checkpoints written by a thread against the old ways: the same out-of-fold
+    probabilities."""
+    common = (*TINY, "trainer.max_epochs=3", "data.synthetic.n_train=120")
+    new, old = tmp_path / "new", tmp_path / "old"
+    entry.run("train.py", *common, "trainer.check_val_every_n_epoch=2", "cv.parallel_filters=2",
+              "+trainer.plugins=[{_target_:lightning.pytorch.plugins.io.AsyncCheckpointIO}]",
+              f"hydra.run.dir={new}", env=project_env)
+    entry.run("train.py", *common, "data.stats_on_device=false", "data.augment.dihedral_gather=false",
+              "cv.parallel_filters=1", "callbacks.keep_checkpoints=true", f"hydra.run.dir={old}", env=project_env)
+    a, b = (pd.read_csv(d / "oof_predictions.csv") for d in (new, old))
+    assert a["ID"].tolist() == b["ID"].tolist() and (a["filtered"] == b["filtered"]).all()
+    assert np.abs(a["prob"] - b["prob"]).max() < 1e-4
+    for fold in (0, 1):
+        r_new, r_old = (json.loads((d / "folds" / f"fold_{fold}" / "result.json").read_text()) for d in (new, old))
+        assert [h["epoch"] for h in r_new["history"] if "val/f1" in h] == [1, 2]  # every 2nd epoch and the last
+        assert [h["epoch"] for h in r_old["history"] if "val/f1" in h] == [0, 1, 2]
+        assert r_new["history"][-1]["val/f1"] == pytest.approx(r_old["history"][-1]["val/f1"], abs=1e-6)
+        # checkpoints: only while a fold trains, unless kept; never the unread best epoch
+        assert not (new / "folds" / f"fold_{fold}" / "checkpoints").exists()
+        assert [p.name for p in (old / "folds" / f"fold_{fold}" / "checkpoints").iterdir()] == ["last.ckpt"]
+        assert load_module(new / "folds" / f"fold_{fold}" / "model.ckpt").channels  # written whole by the thread
+
+
+# ------------------------------------------------------------------ a run says where its time went
+@pytest.fixture(scope="module")
+def timed_run(tmp_path_factory) -> tuple[Path, dict]:
+    root = tmp_path_factory.mktemp("timed")
+    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline",
+           "PYTHONWARNINGS": "ignore"}
+    run_dir = root / "run"
+    entry.run("train.py", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", env=env)
+    return run_dir, env
+
+
+def test_the_phases_of_a_run_add_up_to_its_wall_time(timed_run):
+    run_dir, _ = timed_run
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    phases, wall = summary["phases"], summary["wall_seconds"]
+    expected = {"startup", "energy", "data", "features", "filter", "statistics", "setup", "lightning", "first_step",
+                "train_steps", "validation", "checkpoints", "scoring", "loggers", "summary", OTHER}
+    assert expected <= set(phases), set(phases) ^ expected
+    assert sum(phases.values()) == pytest.approx(wall, rel=0.02)
+    assert phases[OTHER] <= 0.02 * wall  # next to nothing outside a named phase
+    assert all(v >= 0 for v in phases.values()) and phases["train_steps"] > 0
+    record = json.loads((run_dir / "run.json").read_text())["invocations"][-1]
+    assert record["phases"] == phases and record["wall_seconds"] == pytest.approx(wall, abs=0.01)
+
+
+def test_the_log_holds_the_whole_table_and_the_result_line(timed_run):
+    run_dir, _ = timed_run
+    log = (run_dir / "train.log").read_text()
+    header = next(line for line in log.splitlines() if "val positives lost" in line)
+    assert "inner positives below (allowed)" in header and "F1 at 0.5" in header and "…" not in log
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    assert f"out-of-fold F1 {summary['oof_f1']:.4f}" in log and "where the" in log and "first_step" in log
+    assert f"run folder {summary['run_dir_mb']:.1f} MB" in log
+
+
+def test_a_finished_run_keeps_what_prediction_needs(timed_run, tmp_path):
+    run_dir, env = timed_run
+    assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.ckpt")) == [
+        "folds/fold_0/model.ckpt", "folds/fold_1/model.ckpt"]
+    size = sum(p.stat().st_size for p in run_dir.rglob("*") if p.is_file()) / 1e6
+    assert json.loads((run_dir / "cv_summary.json").read_text())["run_dir_mb"] == pytest.approx(size, abs=0.2)
+
+    entry.run("predict.py", f"run_dir={run_dir}", f"out={tmp_path / 'pred'}", env=env)
+    report = json.loads((tmp_path / "pred" / "predict_summary.json").read_text())
+    assert {"startup", "load_run", "data", "features", "network", "filter", "write"} <= set(report["phases"])
+    assert sum(report["phases"].values()) == pytest.approx(report["wall_seconds"], rel=0.02)
+
+
+def test_the_monitored_checkpoint_is_built_only_for_best_epoch_selection(tmp_path):
+    def checkpoints(*overrides: str) -> list[str | None]:
+        return [c.monitor for c in build_callbacks(compose_train(*overrides), tmp_path)
+                if type(c).__name__ == "ModelCheckpoint"]
+
+    assert checkpoints() == [None]  # last.ckpt only
+    assert checkpoints("epoch_selection=best") == ["val/f1_best", None]
+    assert checkpoints("callbacks=none") == []
+
+
+def test_a_resumed_fold_keeps_its_metric_rows_once(tmp_path):
+    """The killed invocation logged epochs 0-3, its last checkpoint was after epoch 1: the rows of epochs 2 and 3
+    are trained and logged again by the resumed one and kept once."""
+    pd.DataFrame({"epoch": [0, 1, 2, 3, np.nan], "val/f1": [0.1, 0.2, 0.3, 0.4, np.nan],
+                  "energy/wh": [np.nan] * 4 + [0.5]}).to_csv(tmp_path / EARLIER_METRICS, index=False)
+    pd.DataFrame({"epoch": [2, 3, 4], "val/f1": [0.31, 0.41, 0.5]}).to_csv(tmp_path / "metrics.csv", index=False)
+    _restore_metrics(tmp_path)
+    rows = pd.read_csv(tmp_path / "metrics.csv")
+    assert rows["epoch"].dropna().tolist() == [0, 1, 2, 3, 4] and rows["val/f1"].dropna().tolist()[2:] == [
+        0.31, 0.41, 0.5]
+    assert not (tmp_path / EARLIER_METRICS).exists() and rows["energy/wh"].notna().sum() == 1
