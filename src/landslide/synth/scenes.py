@@ -5,8 +5,9 @@ Each landscape (its own seed, radiometry and up to 20% cloud) gives ``PER_LANDSC
 slides, placed so that the slide lies anywhere in it (centre, edge or corner), and negatives placed the same way
 around random points of the ground slides start on (vegetated slopes; a tenth anywhere), cut from the same
 landscape drawn without its slides. A negative thus has the relief, land cover, confounders and clouds a positive
-has, without the slide: statistics of a window's bands that tell positives from negatives at AUC 0.77 tell them
-apart at 0.50 once the slides are taken out (``tests/test_scenes_profile.py``), so a network must find the slide.
+has, without the slide: statistics of a window's bands that tell positives from negatives at AUC 0.74 tell them
+apart no better than chance once the slides are taken out (``tests/test_scenes_profile.py``), so a network must
+find the slide.
 A window is positive when it holds at least ``MIN_PIXELS`` of a slide; one holding fewer is a negative of kind
 ``partial``.
 """
