@@ -27,7 +27,8 @@ def _main_of(args: tuple[str, ...]):
     from landslide import aggregate, cli, report
 
     scripts = {"train.py": cli.train_entry, "predict.py": cli.predict_entry, "map.py": cli.map_entry}
-    modules = {"landslide.aggregate": aggregate.main, "landslide.report": report.main}
+    modules = {"landslide.aggregate": aggregate.main, "landslide.report": report.main,
+               "landslide.audit": cli.audit_entry}
     if args[0] in scripts:
         return scripts[args[0]], list(args)
     if args[0] == "-m" and args[1] in modules:

@@ -52,3 +52,26 @@ def test_filter_figures_per_fold_use_the_clean_labels(tmp_path):
         {"fold": 0, "negatives_filtered": 1.0, "positives_lost": 0, "positives": 1},
         {"fold": 1, "negatives_filtered": 0.0, "positives_lost": 1, "positives": 1},
     ]
+    # fold 1's filter, fitted on rows a, b, c (two labelled positive, one of them wrong), estimated a quarter wrong
+    (run_dir / "folds" / "fold_1").mkdir(parents=True)
+    (run_dir / "folds" / "fold_1" / "filter.json").write_text(json.dumps(
+        {"fitted_on": [0, 1, 2], "calibration": {"estimated_noise_share": 0.25}}))
+    rows = bench.filter_by_fold(run_dir, root)
+    assert rows[1]["noise_share_estimated"] == 0.25 and rows[1]["noise_share_true"] == 0.5
+    assert "wrong positive labels 25.0% estimated (50.0%)" in bench.filter_line(rows)
+
+
+def test_filter_rule_benchmark_scores_each_rule_on_the_clean_labels(tmp_path):
+    from landslide.synth.release import generate_release
+
+    spec = importlib.util.spec_from_file_location("filter_rule", REPO / "benchmarks" / "filter_rule.py")
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    root = tmp_path / "noisy"
+    generate_release(root, 150, 40, seed=2, workers=1, label_noise=0.04)
+    rows = bench.main([str(root), "--folds", "2", "--rule", "lower quantile", "noise_quantile=0.2",
+                       "--filter", "params.n_estimators=30 calibration_folds=3"])
+    assert [r.split(" | ")[1] for r in rows] == ["default", "trust every label", "a fixed 5%", "lower quantile"]
+    positives = int((pd.read_csv(root.with_name("noisy_truth") / "test_labels.csv").label == 1).sum())
+    assert all(f"/{positives} |" in r for r in rows)  # lost of the clean test positives
+    assert "(" in rows[0].split(" | ")[5] and rows[1].split(" | ")[5] == "-"  # estimated (true) for the default only

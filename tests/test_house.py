@@ -19,6 +19,7 @@ FLOORS: dict[str, int] = {
     "landslide.run_record": 4,
     "landslide.training": 5, "landslide.inference": 5,
     "landslide.report": 6, "landslide.aggregate": 6, "landslide.cli": 6, "landslide.preflight": 6,
+    "landslide.audit": 6,
 }
 
 

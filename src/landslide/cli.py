@@ -173,6 +173,17 @@ def _make_map(cfg: DictConfig) -> dict:
         )
 
 
+def audit(cfg: DictConfig) -> dict:
+    """Rank a training run's images by how likely their label is wrong (:mod:`landslide.audit`)."""
+    from landslide.audit import audit as run_audit
+
+    _quiet_third_parties()
+    with user_errors():
+        return run_audit(cfg.run_dir, cfg.out, source=str(cfg.source), top=cfg.top, filter_by=str(cfg.filter_by),
+                         rank_by=str(cfg.rank_by), figure_top=cfg.figure_top, truth=cfg.truth,
+                         data_root=cfg.data_root)
+
+
 # ------------------------------------------------------------------ the commands
 _OVERRIDE = re.compile(r"Could not override '([^']+)'")
 _MISSING_OPTION = re.compile(r"Could not find '([^']+)/([^'/]+)'")
@@ -271,6 +282,11 @@ def _map_main(cfg: DictConfig) -> dict:
     return make_map(cfg)
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="audit")
+def _audit_main(cfg: DictConfig) -> dict:
+    return audit(cfg)
+
+
 def train_entry() -> None:
     """``landslide-train``: as ``python train.py``."""
     run_command(_train_main, "train")
@@ -284,3 +300,8 @@ def predict_entry() -> None:
 def map_entry() -> None:
     """``landslide-map``: as ``python map.py``."""
     run_command(_map_main, "map")
+
+
+def audit_entry() -> None:
+    """``landslide-audit``: as ``python -m landslide.audit``."""
+    run_command(_audit_main, "audit")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+from sklearn.metrics import roc_auc_score
 from torch import Tensor
 from torchmetrics import Metric
 
@@ -125,3 +126,11 @@ class ValidationOutputs(Metric):
             return torch.cat(states) if isinstance(states, list) else states
 
         return cat(self.logits), cat(self.prob), cat(self.target)
+
+
+def roc_auc(probs: np.ndarray, targets: np.ndarray) -> float | None:
+    """Area under the ROC curve (scikit-learn's), or None when one class is missing."""
+    t = np.asarray(targets).astype(int).ravel()
+    if len(np.unique(t)) < 2:
+        return None
+    return float(roc_auc_score(t, np.asarray(probs, np.float64).ravel()))

@@ -77,6 +77,12 @@ def check_train(cfg: DictConfig) -> None:
         where = "no folder" if not root.exists() else "no Train.csv"
         raise ReleaseError(f"data.root={root}: {where} there; data.root must be a release folder with Train.csv, "
                            "Test.csv, train_data/ and test_data/")
+    if cfg.data.get("exclude"):
+        from landslide.data.exclude import read_exclusion
+        from landslide.data.release import read_split_index
+
+        ids = read_split_index(root, "train").ids if (root / "Train.csv").is_file() else None
+        read_exclusion(cfg.data.exclude, ids)
     check_writable("hydra.run.dir", Path(cfg.hydra.run.dir), folder=True)
 
 
@@ -113,7 +119,15 @@ def check_map(cfg: DictConfig) -> None:
                       {"scene": cfg.scene, "truth": cfg.get("truth")})
 
 
-CHECKS = {"train": check_train, "predict": check_predict, "map": check_map}
+def check_audit(cfg: DictConfig) -> None:
+    from landslide.audit import check_options
+
+    check_options(cfg.run_dir, cfg.source, cfg.top, cfg.figure_top)
+    if cfg.get("truth") and not Path(cfg.truth).is_file():
+        raise ConfigError(f"truth={cfg.truth}: not found")
+
+
+CHECKS = {"train": check_train, "predict": check_predict, "map": check_map, "audit": check_audit}
 
 
 def lock_output(out: Path) -> None:

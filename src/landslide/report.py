@@ -30,6 +30,7 @@ COLUMNS = {
     "f1_mean": "fold F1 mean",
     "f1_std": "fold F1 std",
     "oof_f1_at_0.5": "OOF F1 @0.5",
+    "features_oof_f1": "features+XGBoost OOF F1",
     "filtered_fraction": "filtered",
     "positives_lost": "positives lost",
     "wall_seconds": "wall s",

@@ -19,6 +19,7 @@ from landslide.bands import CHANNEL_NAMES, band_set, bigearthnet_stats, channel_
 from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
 from landslide.data.cache import CachedSplit, load_or_build_split
+from landslide.data.exclude import Exclusion, read_exclusion
 from landslide.data.preprocess import channel_stats, resident_channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
 from landslide.errors import ConfigError
@@ -53,6 +54,7 @@ class LandslideDataModule(L.LightningDataModule):
         split_seed: int,
         fold_seed_stride: int,
         holdout_fraction: float,
+        exclude: str | Path | None,
         batch_size: int,
         eval_batch_size: int,
         stats: str,
@@ -85,6 +87,8 @@ class LandslideDataModule(L.LightningDataModule):
         if not 0 <= holdout_fraction < 1:
             raise ValueError(f"data.holdout_fraction must be in [0, 1), got {holdout_fraction}")
         self.holdout_fraction = holdout_fraction
+        self.exclude_file = Path(exclude) if exclude not in (None, "") else None
+        self._exclusion: Exclusion | None = None
         self.batch_size = batch_size
         self.eval_batch_size = eval_batch_size
         self.stats = stats
@@ -176,32 +180,51 @@ class LandslideDataModule(L.LightningDataModule):
         return self.split("test").ids
 
     @property
+    def exclusion(self) -> Exclusion | None:
+        """The training images ``data.exclude`` lists (None without the option), read and checked once."""
+        if self.exclude_file is not None and self._exclusion is None:
+            self._exclusion = read_exclusion(self.exclude_file, self.train_ids)
+            log.info("data.exclude: %d training image(s) listed in %s are left out of every fold",
+                     len(self._exclusion.ids), self.exclude_file)
+        return self._exclusion
+
+    @property
+    def excluded_index(self) -> np.ndarray:
+        """Training rows ``data.exclude`` lists: in no fold and not held out."""
+        return self.exclusion.rows if self.exclusion is not None else np.zeros(0, np.int64)
+
+    @property
     def holdout_index(self) -> np.ndarray:
-        """Training rows set aside from every fold (``holdout_fraction``), stratified and fixed by ``split_seed``;
-        computed once (labels, share and seed never change), the same array every time: do not modify it."""
+        """Training rows set aside from every fold (``holdout_fraction``; excluded rows never), stratified and fixed
+        by ``split_seed``; computed once (labels, share and seed never change), the same array every time: do not
+        modify it."""
         if self._holdout is None:
             y = self.labels
+            rows = np.setdiff1d(np.arange(len(y)), self.excluded_index)
             if self.holdout_fraction == 0:
                 self._holdout = np.zeros(0, np.int64)
             else:
                 splitter = StratifiedShuffleSplit(1, test_size=self.holdout_fraction, random_state=self.split_seed)
-                self._holdout = np.sort(next(splitter.split(np.zeros(len(y)), y))[1])
+                self._holdout = np.sort(rows[next(splitter.split(np.zeros(len(rows)), y[rows]))[1]])
         return self._holdout
 
     def folds(self) -> list[tuple[np.ndarray, np.ndarray]]:
         """Stratified (train, validation) index pairs of every fold, fixed by ``split_seed``; held-out rows
-        (``holdout_fraction``) are in none of them. Computed once, the same list every time: do not modify it."""
+        (``holdout_fraction``) and excluded ones (``exclude``) are in none of them. Computed once, the same list every
+        time: do not modify it."""
         if self._folds is None:
             y = self.labels
-            rows = np.setdiff1d(np.arange(len(y)), self.holdout_index)
+            rows = np.setdiff1d(np.arange(len(y)), np.union1d(self.holdout_index, self.excluded_index))
             positives = int((y[rows] > 0.5).sum())
+            # what the excluded images leave is the list's fault: name it
+            excluded = f" once data.exclude={self.exclude_file} is left out" if len(self.excluded_index) else ""
             if positives in (0, len(rows)):
-                raise ReleaseError(f"{self.root / 'Train.csv'}: every label is {int(positives > 0)} ({len(rows)} "
-                                   "images to train on); training needs images of both classes")
+                raise ReleaseError(f"{self.root / 'Train.csv'}: every label is {int(positives > 0)}{excluded} "
+                                   f"({len(rows)} images to train on); training needs images of both classes")
             smallest = min(positives, len(rows) - positives)
             if smallest < self.num_folds:
                 raise ConfigError(f"data.num_folds={self.num_folds}: every fold needs images of each class, and "
-                                  f"the smaller class has {smallest} (choose 2 to {smallest} folds)")
+                                  f"the smaller class has {smallest}{excluded} (choose 2 to {smallest} folds)")
             splitter = StratifiedKFold(self.num_folds, shuffle=True, random_state=self.split_seed)
             self._folds = [(rows[tr], rows[va]) for tr, va in splitter.split(np.zeros(len(rows)), y[rows])]
         return self._folds

@@ -30,9 +30,11 @@ def _stretch(img: np.ndarray) -> np.ndarray:
 Panel = tuple[str, np.ndarray, str | None]
 
 
-def sample_panels(image: np.ndarray, channels: Sequence[str] = CHANNEL_NAMES) -> list[Panel]:
+def sample_panels(image: np.ndarray, channels: Sequence[str] = CHANNEL_NAMES, changes_only: bool = False
+                  ) -> list[Panel]:
     """The panels of a (c, 64, 64) sample in physical units, as ``(title, image, colormap)``: RGB (2-98% stretch),
-    NIR, cloud mask and SAR post / pre / diff per pass, those whose channels are in ``channels``."""
+    NIR, cloud mask and SAR post / pre / diff per pass, those whose channels are in ``channels`` (``changes_only``:
+    RGB, NIR and the SAR differences)."""
     image = np.asarray(image, dtype=np.float32)
     at = {name: image[i] for i, name in enumerate(channels)}
     panels: list[Panel] = []
@@ -40,15 +42,16 @@ def sample_panels(image: np.ndarray, channels: Sequence[str] = CHANNEL_NAMES) ->
         rgb = np.stack([at["red"], at["green"], at["blue"]], -1)
         panels.append(("RGB", _stretch(rgb), None))
     for name, cmap in (("nir", "magma"), ("cloud_mask", "gray")):
-        if name in at:
+        if name in at and not (changes_only and name == "cloud_mask"):
             panels.append((name.replace("_", " "), at[name], cmap))
     for orbit in ("desc", "asc"):
         for pol in ("vv", "vh"):
             post, pre = at.get(f"{orbit}_{pol}_post"), at.get(f"{orbit}_{pol}_pre")
             if post is None or pre is None:
                 continue
-            panels.append((f"{orbit} {pol.upper()} post", post, "gray"))
-            panels.append((f"{orbit} {pol.upper()} pre", pre, "gray"))
+            if not changes_only:
+                panels.append((f"{orbit} {pol.upper()} post", post, "gray"))
+                panels.append((f"{orbit} {pol.upper()} pre", pre, "gray"))
             panels.append((f"{orbit} {pol.upper()} diff", post - pre, "RdBu_r"))
     return panels
 
@@ -112,3 +115,25 @@ def plot_split_sample(gather: Gather, channels: Sequence[str], i: int, split: st
     ``plot_split_sample(dm.gather, dm.channels, i, labels=dm.labels, ids=dm.train_ids)``."""
     image, label = split_sample(gather, i, split, labels)
     return plot_sample(image, channels, label, prediction, title=ids[i] if ids is not None else None, path=path)
+
+
+def plot_sample_rows(images: Sequence[np.ndarray], channels: Sequence[str], titles: Sequence[str],
+                     path: Path | str | None = None) -> Figure:
+    """Several (c, 64, 64) samples, one row each (RGB, NIR and the SAR differences: :func:`sample_panels` with
+    ``changes_only``), each row titled; e.g. the label audit's top candidates. Saved as PNG when ``path`` is given."""
+    rows = [sample_panels(image, channels, changes_only=True) for image in images]
+    cols = max((len(r) for r in rows), default=1)
+    fig, axes = plt.subplots(max(len(rows), 1), cols, figsize=(2.0 * cols, 2.2 * max(len(rows), 1)), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for r, (panels, title) in enumerate(zip(rows, titles)):
+        for c, (name, img, cmap) in enumerate(panels):
+            show_panel(axes[r, c], img, cmap)
+            axes[r, c].set_title(name, fontsize=9)
+        axes[r, 0].text(-0.08, 0.5, title, transform=axes[r, 0].transAxes, rotation=90, ha="right", va="center",
+                        fontsize=8)
+    fig.tight_layout()
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=90)
+    return fig

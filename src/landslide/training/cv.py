@@ -166,8 +166,13 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
             check_initial_weights(str(cfg.init_weights), list(dm.channels))
         if lead:
             record = RunManifest(out)
-            record.claim(defining_settings(cfg, dm.split("train").meta["key"]),
-                         prediction_settings(cfg, dm.channels), OmegaConf.to_container(cfg, resolve=True))
+            defining = defining_settings(cfg, dm.split("train").meta["key"])
+            if dm.exclusion is not None:  # the list's content defines the run, not only the file's name
+                defining["exclude_list"] = dm.exclusion.record()
+            record.claim(defining, prediction_settings(cfg, dm.channels), OmegaConf.to_container(cfg, resolve=True))
+            if dm.exclusion is not None:
+                record.data["excluded_ids"] = dm.exclusion.ids
+                record.save()
             manifest = record  # only an invocation that continues the recorded run is added to it
         with phase(FEATURES):
             feats = split_features(dm.split("train"))
@@ -250,15 +255,24 @@ def folder_bytes(folder: Path) -> int:
 
 
 def write_oof(path: Path, dm: LandslideDataModule, results: list[dict]) -> None:
+    """``ID,label,prob,filtered,fold`` of every validated training image (the pipeline's out-of-fold probability),
+    with ``network_prob`` (the network alone) and ``features_score`` (the filter's classifier) where the run has
+    them: what the label audit reads."""
     rows = []
     for r in results:
         oof = r["oof"]
-        rows.append(pd.DataFrame({
+        frame = pd.DataFrame({
             "ID": [dm.train_ids[i] for i in oof["index"]],
             "label": dm.labels[oof["index"]],
             "prob": np.round(oof["prob"], 6),
             "filtered": ~np.asarray(oof["keep"], bool),
             "fold": r["fold"],
-        }))
+        })
+        if "network_prob" in oof:
+            frame["network_prob"] = np.round(oof["network_prob"], 6)
+        features = r.get("features_oof")
+        if features is not None and features["index"] == oof["index"]:
+            frame["features_score"] = np.round(features["score"], 6)
+        rows.append(frame)
     with atomic_output(path) as tmp:
         pd.concat(rows).to_csv(tmp, index=False)

@@ -311,6 +311,7 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     started = time.perf_counter()
     result: dict[str, Any] = {"fold": fold, "filter": fitted.report}
     if cfg.stage == "filter":
+        result["features_oof"] = features_oof(fitted.filt, feats, dm.folds()[fold][1])
         result["wall_seconds"] = round(fitted.seconds, 2)
         return result
 
@@ -338,10 +339,19 @@ def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.nd
     return result
 
 
+def features_oof(filt: Any, feats: np.ndarray, val_part: np.ndarray) -> dict | None:
+    """The filter's features + XGBoost classifier as a baseline: its scores of the validation part (it was fitted on
+    the training part only), or None for a filter without a model (``filter=none``)."""
+    if getattr(filt, "model", None) is None:
+        return None
+    return {"index": val_part.tolist(), "score": np.round(filt.scores(feats[val_part]), 6).tolist()}
+
+
 def score_fold(cfg: DictConfig, dm: LandslideDataModule, module: LandslideModule, filt: Any, feats: np.ndarray,
                val_part: np.ndarray, keep_val: np.ndarray, device: torch.device) -> dict:
     """The whole two-stage pipeline on the whole validation part (filtered images are predicted negative): F1 at
-    0.5 and at the fold's F1-optimal threshold, the out-of-fold probabilities, and the held-out rows if any."""
+    0.5 and at the fold's F1-optimal threshold, the out-of-fold probabilities (also the network's alone), the filter's
+    classifier's scores (the run's baseline), and the held-out rows if any."""
     holdout = dm.holdout_index
     hold_net = network_probs(cfg, module, dm, holdout, device) if len(holdout) else None
     return score_probs(dm, filt, feats, val_part, keep_val, network_probs(cfg, module, dm, val_part, device),
@@ -365,6 +375,8 @@ def score_probs(dm: LandslideDataModule, filt: Any, feats: np.ndarray, val_part:
         "f1_at_0.5": f1_at(prob, labels[val_part], 0.5),
         "f1_at_threshold": best_f1,
         "threshold": threshold,
-        "oof": {"index": val_part.tolist(), "prob": prob.tolist(), "keep": np.asarray(keep_val).tolist()},
+        "oof": {"index": val_part.tolist(), "prob": prob.tolist(), "keep": np.asarray(keep_val).tolist(),
+                "network_prob": np.asarray(val_net).tolist()},
+        "features_oof": features_oof(filt, feats, val_part),
     })
     return result

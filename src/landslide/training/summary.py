@@ -11,7 +11,7 @@ from omegaconf import DictConfig
 from rich.console import Console
 from rich.table import Table
 
-from landslide.metrics import f1_at, f1_optimal_threshold
+from landslide.metrics import f1_at, f1_optimal_threshold, roc_auc
 from landslide.timing import phase_table
 
 log = logging.getLogger(__name__)
@@ -40,14 +40,17 @@ def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: flo
     }
     trained = [r for r in results if "oof" in r]
     for r in results:
-        row = {k: v for k, v in r.items() if k not in ("oof", "holdout")}
+        row = {k: v for k, v in r.items() if k not in ("oof", "holdout", "features_oof")}
         summary["folds"].append(row)
+    summary.update(features_baseline(results, labels))
     if trained:
         index = np.concatenate([r["oof"]["index"] for r in trained])
         prob = np.concatenate([r["oof"]["prob"] for r in trained])
         y = labels[index]
         threshold, best = f1_optimal_threshold(prob, y)
         f1s = [r["f1_at_threshold"] for r in trained]
+        network = np.concatenate([r["oof"].get("network_prob", r["oof"]["prob"]) for r in trained])
+        network_threshold, network_f1 = f1_optimal_threshold(network, y)
         summary.update({
             "f1_mean": float(np.mean(f1s)),
             "f1_std": float(np.std(f1s)),
@@ -55,11 +58,18 @@ def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: flo
             "oof_f1": best,
             "oof_threshold": threshold,
             "oof_f1_at_0.5": f1_at(prob, y, 0.5),
+            "oof_auc": roc_auc(prob, y),
+            "network_oof_f1": network_f1,
+            "network_oof_threshold": network_threshold,
+            "network_oof_auc": roc_auc(network, y),
             "epochs": [r["epochs"] for r in trained],
             "fold_energy_wh": float(sum(r["energy_wh"] or 0 for r in trained)),
             "notes": "f1_mean/f1_std: per-fold F1 at each fold's own out-of-fold optimal threshold; oof_f1: F1 of "
                      "all out-of-fold predictions at the single threshold oof_threshold; *_at_0.5: at 0.5. All are "
-                     "the two-stage pipeline on whole validation folds (filtered images count as negative).",
+                     "the two-stage pipeline on whole validation folds (filtered images count as negative). "
+                     "network_oof_*: the network alone (no filter); features_oof_*: the filter's features + XGBoost "
+                     "classifier as a baseline (fitted on each fold's training part, scored on its validation part); "
+                     "every *_oof_f1 at the threshold that is F1-optimal on its own out-of-fold predictions.",
         })
         held = [r["holdout"] for r in trained if "holdout" in r]
         if held:
@@ -72,11 +82,28 @@ def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: flo
     return summary
 
 
+def features_baseline(results: list[dict], labels: np.ndarray) -> dict:
+    """Out-of-fold F1 (at its own F1-optimal threshold) and AUC of the filter's features + XGBoost classifier, pooled
+    over the folds; empty when a fold has no such classifier (``filter=none``)."""
+    scored = [r.get("features_oof") for r in results]
+    if not scored or any(s is None for s in scored):
+        return {}
+    index = np.concatenate([s["index"] for s in scored])
+    score = np.concatenate([s["score"] for s in scored])
+    y = labels[index]
+    threshold, best = f1_optimal_threshold(score, y)
+    return {"features_oof_f1": best, "features_oof_threshold": threshold, "features_oof_auc": roc_auc(score, y)}
+
+
 def _below(report: dict) -> str:
-    """Training positives under the filter's threshold in its inner out-of-fold loop, and the share allowed."""
+    """Training positives under the filter's threshold in its inner out-of-fold loop, and the share of the positive
+    labels estimated wrong (or, for filters without that estimate, the share allowed)."""
     cal = report.get("calibration") or {}
     if "oof_positives_lost" not in cal:
         return "-"
+    if "estimated_noise_share" in cal:
+        unused = "" if cal.get("noise_estimate_used", True) else ", not believed"
+        return f"{cal['oof_positives_lost']} (wrong ~{cal['estimated_noise_share']:.0%}{unused})"
     return f"{cal['oof_positives_lost']} (≤{cal.get('max_positive_loss', 0.0):.0%})"
 
 
@@ -137,3 +164,30 @@ def print_summary(summary: dict) -> None:
     if summary.get("phases"):
         log.info("\n%s", render(time_table(summary["phases"], summary["wall_seconds"])))
     log.info("%s", result_line(summary))
+    print_baseline(summary)
+
+
+def baseline_line(summary: dict) -> str | None:
+    """Out-of-fold F1 / AUC of the pipeline, the network alone and the features + XGBoost baseline, in one line."""
+    def pair(prefix: str) -> str:
+        f1, auc = summary.get(f"{prefix}_f1"), summary.get(f"{prefix}_auc")
+        return f"{f1:.4f} / " + ("-" if auc is None else f"{auc:.4f}")
+
+    parts = []
+    if summary.get("oof_f1") is not None:
+        parts += [f"pipeline {pair('oof')}", f"network alone {pair('network_oof')}"]
+    if summary.get("features_oof_f1") is not None:
+        parts.append(f"features + XGBoost (the filter's model) {pair('features_oof')}")
+    return "out-of-fold F1 / AUC: " + ", ".join(parts) if parts else None
+
+
+def print_baseline(summary: dict) -> None:
+    """The baseline line through the log, and a warning when the network (in the pipeline) does not beat it."""
+    line = baseline_line(summary)
+    if line:
+        log.info("%s", line)
+    if summary.get("oof_f1") is not None and summary.get("features_oof_f1") is not None \
+            and summary["oof_f1"] <= summary["features_oof_f1"]:
+        log.warning("the network does not beat the features + XGBoost baseline: out-of-fold F1 %.4f (pipeline; "
+                    "network alone %.4f) against %.4f", summary["oof_f1"], summary["network_oof_f1"],
+                    summary["features_oof_f1"])
