@@ -18,7 +18,7 @@ GROUP_CHOICES = [
     ["experiment=reference"], ["experiment=final"], ["experiment=fast"], ["experiment=no_fpn"],
     ["experiment=no_filter"], ["experiment=only_sar"], ["experiment=only_optical"],
     ["data.bands=sar", "data.fold=3", "seed=7"], ["model=seed_fpn", "experiment=reference"],
-    ["data=realistic", "filter.max_positive_loss=0.05"],
+    ["data=realistic", "filter.max_positive_loss=0.05"], ["data=scenes"],
 ]
 
 

@@ -247,8 +247,9 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(trained, tmp_path):
     assert "device=cuda: no CUDA GPU is available here" in line
 
 
-MAP_OPTIONS = {"stride": 32, "blend": "mean", "dtype": "uint8", "threshold": 0.5, "min_valid": 0.5,
-               "windows_per_batch": 256, "batch_size": 1024, "tta": None, "device": "auto"}
+MAP_OPTIONS = {"mode": "cam", "stride": 32, "blend": "mean", "dtype": "uint8", "threshold": 0.5, "min_valid": 0.5,
+               "min_area_m2": 500, "smooth": 2, "windows_per_batch": 256, "batch_size": 1024, "tta": None,
+               "device": "auto"}
 
 
 @pytest.mark.parametrize("option, value, message", [
@@ -261,6 +262,9 @@ MAP_OPTIONS = {"stride": 32, "blend": "mean", "dtype": "uint8", "threshold": 0.5
     ("threshold", 1.5, "threshold must be in [0, 1], got 1.5"),
     ("min_valid", -0.1, "min_valid must be in [0, 1], got -0.1"),
     ("tta", "maybe", "tta must be null (as the run recorded), true or false, got 'maybe'"),
+    ("mode", "grad", "mode must be one of window, cam, gradient, got 'grad'"),
+    ("min_area_m2", -5, "min_area_m2 must be a number >= 0, got -5"),
+    ("smooth", 1.5, "smooth must be an integer in [0, 8], got 1.5"),
 ])
 def test_map_options_out_of_range_are_refused(option, value, message):
     with pytest.raises(ConfigError) as err:

@@ -289,7 +289,7 @@ def scene(tmp_path_factory) -> Path:
     from landslide.synth.scene import generate_scene
 
     path = tmp_path_factory.mktemp("scene") / "scene.tif"
-    generate_scene(path, width=96, height=80, seed=4, positive_share=0.3)
+    generate_scene(path, width=96, height=80, seed=4, slides_per_km2=2.0, cloud_cover=0.1, nodata_corner=True)
     return path
 
 

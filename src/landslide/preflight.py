@@ -106,9 +106,10 @@ def check_map(cfg: DictConfig) -> None:
     from landslide.inference.ensemble import load_run
     from landslide.inference.options import check_map_options, check_map_outputs, map_outputs
 
-    check_map_options(stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype, threshold=cfg.threshold,
-                      min_valid=cfg.min_valid, windows_per_batch=cfg.windows_per_batch, batch_size=cfg.batch_size,
-                      tta=cfg.tta, device=str(cfg.device))
+    check_map_options(mode=cfg.mode, stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype, threshold=cfg.threshold,
+                      min_valid=cfg.min_valid, min_area_m2=cfg.min_area_m2, smooth=cfg.smooth,
+                      windows_per_batch=cfg.windows_per_batch, batch_size=cfg.batch_size, tta=cfg.tta,
+                      device=str(cfg.device))
     if not Path(cfg.scene).is_file():
         raise SceneError(f"scene={cfg.scene}: not found")
     if cfg.get("truth") and not Path(cfg.truth).is_file():

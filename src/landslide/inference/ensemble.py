@@ -29,6 +29,7 @@ from landslide.files import OutputSet, read_json
 from landslide.filter.negative import load_filter
 from landslide.hardware import bf16_supported
 from landslide.inference.options import check_predict_options, check_prediction_out
+from landslide.localisation import localise as localise_views
 from landslide.metrics import calibrate
 from landslide.prediction import predict_probs, resolve_device
 from landslide.run_record import (
@@ -159,33 +160,52 @@ class FoldEnsemble:
         picks = channel_indices(channels)
         self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks)
 
-    def predict(self, images: Tensor | np.ndarray, features: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    def predict(self, images: Tensor | np.ndarray, features: np.ndarray | None = None,
+                localise: str | None = None) -> dict[str, np.ndarray]:
         """Predict (n, 13, 64, 64) images in physical units (``features``: their 150 features, computed if None).
 
         Returns ``prob`` (n,), ``std``, ``filtered``, ``filter_votes``, ``network_prob`` and ``per_fold``
-        (folds, views, n) calibrated probabilities."""
+        (folds, views, n) calibrated probabilities. With ``localise`` (a method of :mod:`landslide.localisation`:
+        ``cam`` or ``gradient``) also ``pixel`` (n, 64, 64): each fold's and view's calibrated probability times
+        its relative evidence map, averaged like ``prob`` (0 where the filter rejects the image), and
+        ``localised_with``, the method each fold used."""
         images = torch.as_tensor(images)
         if features is None:
             with phase(FEATURES):
                 features = compute_features(images.cpu().numpy())
         net_in = images if self._picks is None else images.index_select(1, self._picks.to(images.device))
         net_in = net_in.to(self.device)
-        per_fold, keeps = [], []
+        per_fold, keeps, methods = [], [], []
+        pixel = None
         for module, filt, threshold in zip(self.modules, self.filters, self.thresholds):
-            with phase(NETWORK):
-                views = torch.from_numpy(predict_probs(module, net_in, self.batch_size, self.tta, self.device,
-                                                       bf16=self.bf16))
-                per_fold.append(calibrate(views, threshold).numpy())
+            with phase(NETWORK):  # the network's forward (and, localising, backward) passes
+                if localise:
+                    views, maps, used = localise_views(module, net_in, self.batch_size, self.tta, self.device,
+                                                       localise, self.bf16)
+                    views = calibrate(views, threshold)
+                    score = torch.einsum("vn,vnhw->nhw", views, maps)
+                    pixel = score if pixel is None else pixel + score
+                    per_fold.append(views.cpu().numpy())
+                    methods.append(used)
+                else:
+                    views = torch.from_numpy(predict_probs(module, net_in, self.batch_size, self.tta, self.device,
+                                                           bf16=self.bf16))
+                    per_fold.append(calibrate(views, threshold).numpy())
             with phase(FILTER):
                 keeps.append(filt.keep(features))
         probs = np.stack(per_fold)  # (folds, views, n)
         votes = 1 - np.mean(keeps, axis=0)
         filtered = votes > 0.5
         network = probs.mean(axis=(0, 1))
-        return {
+        out = {
             "prob": np.where(filtered, 0.0, network), "std": probs.std(axis=(0, 1)), "filtered": filtered,
             "filter_votes": votes, "network_prob": network, "per_fold": probs,
         }
+        if localise:
+            mean = (pixel / (probs.shape[0] * probs.shape[1])).cpu().numpy()
+            out["pixel"] = np.where(filtered[:, None, None], 0.0, mean).astype(np.float32)
+            out["localised_with"] = methods
+        return out
 
 
 def check_training_release(root: Path, run_dir: Path, settings: dict) -> None:

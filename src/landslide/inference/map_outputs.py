@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from landslide.bands import PATCH_SIZE
 from landslide.data.scene import SceneInfo, import_rasterio
 
 #: nodata and scale of each output type: uint8 holds round(100 * p), float32 holds p
@@ -55,33 +56,113 @@ def to_cog(src: Path, out: Path) -> None:
          BIGTIFF="IF_SAFER")
 
 
-def polygons(mask_path: Path, map_path: Path, info: SceneInfo, out: Path) -> int:
-    """GeoJSON (WGS 84) of the connected areas of ``mask_path`` (1 = above the threshold), each with its mean and
-    highest probability in ``map_path``, its pixel count and area in m². GDAL polygonises the mask band by band
-    scanlines, and each polygon's statistics read only its bounding window. Returns the number of polygons."""
+class WindowSupport:
+    """The windows whose probability reached the threshold: their scene row and column (top-left) and
+    probability, 12 bytes a window, for the polygons they support."""
+
+    def __init__(self, threshold: float, window: int = PATCH_SIZE) -> None:
+        self.threshold, self.window = threshold, window
+        self._rows: list[np.ndarray] = []
+        self._cols: list[np.ndarray] = []
+        self._probs: list[np.ndarray] = []
+        self.rows = self.cols = np.zeros(0, np.int32)
+        self.probs = np.zeros(0, np.float32)
+
+    def add(self, top: int, cols: list[int], probs: np.ndarray) -> None:
+        """Windows of one window row (scene row ``top``) at ``cols`` with their probabilities."""
+        keep = np.flatnonzero(np.asarray(probs) >= self.threshold)
+        if keep.size:
+            self._rows.append(np.full(keep.size, top, np.int32))
+            self._cols.append(np.asarray(cols, np.int32)[keep])
+            self._probs.append(np.asarray(probs, np.float32)[keep])
+
+    def __len__(self) -> int:
+        return sum(len(r) for r in self._rows)
+
+    def freeze(self) -> None:
+        """Gather the windows into arrays sorted by row (window rows arrive in order)."""
+        if self._rows:
+            self.rows, self.cols = np.concatenate(self._rows), np.concatenate(self._cols)
+            self.probs = np.concatenate(self._probs)
+
+    def covering(self, row_off: int, col_off: int, inside: np.ndarray) -> np.ndarray:
+        """Indices of the windows that overlap the pixels ``inside`` (a mask whose top-left is at scene row
+        ``row_off``, column ``col_off``)."""
+        h, w = inside.shape
+        lo, hi = np.searchsorted(self.rows, [row_off - self.window + 1, row_off + h])
+        near = lo + np.flatnonzero((self.cols[lo:hi] > col_off - self.window) & (self.cols[lo:hi] < col_off + w))
+        found = []
+        for i in near:
+            r0, c0 = max(0, self.rows[i] - row_off), max(0, self.cols[i] - col_off)
+            r1, c1 = self.rows[i] - row_off + self.window, self.cols[i] - col_off + self.window
+            if inside[r0:r1, c0:c1].any():
+                found.append(i)
+        return np.asarray(found, np.int64)
+
+
+def chaikin(ring: list, iterations: int) -> list:
+    """A closed ring smoothed by ``iterations`` rounds of Chaikin's corner cutting (each edge's quarter points
+    replace its corners): pixel staircases become curves, and the ring stays inside the original's hull."""
+    xy = np.asarray(ring, np.float64)[:-1]
+    for _ in range(iterations):
+        if len(xy) < 3:
+            break
+        nxt = np.roll(xy, -1, axis=0)
+        xy = np.stack([0.75 * xy + 0.25 * nxt, 0.25 * xy + 0.75 * nxt], 1).reshape(-1, 2)
+    return [*xy.tolist(), xy[0].tolist()]
+
+
+def ring_pixels(ring: list, transform) -> float:
+    """Area of a ring in the raster's pixels (the shoelace formula in map units over the pixel's area)."""
+    xy = np.asarray(ring, np.float64)
+    area = 0.5 * abs(float(np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1])))
+    return area / abs(transform.a * transform.e - transform.b * transform.d)
+
+
+def polygons(mask_path: Path, map_path: Path, info: SceneInfo, out: Path, min_area_m2: float, smooth: int,
+             support: WindowSupport) -> int:
+    """GeoJSON (WGS 84) of the connected areas of ``mask_path`` (1 = above the threshold) of at least
+    ``min_area_m2``, holes smaller than that filled and rings smoothed by ``smooth`` rounds of Chaikin's corner
+    cutting (0: pixel edges). Each polygon holds its mean and highest probability in ``map_path``, its pixel count
+    and area in m² (of the raster's region, before smoothing) and the windows that support it (``support``: the
+    windows at or above the threshold that overlap it; their scene row and column and highest probability).
+    GDAL polygonises the mask band by band scanlines, and each polygon's statistics read only its bounding window.
+    Returns the number of polygons."""
     rasterio = import_rasterio()
     from rasterio.features import geometry_mask, geometry_window, shapes
     from rasterio.warp import transform_geom
 
+    support.freeze()
+    min_pixels = min_area_m2 / info.pixel_area_m2
     features = []
     with rasterio.open(mask_path) as mask, rasterio.open(map_path) as prob_map:
         scale = ENCODINGS[prob_map.dtypes[0]][1]
         band = rasterio.band(mask, 1)
         for geom, _ in shapes(band, mask=band, connectivity=8, transform=mask.transform):
+            if ring_pixels(geom["coordinates"][0], mask.transform) < min_pixels:
+                continue
             window = geometry_window(prob_map, [geom])
             values = prob_map.read(1, window=window, masked=True)
-            inside = geometry_mask([geom], out_shape=values.shape, transform=prob_map.window_transform(window),
+            rings = [geom["coordinates"][0]] + [r for r in geom["coordinates"][1:]
+                                                if ring_pixels(r, mask.transform) >= min_pixels]
+            filled = {"type": "Polygon", "coordinates": rings}
+            inside = geometry_mask([filled], out_shape=values.shape, transform=prob_map.window_transform(window),
                                    invert=True) & ~np.ma.getmaskarray(values)
             picked = values.data[inside].astype(np.float64) / scale
+            windows = support.covering(int(window.row_off), int(window.col_off), inside)
+            shape = {"type": "Polygon", "coordinates": [chaikin(r, smooth) for r in rings]} if smooth else filled
             features.append({
                 "type": "Feature",
-                "geometry": transform_geom(info.crs, "EPSG:4326", geom),
+                "geometry": transform_geom(info.crs, "EPSG:4326", shape),
                 "properties": {
                     "id": len(features),
                     "mean_prob": round(float(picked.mean()), 4) if picked.size else None,
                     "max_prob": round(float(picked.max()), 4) if picked.size else None,
                     "pixels": int(inside.sum()),
                     "area_m2": round(float(inside.sum()) * info.pixel_area_m2, 1),
+                    "windows": len(windows),
+                    "window_max_prob": round(float(support.probs[windows].max()), 4) if len(windows) else None,
+                    "window_origins": [[int(support.rows[i]), int(support.cols[i])] for i in windows],
                 },
             })
     out.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=2))

@@ -11,12 +11,15 @@ import torch
 from landslide.errors import ConfigError, first_line
 from landslide.files import check_writable
 from landslide.inference.map_outputs import ENCODINGS
+from landslide.localisation import METHODS
 from landslide.run_record import MANIFEST
 
 #: precisions prediction may be asked for (null: as the run recorded)
 PRECISIONS = ("32-true", "bf16-mixed")
 NAN_POLICIES = ("error", "fill")
 BLENDS = ("mean", "gaussian")
+#: what a window gives its pixels: its probability, or that times its pixel evidence
+MODES = ("window", *METHODS)
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 #: window size of the scene maps (the patch size)
 WINDOW = 64
@@ -78,15 +81,19 @@ def check_prediction_out(run_dir: Path | str, out: Path | str) -> None:
     check_writable("out", Path(out), folder=True)
 
 
-def check_map_options(*, stride: Any, blend: Any, dtype: Any, threshold: Any, min_valid: Any, windows_per_batch: Any,
-                      batch_size: Any, tta: Any, device: Any) -> None:
+def check_map_options(*, mode: Any, stride: Any, blend: Any, dtype: Any, threshold: Any, min_valid: Any,
+                      min_area_m2: Any, smooth: Any, windows_per_batch: Any, batch_size: Any, tta: Any,
+                      device: Any) -> None:
     """``map.py``'s options."""
     check_common(tta, device, batch_size)
+    need(mode in MODES, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     need(_integer(stride) and 1 <= stride <= WINDOW, f"stride must be an integer in [1, {WINDOW}], got {stride!r}")
     need(blend in BLENDS, f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
     need(dtype in ENCODINGS, f"dtype must be one of {', '.join(ENCODINGS)}, got {dtype!r}")
     need(_number(threshold) and 0 <= threshold <= 1, f"threshold must be in [0, 1], got {threshold!r}")
     need(_number(min_valid) and 0 <= min_valid <= 1, f"min_valid must be in [0, 1], got {min_valid!r}")
+    need(_number(min_area_m2) and min_area_m2 >= 0, f"min_area_m2 must be a number >= 0, got {min_area_m2!r}")
+    need(_integer(smooth) and 0 <= smooth <= 8, f"smooth must be an integer in [0, 8], got {smooth!r}")
     need(_integer(windows_per_batch) and windows_per_batch >= 1,
          f"windows_per_batch must be an integer >= 1, got {windows_per_batch!r}")
 

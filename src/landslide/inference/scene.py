@@ -2,17 +2,21 @@
 
 Windows of 64 x 64 px start every ``stride`` px along both axes, plus one flush with the last row and column, so
 every pixel is covered. Each window is predicted like a test patch (:class:`FoldEnsemble`: fold models, test-time
-views, per-fold calibration, filter last). Blending: a pixel's probability is the weighted mean of the windows that
-cover it, with weight 1 everywhere in a window (``blend=mean``) or a Gaussian of the distance to the window's centre
-(``blend=gaussian``, sigma 16 px, 1 at the centre and 0.14 in the corners: a pixel follows the windows it lies in
-the middle of). Pixels with nodata in the scene, and pixels that no predicted window covers, are nodata in the map.
-A window with less than ``min_valid`` of its pixels valid is not predicted; the other windows' invalid pixels take
-the window's mean of each band.
+views, per-fold calibration, filter last). ``mode=window``: a window gives all its pixels its probability;
+``mode=cam`` or ``gradient``: each pixel gets the window's probability times the network's relative evidence there
+(:mod:`landslide.localisation`: 1 where the evidence peaks), per fold and view, so a map outlines what the network
+saw. Blending: a pixel's value is the weighted mean of the windows that cover it, with weight 1 everywhere in a
+window (``blend=mean``) or a Gaussian of the distance to the window's centre (``blend=gaussian``, sigma 16 px, 1 at
+the centre and 0.14 in the corners: a pixel follows the windows it lies in the middle of). Pixels with nodata in
+the scene, and pixels that no predicted window covers, are nodata in the map. A window with less than
+``min_valid`` of its pixels valid is not predicted; the other windows' invalid pixels take the window's mean of each
+band.
 
 Memory: the scene is read in row strips. Window rows are done in order; the strip buffer holds the 64 rows of the
 current window row (each scene row is read once). Windows wait until ``windows_per_batch`` of them (one or more
 window rows) can be predicted together; the blend accumulator holds the map rows those windows touch, and writes
-them out as soon as no later window can. Nothing grows with the scene's height.
+them out as soon as no later window can. Nothing grows with the scene's height; the windows at or above the
+threshold (row, column, probability: 12 bytes each) are kept for the polygons' support.
 """
 
 from __future__ import annotations
@@ -31,7 +35,7 @@ from landslide.data.scene import SceneInfo, SceneReader, import_rasterio
 from landslide.errors import ConfigError, SceneError
 from landslide.files import OutputSet, temporary_path
 from landslide.inference.ensemble import LOAD_RUN, FoldEnsemble
-from landslide.inference.map_outputs import ENCODINGS, RasterSink, encode, polygons, to_cog
+from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
 from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
 from landslide.timing import phase, timed, timing_report
 
@@ -135,7 +139,8 @@ class Blender:
         self.max_rows = max(self.max_rows, self.sum.shape[0])
 
     def add(self, top: int, cols: list[int], probs: np.ndarray) -> None:
-        """Windows of one window row starting at scene row ``top``, at columns ``cols``."""
+        """Windows of one window row starting at scene row ``top``, at columns ``cols``: one value per window
+        (n,), or one per pixel (n, window, window)."""
         r = top - self.top
         for c, p in zip(cols, probs):
             self.sum[r : r + self.window, c : c + self.window] += p * self.weights
@@ -176,15 +181,17 @@ class MapSink:
                 sink.close()
 
 
-def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, stride: int, blend: str, dtype: str,
-                  threshold: float, min_valid: float, resolution_m: float, resolution_tolerance: float,
-                  windows_per_batch: int, batch_size: int, tta: bool | None, device: str, progress: bool,
-                  gdal_cache_mb: int, vector: Path | str | None = None, summary: Path | str | None = None,
-                  figure: Path | str | None = None, truth: Path | str | None = None,
-                  band_map: dict[str, int] | None = None, ensemble: FoldEnsemble | None = None) -> dict:
-    """Map ``scene`` with the fold ensemble of ``run_dir`` (or an ``ensemble`` already loaded from it): write the
-    COG ``out``, optionally the GeoJSON ``vector`` and the PNG ``figure`` (with the outlines of ``truth``), and the
-    summary (default ``out`` with ``.json``); return the summary.
+def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mode: str, stride: int, blend: str,
+                  dtype: str, threshold: float, min_valid: float, min_area_m2: float, smooth: int,
+                  resolution_m: float, resolution_tolerance: float, windows_per_batch: int, batch_size: int,
+                  tta: bool | None, device: str, progress: bool, gdal_cache_mb: int, vector: Path | str | None = None,
+                  summary: Path | str | None = None, figure: Path | str | None = None,
+                  truth: Path | str | None = None, band_map: dict[str, int] | None = None,
+                  ensemble: FoldEnsemble | None = None) -> dict:
+    """Map ``scene`` with the fold ensemble of ``run_dir`` (or an ``ensemble`` already loaded from it) in ``mode``
+    (window, cam or gradient): write the COG ``out``, optionally the GeoJSON ``vector`` (polygons of at least
+    ``min_area_m2``, rings smoothed ``smooth`` times) and the PNG ``figure`` (with the outlines of ``truth``), and
+    the summary (default ``out`` with ``.json``); return the summary.
 
     The files are one set (:class:`~landslide.files.OutputSet`): written under temporary names, moved in together,
     the summary last, naming the others. No output may be an input or another output; a scene without a valid
@@ -194,12 +201,14 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, st
     (narrow scenes batch several window rows), so memory is bounded by the batch and one strip, not the scene.
     GDAL's block cache is capped at ``gdal_cache_mb`` (its default, 5% of the machine's memory, would fill up
     with the scene's blocks)."""
-    check_map_options(stride=stride, blend=blend, dtype=dtype, threshold=threshold, min_valid=min_valid,
-                      windows_per_batch=windows_per_batch, batch_size=batch_size, tta=tta, device=device)
+    check_map_options(mode=mode, stride=stride, blend=blend, dtype=dtype, threshold=threshold, min_valid=min_valid,
+                      min_area_m2=min_area_m2, smooth=smooth, windows_per_batch=windows_per_batch,
+                      batch_size=batch_size, tta=tta, device=device)
     if truth and not Path(truth).is_file():
         raise ConfigError(f"truth={truth}: not found")
     named = map_outputs(out, vector, summary, figure)
     check_map_outputs(named, {"scene": scene, "truth": truth})
+    localise = None if mode == "window" else mode
     weights = window_weights(blend)
     started = time.perf_counter()
     out, summary_path = named["out"], named["summary"]
@@ -217,6 +226,8 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, st
         sink = MapSink(raw_path, mask_path if vector else None, info, dtype, threshold)
         blender = Blender(info.width, weights)
         counts = {"windows": 0, "skipped": 0, "filtered": 0, "valid_read": 0}
+        support = WindowSupport(threshold)
+        methods: set[str] = set()
         pending: list[tuple[int, list[int], np.ndarray]] = []  # (top, columns, raw windows) awaiting prediction
         bar = tqdm(total=len(rows) * len(cols), unit="win", desc=f"mapping {info.path.name}", disable=not progress)
         try:
@@ -234,18 +245,23 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, st
                 if sum(len(p[1]) for p in pending) < windows_per_batch and not last:
                     continue
                 batch = np.concatenate([p[2] for p in pending])
-                probs = []
+                probs, values = [], []
                 for start in range(0, len(batch), windows_per_batch):
                     with phase(WINDOWS):
                         channels = to_channels(batch[start : start + windows_per_batch], cloud_threshold)
-                    result = ensemble.predict(channels)
+                    result = ensemble.predict(channels, localise=localise)
                     probs.append(result["prob"])
+                    values.append(result["pixel"] if localise else result["prob"])
+                    methods.update(result.get("localised_with", ()))
                     counts["filtered"] += int(result["filtered"].sum())
                 probs = np.concatenate(probs) if probs else np.zeros(0)
+                values = np.concatenate(values) if values else np.zeros(0)
                 with phase(BLEND):
-                    for (row_top, row_cols, _), row_probs in zip(pending, np.split(probs, np.cumsum(
-                            [len(p[1]) for p in pending])[:-1])):
-                        blender.add(row_top, row_cols, row_probs)
+                    splits = np.cumsum([len(p[1]) for p in pending])[:-1]
+                    for (row_top, row_cols, _), row_probs, row_values in zip(pending, np.split(probs, splits),
+                                                                             np.split(values, splits)):
+                        blender.add(row_top, row_cols, row_values)
+                        support.add(row_top, row_cols, row_probs)
                     bar.update(len(cols) * len(pending))
                     pending, batch = [], None
                     done_top = blender.top
@@ -257,8 +273,8 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, st
                     raise SceneError(no_valid_pixels(info.path, counts["valid_read"], min_valid))
                 to_cog(raw_path, outputs.stage(out))
             with phase(POLYGONS):
-                n_polygons = (polygons(mask_path, outputs.staged_path(out), info, outputs.stage(vector))
-                              if vector else None)
+                n_polygons = (polygons(mask_path, outputs.staged_path(out), info, outputs.stage(vector), min_area_m2,
+                                       smooth, support) if vector else None)
             if figure:
                 from landslide.plots.scene import plot_scene_map
 
@@ -273,9 +289,11 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, st
             "scene": str(info.path), "run_dir": str(run_dir), "out": str(out),
             "vector": str(vector) if vector else None, "figure": str(figure) if figure else None,
             "width": info.width, "height": info.height, "crs": str(info.crs),
-            "pixel_size_m": [round(s, 3) for s in info.pixel_size_m], "stride": stride, "blend": blend,
+            "pixel_size_m": [round(s, 3) for s in info.pixel_size_m], "mode": mode,
+            "localised_with": sorted(methods) or None, "stride": stride, "blend": blend,
             "dtype": dtype, "threshold": threshold, "windows": counts["windows"], "windows_skipped": counts["skipped"],
-            "windows_filtered": counts["filtered"], "folds": len(ensemble.modules), "tta": ensemble.tta,
+            "windows_filtered": counts["filtered"], "windows_above_threshold": len(support),
+            "folds": len(ensemble.modules), "tta": ensemble.tta,
             "device": str(ensemble.device), "seconds": round(elapsed, 2),
             "windows_per_second": round(counts["windows"] / max(elapsed, 1e-9), 1),
             "valid_pixels": sink.valid, "share_above_threshold": round(sink.above / max(sink.valid, 1), 6),

@@ -3,7 +3,8 @@ accuracy benchmark, and test data.
 
 A difficulty profile draws the patches (``easy``: :mod:`landslide.synth.easy`; ``realistic``, with confounders that
 per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`; the accuracy benchmark's
-families ``small``, ``cloud``, ``optical``, ``large``, ``weak`` and ``offset``: :mod:`landslide.synth.families`).
+families ``small``, ``cloud``, ``optical``, ``large``, ``weak`` and ``offset``: :mod:`landslide.synth.families`;
+``scenes``, windows cut from generated scenes: :mod:`landslide.synth.scenes`).
 ``label_noise`` flips that share of the training labels (chosen at random, exactly ``round(share * n)`` of them).
 The true labels are written beside the release, never in it: ``<out>_truth/test_labels.csv`` (``ID,label,kind``)
 and ``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a submission while
@@ -26,7 +27,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from landslide.synth import easy, families, realistic
+from landslide.synth import easy, families, realistic, scenes
 
 #: patches drawn and written per worker task
 BATCH = 256
@@ -51,7 +52,7 @@ class Profile(Protocol):
 
 
 #: The difficulty profiles, by name.
-PROFILES: dict[str, Profile] = {"easy": easy, "realistic": realistic, **families.PROFILES}
+PROFILES: dict[str, Profile] = {"easy": easy, "realistic": realistic, "scenes": scenes, **families.PROFILES}
 DIFFICULTIES = tuple(PROFILES)
 
 

@@ -1,12 +1,13 @@
-"""Synthetic scenes: a georeferenced 12-band GeoTIFF with landslides planted at known places, for maps and tests.
+"""Generated scenes: a georeferenced 12-band GeoTIFF of a continuous landscape with landslides at known places, and
+their true outlines, for maps, tests and benchmarks.
 
-A scene is a grid of 64 x 64 tiles drawn by the patch generator (:func:`landslide.synth.easy.draw_patches`):
-``positive`` tiles (a share ``positive_share``, at random places) carry fresh scars, the others are the patch
-generator's negative kinds in their usual proportions. Bands, order and units are the release's; the grid is
-cropped to ``width`` x ``height``. With ``nodata_corner`` a triangle at the top-left corner has no data (value
-``NODATA`` in every band), like the edge of a swath. Beside ``<out>.tif`` go the truth: ``<out>_truth.tif``
-(uint8, 1 inside a planted landslide) and ``<out>_truth.geojson`` (its polygons, WGS 84). Tiles are drawn and
-written one row at a time, so any size fits in memory.
+The landscape (:class:`~landslide.synth.landscape.Landscape`) has continuous land cover (no tiles), relief, rivers,
+field parcels, clouds and confounders, and slides of the ``realistic`` patch profile's shapes and looks at random
+places on vegetated slopes, so they cross window borders. Bands, order and units are the release's. With
+``nodata_corner`` a triangle at the top-left corner has no data (value ``NODATA`` in every band), like the edge of
+a swath. Beside ``<out>.tif`` go the truth: ``<out>_truth.tif`` (uint8, 1 inside a slide) and
+``<out>_truth.geojson`` (one polygon per slide, WGS 84, with its area). The scene is drawn and written in strips
+of rows, so any size fits in memory.
 
 Run ``python -m landslide.synth.scene --out scene.tif --width 512 --height 512 --seed 0``.
 """
@@ -14,17 +15,20 @@ Run ``python -m landslide.synth.scene --out scene.tif --width 512 --height 512 -
 from __future__ import annotations
 
 import argparse
+import json
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
 
-from landslide.bands import PATCH_SIZE, RAW_NAMES
+from landslide.bands import RAW_NAMES
 from landslide.geo import import_rasterio
-from landslide.synth.easy import KIND_SHARES, KINDS, draw_patches
+from landslide.synth.landscape import Landscape, Slide
 
 NODATA = -9999.0
-NEGATIVE_KINDS = [i for i, k in enumerate(KINDS) if k != "positive"]
+#: rows drawn and written at once
+STRIP = 64
 
 
 def truth_paths(out: Path | str) -> tuple[Path, Path]:
@@ -33,18 +37,14 @@ def truth_paths(out: Path | str) -> tuple[Path, Path]:
     return out.with_name(f"{out.stem}_truth.tif"), out.with_name(f"{out.stem}_truth.geojson")
 
 
-def tile_kinds(rng: np.random.Generator, rows: int, cols: int, positive_share: float) -> np.ndarray:
-    """(rows, cols) kind index of every tile."""
-    shares = np.asarray(KIND_SHARES)[NEGATIVE_KINDS]
-    kinds = rng.choice(NEGATIVE_KINDS, (rows, cols), p=shares / shares.sum())
-    kinds[rng.random((rows, cols)) < positive_share] = KINDS.index("positive")
-    return kinds
+def generate_scene(out: Path | str, width: int, height: int, seed: int, slides_per_km2: float,
+                   cloud_cover: float, nodata_corner: bool, slides: list[Slide] | None = None,
+                   crs: str = "EPSG:32633", origin: tuple[float, float] = (500_000.0, 5_000_000.0),
+                   pixel_size: float = 10.0) -> dict:
+    """Write the scene GeoTIFF (float32, 12 bands) and its truth; return a summary (the slides included).
 
-
-def generate_scene(out: Path | str, width: int = 512, height: int = 512, seed: int = 0,
-                   positive_share: float = 0.2, nodata_corner: bool = True, crs: str = "EPSG:32633",
-                   origin: tuple[float, float] = (500_000.0, 5_000_000.0), pixel_size: float = 10.0) -> dict:
-    """Write the scene GeoTIFF (float32, 12 bands) and its truth; return a summary with the positive tiles."""
+    ``slides``: the slides to plant (:class:`Slide`, in pixel coordinates); None places ``slides_per_km2`` of them
+    at random. ``cloud_cover``: the share of the scene under cloud."""
     rasterio = import_rasterio()
     from rasterio.transform import from_origin
     from rasterio.windows import Window
@@ -52,8 +52,8 @@ def generate_scene(out: Path | str, width: int = 512, height: int = 512, seed: i
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     truth_tif, truth_json = truth_paths(out)
-    rng = np.random.default_rng(seed)
-    tiles = tile_kinds(rng, -(-height // PATCH_SIZE), -(-width // PATCH_SIZE), positive_share)
+    land = Landscape(width, height, seed, slides_per_km2, cloud_cover, slides, pixel_size)
+    rng = np.random.default_rng([seed, 99])
     transform = from_origin(*origin, pixel_size, pixel_size)
     common = {"driver": "GTiff", "width": width, "height": height, "crs": crs, "transform": transform,
               "tiled": True, "blockxsize": 256, "blockysize": 256}
@@ -61,12 +61,9 @@ def generate_scene(out: Path | str, width: int = 512, height: int = 512, seed: i
     with rasterio.open(out, "w", count=len(RAW_NAMES), dtype="float32", nodata=NODATA, **common) as scene, \
             rasterio.open(truth_tif, "w", count=1, dtype="uint8", nodata=None, **common) as truth:
         scene.descriptions = RAW_NAMES
-        for ty, kinds in enumerate(tiles):
-            patches, _, fresh = draw_patches(rng, kinds)
-            top = ty * PATCH_SIZE
-            rows = min(PATCH_SIZE, height - top)
-            data = np.concatenate(list(patches), axis=1)[:rows, :width].astype(np.float32)
-            mask = np.concatenate(list(fresh), axis=1)[:rows, :width]
+        for top in range(0, height, STRIP):
+            rows = min(STRIP, height - top)
+            data, mask = land.render(top, top + rows, rng)
             yy, xx = np.mgrid[top : top + rows, 0:width]
             hole = (xx + yy) < corner
             data[hole] = NODATA
@@ -74,25 +71,38 @@ def generate_scene(out: Path | str, width: int = 512, height: int = 512, seed: i
             window = Window(0, top, width, rows)
             scene.write(np.moveaxis(data, -1, 0), window=window)
             truth.write(mask.astype(np.uint8)[None], window=window)
-    n_polygons = _truth_polygons(truth_tif, truth_json)
-    positives = np.argwhere(tiles == KINDS.index("positive"))
+    n_polygons = _truth_polygons(truth_tif, truth_json, pixel_size**2)
     return {"scene": str(out), "truth": str(truth_tif), "truth_polygons": str(truth_json), "width": width,
-            "height": height, "crs": crs, "positive_tiles": positives.tolist(), "landslides": n_polygons}
+            "height": height, "crs": crs, "landslides": n_polygons,
+            "slides": [asdict(s) for s in land.slides.items], "parcels": len(land.parcels.items),
+            "old_scars": len(land.old_scars.items), "sar_changes": len(land.changes.items),
+            "rivers": len(land.rivers), "cloud_cover": cloud_cover}
 
 
-def _truth_polygons(truth_tif: Path, out: Path) -> int:
+def ring_area(ring: list) -> float:
+    """Area of a closed ring of (x, y) points (the shoelace formula)."""
+    xy = np.asarray(ring, np.float64)
+    return 0.5 * abs(float(np.dot(xy[:-1, 0], xy[1:, 1]) - np.dot(xy[1:, 0], xy[:-1, 1])))
+
+
+def _truth_polygons(truth_tif: Path, out: Path, pixel_area: float) -> int:
+    """One polygon (WGS 84) per connected slide of the truth raster, with its pixels and area."""
     rasterio = import_rasterio()
-    import json
-
     from rasterio.features import shapes
     from rasterio.warp import transform_geom
 
+    features = []
     with rasterio.open(truth_tif) as src:
         band = rasterio.band(src, 1)
-        features = [{"type": "Feature", "properties": {"id": i},
-                     "geometry": transform_geom(src.crs, "EPSG:4326", geom)}
-                    for i, (geom, _) in enumerate(shapes(band, mask=band, connectivity=8, transform=src.transform))]
-    out.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+        for geom, _ in shapes(band, mask=band, connectivity=8, transform=src.transform):
+            rings = geom["coordinates"]
+            area = ring_area(rings[0]) - sum(ring_area(r) for r in rings[1:])
+            features.append({"type": "Feature", "geometry": transform_geom(src.crs, "EPSG:4326", geom),
+                             "properties": {"id": len(features), "area_m2": round(area, 1),
+                                            "pixels": round(area / pixel_area)}})
+    tmp = out.with_name(f".{out.name}.part")
+    tmp.write_text(json.dumps({"type": "FeatureCollection", "features": features}))
+    tmp.replace(out)
     return len(features)
 
 
@@ -102,11 +112,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--height", type=int, default=512)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--positive-share", type=float, default=0.2, help="share of tiles with landslides")
+    parser.add_argument("--slides-per-km2", type=float, default=0.8, help="landslides per km² (10 m pixels)")
+    parser.add_argument("--cloud-cover", type=float, default=0.1, help="share of the scene under cloud")
     parser.add_argument("--no-nodata-corner", action="store_true", help="data everywhere")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    summary = generate_scene(args.out, args.width, args.height, args.seed, args.positive_share,
+    summary = generate_scene(args.out, args.width, args.height, args.seed, args.slides_per_km2, args.cloud_cover,
                              not args.no_nodata_corner)
     print(f"wrote {args.out} ({args.width} x {args.height} px, {summary['landslides']} landslides) and its truth "
           f"in {time.perf_counter() - started:.1f}s")
