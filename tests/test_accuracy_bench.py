@@ -16,6 +16,7 @@ def _bench():
     return bench
 
 
+@pytest.mark.slow  # the benchmark end to end: a family, both baselines and a 3-fold run
 def test_the_tiny_size_runs_a_family_end_to_end(tmp_path, capsys):
     bench = _bench()
     work = tmp_path / "work"
@@ -84,6 +85,7 @@ def test_filter_figures_per_fold_use_the_clean_labels(tmp_path):
     assert "wrong positive labels 25.0% estimated (50.0%)" in bench.filter_line(rows)
 
 
+@pytest.mark.slow  # the benchmark end to end (the rules themselves are tested in test_filter.py)
 def test_filter_rule_benchmark_scores_each_rule_on_the_clean_labels(tmp_path):
     from landslide.synth.release import generate_release
 

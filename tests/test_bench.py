@@ -42,6 +42,7 @@ def recording_work(bench, monkeypatch) -> list:
     return seen
 
 
+@pytest.mark.slow  # every path of the throughput benchmark, end to end
 def test_bench_runs_and_reports_both_paths(tmp_path, capsys, temp_root, monkeypatch):
     bench = load_benchmark()
     seen = recording_work(bench, monkeypatch)

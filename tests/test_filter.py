@@ -80,6 +80,7 @@ def test_threshold_rule_zero_share_is_the_lowest_positive():
     assert positive_threshold(scores, 0.0, 0.5) < lowest  # the margin lies below, in log-odds
 
 
+@pytest.mark.slow  # the fixed-share rule (max_positive_loss), no longer the default
 def test_positive_loss_share_survives_planted_wrong_labels(generated):
     feats, y = generated
     tr, va = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))

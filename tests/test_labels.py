@@ -32,10 +32,6 @@ def one_error_line(done) -> str:
     return errors[0]
 
 
-# every test here reads one trained run: one worker builds it once
-pytestmark = pytest.mark.xdist_group("noisy_run")
-
-
 @pytest.fixture(scope="module")
 def noisy_run(tmp_path_factory) -> tuple[Path, Path, dict]:
     """A generated release with 5% planted wrong training labels, trained (2 folds, 2 epochs) and audited."""

@@ -126,7 +126,6 @@ def window_map(run_dir, scene, tmp_path_factory) -> tuple[np.ndarray, np.ndarray
     return _map(run_dir, scene, tmp_path_factory.mktemp("window_map"), "window")
 
 
-@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
 def test_window_map_is_higher_inside_planted_landslides(scene, window_map):
     p, nodata, summary, polygons = window_map
     with rasterio.open(truth_paths(scene)[0]) as truth:
@@ -150,7 +149,6 @@ def test_window_map_is_higher_inside_planted_landslides(scene, window_map):
     assert sum(f["properties"]["pixels"] for f in polygons) == pytest.approx((p[~nodata] >= 0.5).sum(), rel=0.02)
 
 
-@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
 def test_cam_map_spreads_each_window_over_its_evidence(run_dir, scene, window_map, tmp_path):
     """A pixel of the cam map is the windows' probabilities times relative evidence (at most 1), so it never
     exceeds the window map, reaches it where the evidence peaks, and is finer than the windows."""
@@ -182,8 +180,7 @@ def _peak(ensemble: FoldEnsemble, scene: Path, out: Path, mode: str) -> tuple[in
         tracemalloc.stop()
 
 
-@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
-@pytest.mark.parametrize("mode", ["window", "cam"])
+@pytest.mark.parametrize("mode", ["window", pytest.param("cam", marks=pytest.mark.slow)])
 def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path, mode):
     """A 4x taller scene reads each row once, holds one strip of 64 rows and a batch's rows, and peaks no higher."""
     short, tall = tmp_path / "short.tif", tmp_path / "tall.tif"
@@ -206,7 +203,6 @@ def test_memory_stays_bounded_by_window_rows(run_dir, tmp_path, mode):
     assert np.isfinite(values).all() and values.min() >= 0 and values.max() <= 1
 
 
-@pytest.mark.xdist_group("map_run")  # one worker builds the shared run once
 def test_bad_scene_stops_with_one_line_naming_the_file(run_dir, scene, tmp_path):
     with rasterio.open(scene) as src:
         profile, data = src.profile, src.read()

@@ -83,7 +83,7 @@ def test_a_wrong_run_or_release_leaves_no_stub_folder(trained, tmp_path):
 def test_help_offers_only_the_models_there_are(project_env):
     done = run("train.py", "--help", env=project_env)
     line = next(line for line in done.stdout.splitlines() if line.startswith("model:"))
-    assert line == "model: mm_cnn, mm_fpn, seed_fpn"
+    assert line == "model: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn"
     assert not [line for line in done.stdout.splitlines() if line.startswith("model/")]
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         for name, net in (("mm_fpn", "MultiModalFPN"), ("mm_cnn", "MultiModalCNN"), ("seed_fpn", "SeedFPN")):
@@ -95,7 +95,8 @@ def test_help_offers_only_the_models_there_are(project_env):
     ("trainer.max_epoch=3", "trainer.max_epoch=3: trainer has no key 'max_epoch'; did you mean trainer.max_epochs?"),
     ("data.num_fold=3", "data.num_fold=3: data has no key 'num_fold'; did you mean data.num_folds?"),
     ("traner.max_epochs=3", "traner.max_epochs=3: the config has no key 'traner'; did you mean trainer?"),
-    ("model=mm_fpnn", "model=mm_fpnn: no such choice; did you mean mm_fpn? (choices: mm_cnn, mm_fpn, seed_fpn)"),
+    ("model=mm_fpnn",
+     "model=mm_fpnn: no such choice; did you mean mm_fpn? (choices: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn)"),
 ])
 def test_a_mistyped_option_names_the_one_meant(project_env, tmp_path, override, message):
     done = run("train.py", "debug=tiny", override, env=project_env, cwd=tmp_path)

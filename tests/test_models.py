@@ -70,7 +70,8 @@ def test_statistics_mismatch_raises():
         LandslideModule(NETS["mm_fpn"], list(band_set("sar")), [0.0] * 13, [1.0] * 13, **model_settings())
 
 
-@pytest.mark.parametrize("loss", ["bce", "focal", "soft_f1"])
+# the default loss here; the others (the slowest to overfit) under -m slow
+@pytest.mark.parametrize("loss", ["bce", *(pytest.param(n, marks=pytest.mark.slow) for n in ("focal", "soft_f1"))])
 def test_a_few_steps_overfit_a_tiny_batch_with_every_loss(loss):
     torch.manual_seed(0)
     module = _module(loss=loss)
@@ -268,7 +269,13 @@ def test_fusion_pooling_must_be_known():
         FusionCNN(band_set("all"), pooling="median")
 
 
-@pytest.mark.parametrize("model", MODEL_CONFIGS)
+#: networks the sweep test already trains through train.py, as an experiment's model (final, no_fpn, small_data):
+#: here under -m slow only
+TRAINED_BY_EXPERIMENTS = ("mm_fpn", "mm_cnn", "fusion_cnn")
+
+
+@pytest.mark.parametrize("model", [pytest.param(m, marks=pytest.mark.slow) if m in TRAINED_BY_EXPERIMENTS else m
+                                   for m in MODEL_CONFIGS])
 def test_every_network_config_trains_through_train_py(model, project_env, tmp_path):
     entry.run("train.py", "debug=fast", f"model={model}", f"hydra.run.dir={tmp_path / 'run'}", env=project_env)
     assert (tmp_path / "run" / "cv_summary.json").is_file()

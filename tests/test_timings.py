@@ -196,7 +196,6 @@ def timed_run(tmp_path_factory) -> tuple[Path, dict]:
     return run_dir, env
 
 
-@pytest.mark.xdist_group("timed_run")  # one worker builds the shared run once
 def test_the_phases_of_a_run_add_up_to_its_wall_time(timed_run):
     run_dir, _ = timed_run
     summary = json.loads((run_dir / "cv_summary.json").read_text())
@@ -211,7 +210,6 @@ def test_the_phases_of_a_run_add_up_to_its_wall_time(timed_run):
     assert record["phases"] == phases and record["wall_seconds"] == pytest.approx(wall, abs=0.01)
 
 
-@pytest.mark.xdist_group("timed_run")  # one worker builds the shared run once
 def test_the_log_holds_the_whole_table_and_the_result_line(timed_run):
     run_dir, _ = timed_run
     log = (run_dir / "train.log").read_text()
@@ -222,7 +220,6 @@ def test_the_log_holds_the_whole_table_and_the_result_line(timed_run):
     assert f"run folder {summary['run_dir_mb']:.1f} MB" in log
 
 
-@pytest.mark.xdist_group("timed_run")  # one worker builds the shared run once
 def test_a_finished_run_keeps_what_prediction_needs(timed_run, tmp_path):
     run_dir, env = timed_run
     assert sorted(p.relative_to(run_dir).as_posix() for p in run_dir.rglob("*.ckpt")) == [
