@@ -15,6 +15,16 @@ from omegaconf import OmegaConf
 from landslide.synth.release import generate_release
 
 REPO = Path(__file__).resolve().parents[1]
+#: the longest test files (each trains several runs), handed to the workers first: with ``--dist loadfile`` a long
+#: file collected last would run alone at the end
+LONGEST_FIRST = ("test_sweeps.py", "test_tracking.py", "test_timings.py", "test_pipeline.py", "test_labels.py",
+                 "test_stacked_cv.py", "test_maps.py", "test_cluster.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The longest files first, the others in their usual order (each file's tests keep theirs)."""
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
 
 
 def data_settings(**overrides) -> dict:
