@@ -149,13 +149,20 @@ def test_estimated_rule_on_clean_labels_is_the_lowest_positive_rule(generated):
     assert estimating.threshold == trusting.threshold
 
 
+def planted_wrong_positives(labels: np.ndarray, share: float = 0.03, seed: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """``labels`` with ``share`` of the negatives, of every kind and chosen at random, labelled positive; and
+    which."""
+    noisy = labels.copy()
+    negatives = np.flatnonzero(noisy == 0)
+    planted = np.random.default_rng(seed).choice(negatives, round(share * len(negatives)), replace=False)
+    noisy[planted] = 1
+    return noisy, planted
+
+
 def test_estimated_rule_survives_planted_wrong_labels(generated):
     feats, y = generated
     tr, va = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))
-    noisy = y[tr].copy()
-    negatives = np.flatnonzero(noisy == 0)
-    planted = np.random.default_rng(3).choice(negatives, round(0.03 * len(negatives)), replace=False)
-    noisy[planted] = 1  # negatives of every kind labelled positive, at random
+    noisy, planted = planted_wrong_positives(y[tr])
     trusting = negative_filter(100, calibration_folds=4).fit(feats[tr], noisy)
     robust = negative_filter(100, calibration_folds=4, wrong_positive_rate="estimate").fit(feats[tr], noisy)
     strict_report = filter_report(trusting.keep(feats[va]), y[va])
@@ -169,10 +176,7 @@ def test_estimated_rule_survives_planted_wrong_labels(generated):
 def test_an_estimate_calling_too_many_labels_wrong_is_not_believed(generated):
     feats, y = generated
     tr, _ = next(StratifiedKFold(4, shuffle=True, random_state=0).split(feats, y))
-    noisy = y[tr].copy()
-    negatives = np.flatnonzero(noisy == 0)
-    planted = np.random.default_rng(3).choice(negatives, round(0.03 * len(negatives)), replace=False)
-    noisy[planted] = 1
+    noisy, _ = planted_wrong_positives(y[tr])
     believing = negative_filter(60, calibration_folds=3, wrong_positive_rate="estimate", max_noise_share=1.0)
     doubting = negative_filter(60, calibration_folds=3, wrong_positive_rate="estimate", max_noise_share=0.0)
     trusting = negative_filter(60, calibration_folds=3)

@@ -13,6 +13,7 @@ import pandas as pd
 import pytest
 
 import entry
+from entry import one_error_line
 from landslide.audit import check_options, precision_at_k, rank_label_issues, read_oof, read_truth, run_data
 from landslide.data.exclude import read_exclusion
 from landslide.errors import ConfigError, RunError
@@ -21,15 +22,6 @@ from landslide.synth.release import generate_release, truth_dir
 from landslide.training.summary import baseline_line, features_baseline, print_baseline
 
 TINY = ("debug=tiny", "trainer.max_epochs=2")
-
-
-def one_error_line(done) -> str:
-    output = done.stdout + done.stderr
-    assert done.returncode == 2, output[-3000:]
-    assert "Traceback" not in output
-    errors = [line for line in output.splitlines() if "ERROR" in line]
-    assert len(errors) == 1, output[-3000:]
-    return errors[0]
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint, ProgressBar
+from lightning.pytorch.loggers import Logger
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.callbacks import EnergyCallback, FitPhases, MetricHistory, ResumeState, ValidateLastEpoch
@@ -146,6 +147,19 @@ def save_weights(trainer: L.Trainer, path: Path) -> None:
         trainer.strategy.checkpoint_io.teardown()  # waits for a write in a thread
 
 
+def build_trainer(cfg: DictConfig, name: int | str, folder: Path) -> tuple[L.Trainer, list[Callback], list[Logger]]:
+    """The Trainer of one fold (or of stacked folds) writing under ``folder``, with its callbacks and loggers
+    (``name``: the fold, or the stack's tag)."""
+    with phase(SETUP):
+        callbacks = build_callbacks(cfg, folder)
+    with phase(LOGGERS):
+        loggers = build_loggers(cfg, name, folder)
+    with phase(SETUP):
+        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
+                                         default_root_dir=str(folder))
+    return trainer, callbacks, loggers
+
+
 def find_callback(callbacks: list[Callback], kind: type) -> Any:
     return next((c for c in callbacks if isinstance(c, kind)), None)
 
@@ -264,12 +278,7 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
         if cfg.get("init_weights"):
             load_initial_weights(module, cfg.init_weights)
             log.info("fold %d starts from the weights of %s", fold, cfg.init_weights)
-        callbacks = build_callbacks(cfg, fold_dir)
-    with phase(LOGGERS):
-        loggers = build_loggers(cfg, fold, fold_dir)
-    with phase(SETUP):
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                         default_root_dir=str(fold_dir))
+    trainer, callbacks, loggers = build_trainer(cfg, fold, fold_dir)
     last = fold_dir / "checkpoints" / "last.ckpt"
     figures = bool(cfg.log_figures) and is_rank_zero()  # PNGs in the fold's figures/, and to the loggers
     if figures:

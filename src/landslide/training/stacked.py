@@ -35,7 +35,6 @@ from typing import Any
 import lightning as L
 import numpy as np
 import torch
-from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig
 from torch import Tensor
@@ -58,8 +57,8 @@ from landslide.training.fold import (
     SCORING,
     SETUP,
     FoldFilter,
-    build_callbacks,
     build_module,
+    build_trainer,
     load_initial_weights,
     resume_point,
     score_fold,
@@ -309,12 +308,7 @@ def train_stacked(cfg: DictConfig, dm: LandslideDataModule, folds: list[int], fe
     with phase(SETUP):
         data = StackedFoldsData(dm, list(parts))
         stacked = StackedLandslideModule(list(templates), [len(p.val_index) for p in parts], list(folds))
-        callbacks = build_callbacks(cfg, stack_dir)
-    with phase(LOGGERS):
-        loggers = build_loggers(cfg, tag, stack_dir)
-    with phase(SETUP):
-        trainer: L.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False,
-                                         default_root_dir=str(stack_dir))
+    trainer, callbacks, loggers = build_trainer(cfg, tag, stack_dir)
     last = stack_dir / "checkpoints" / "last.ckpt"
     if last.is_file():
         log.info("folds %s resume from %s", folds, last)
