@@ -38,9 +38,9 @@ def _run(root: Path, script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    """One tiny run (2 folds, 2 epochs on 160 generated patches) shared by this module's tests."""
+    """One tiny run (2 folds, 2 epochs on 160 generated patches, 8 views) shared by this module's tests."""
     root = tmp_path_factory.mktemp("maps")
-    done = _run(root, "train.py", "debug=tiny", "trainer.max_epochs=2", f"hydra.run.dir={root / 'run'}")
+    done = _run(root, "train.py", "debug=tiny", "trainer.max_epochs=2", "tta=true", f"hydra.run.dir={root / 'run'}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "run"
 
