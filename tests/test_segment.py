@@ -11,6 +11,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 
 import entry
 from conftest import REPO
@@ -18,11 +20,12 @@ from landslide.bands import CHANNEL_NAMES, RAW_NAMES, band_set
 from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
 from landslide.data.masks import MASKS_FOLDER, read_masks
-from landslide.errors import ReleaseError, RunError
+from landslide.errors import ConfigError, ReleaseError, RunError
 from landslide.models import NETWORKS, build_network
 from landslide.models.segment import SegmentUNet
 from landslide.module import LandslideModule
 from landslide.synth.release import generate_release
+from landslide.training.cv import parallel_folds
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -164,6 +167,22 @@ def test_a_checkpoint_with_a_planted_target_builds_nothing(tmp_path, monkeypatch
 
 
 # ------------------------------------------------------------------ training options
+def test_the_segment_experiment_says_what_it_trains(tmp_path, monkeypatch):
+    monkeypatch.setenv("LANDSLIDE_ROOT", str(tmp_path))
+    with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=segment"])
+        default = compose("train")
+    assert cfg.model.net._target_ == "landslide.models.segment.SegmentUNet" and cfg.model.pixel_weight == 1.0
+    assert cfg.data.masks and cfg.data.synthetic.masks and cfg.data.synthetic.difficulty == "scenes"
+    assert cfg.data.augment.erase_p == 0.0 and cfg.data.root.endswith("scenes_masks")
+    assert not default.data.masks and not default.data.synthetic.masks and "pixel_weight" not in default.model
+    assert instantiate(cfg.data).masks
+    assert parallel_folds(cfg, 2) == 1  # auto: one after another, with a warning
+    cfg.cv.parallel_folds = 2
+    with pytest.raises(ConfigError, match="cv.parallel_folds=2: stacked folds train without slide masks"):
+        parallel_folds(cfg, 2)
+
+
 def test_a_pixel_loss_without_masks_or_with_stacked_folds_stops_with_one_line(tmp_path):
     done = entry.run("train.py", *TINY_SEGMENT, "data.masks=false", f"hydra.run.dir={tmp_path / 'run'}",
                      env=_env(tmp_path), check=False)

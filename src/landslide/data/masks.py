@@ -14,11 +14,11 @@ import numpy as np
 
 from landslide.bands import PATCH_SIZE
 from landslide.errors import ReleaseError, first_line
+from landslide.synth.release import MASKS_FOLDER
 
 log = logging.getLogger(__name__)
+__all__ = ["MASKS_FOLDER", "load_mask", "read_masks"]
 
-#: the release's folder of training masks
-MASKS_FOLDER = "train_masks"
 MASK_SHAPE = (PATCH_SIZE, PATCH_SIZE)
 
 

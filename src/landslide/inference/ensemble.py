@@ -29,6 +29,7 @@ from landslide.files import OutputSet, read_json
 from landslide.filter.negative import load_filter
 from landslide.hardware import bf16_supported
 from landslide.inference.options import check_predict_options, check_prediction_out
+from landslide.inference.segment import segment_views
 from landslide.localisation import localise as localise_views
 from landslide.metrics import calibrate
 from landslide.prediction import predict_probs, resolve_device
@@ -39,7 +40,6 @@ from landslide.run_record import (
     recorded_fingerprint,
     recorded_nan_policy,
 )
-from landslide.segmentation import segment_views
 from landslide.timing import phase, timing_report
 
 log = logging.getLogger(__name__)

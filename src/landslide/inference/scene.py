@@ -6,7 +6,7 @@ views, per-fold calibration, filter last). ``mode=window``: a window gives all i
 ``mode=cam`` or ``gradient``: each pixel gets the window's probability times the network's relative evidence there
 (:mod:`landslide.localisation`: 1 where the evidence peaks), per fold and view, so a map outlines what the network
 saw; ``mode=segment`` (a run trained with slide masks, ``experiment=segment``): each pixel gets the network's own
-pixel probability, calibrated per fold like the window's (:mod:`landslide.segmentation`). Blending: a pixel's value
+pixel probability, calibrated per fold like the window's (:mod:`landslide.inference.segment`). Blending: a pixel's value
 is the weighted mean of the windows that cover it, with weight 1 everywhere in a window (``blend=mean``) or a
 Gaussian of the distance to the window's centre (``blend=gaussian``, sigma 16 px, 1 at the centre and 0.14 in the
 corners: a pixel follows the windows it lies in the middle of). Pixels with nodata in the scene, and pixels that no
@@ -38,7 +38,7 @@ from landslide.files import OutputSet, temporary_path
 from landslide.inference.ensemble import LOAD_RUN, FoldEnsemble
 from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
 from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
-from landslide.segmentation import no_pixel_map
+from landslide.inference.segment import no_pixel_map
 from landslide.timing import phase, timed, timing_report
 
 log = logging.getLogger(__name__)

@@ -29,11 +29,12 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
-from landslide.data.masks import MASKS_FOLDER
 from landslide.synth import easy, families, realistic, scenes
 
 #: patches drawn and written per worker task
 BATCH = 256
+#: the release's folder of training masks (read by :mod:`landslide.data.masks`)
+MASKS_FOLDER = "train_masks"
 
 
 def make_ids(seed: int, split: str, n: int) -> list[str]:
