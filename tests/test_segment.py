@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
@@ -15,12 +16,14 @@ from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
 import entry
-from conftest import REPO
+from conftest import REPO, map_settings
 from landslide.bands import CHANNEL_NAMES, RAW_NAMES, band_set
 from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
 from landslide.data.masks import MASKS_FOLDER, read_masks
 from landslide.errors import ConfigError, ReleaseError, RunError
+from landslide.inference.ensemble import FoldEnsemble
+from landslide.inference.scene import predict_scene
 from landslide.models import NETWORKS, build_network
 from landslide.models.segment import SegmentUNet
 from landslide.module import LandslideModule
@@ -240,3 +243,29 @@ def test_a_run_without_pixel_supervision_stops_segment_mode_with_one_line(segmen
         line = entry.one_error_line(done)
         assert "mode=segment needs a run trained with experiment=segment" in line and str(checkpoint) in line
         assert why in line and not out.exists()
+
+
+def test_segment_mode_memory_stays_bounded_by_window_rows(segment_run, tmp_path):
+    """As the other modes (tests/test_maps.py): a 4x taller scene reads each row once, holds one strip and a batch's
+    rows, and its tracemalloc peak stays within 25% of the short scene's."""
+    run_dir, _ = segment_run
+    ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=map_settings()["batch_size"], tta=True)
+    peaks, reports = [], []
+    for name, height in (("warm", 256), ("short", 256), ("tall", 1024)):
+        scene = tmp_path / f"{height}.tif"
+        if not scene.exists():
+            generate_scene(scene, width=128, height=height, seed=1, slides_per_km2=1.0, cloud_cover=0.1,
+                           nodata_corner=False)
+        out = tmp_path / f"{name}.tif"
+        tracemalloc.start()
+        try:
+            reports.append(predict_scene(run_dir, scene, out, **map_settings(
+                stride=64, dtype="float32", mode="segment", windows_per_batch=4, progress=False),
+                vector=out.with_suffix(".geojson"), ensemble=ensemble))
+            peaks.append(tracemalloc.get_traced_memory()[1])
+        finally:
+            tracemalloc.stop()
+    (_, short, tall), (_, peak_short, peak_tall) = reports, peaks
+    assert short["windows"] == 8 and tall["windows"] == 32 and tall["tta"] is True
+    assert tall["rows_read"] == 1024 and tall["max_rows_held"] == 64 and tall["max_rows_blended"] <= 64 + 64 * 2
+    assert peak_tall < 1.25 * peak_short + 256 * 1024, (peak_short, peak_tall)
