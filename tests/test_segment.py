@@ -24,6 +24,7 @@ from landslide.data.masks import MASKS_FOLDER, read_masks
 from landslide.errors import ConfigError, ReleaseError, RunError
 from landslide.inference.ensemble import FoldEnsemble
 from landslide.inference.scene import predict_scene
+from landslide.losses import pixel_loss
 from landslide.models import NETWORKS, build_network
 from landslide.models.segment import SegmentUNet
 from landslide.module import LandslideModule
@@ -144,6 +145,20 @@ def test_the_segmenting_network_gives_a_pixel_map_and_a_patch_logit_from_it():
         LandslideModule({"_target_": "landslide.models.plain.PlainCNN"}, CHANNELS, [0.0] * 13, [1.0] * 13,
                         loss="bce", pos_weight=1.0, focal_gamma=2.0, focal_alpha=0.75, channels_last=False,
                         compile=False, pixel_weight=1.0)
+
+
+def test_the_pixel_loss_takes_only_the_images_with_a_mask():
+    logits = torch.randn(3, 8, 8, requires_grad=True)
+    masks = (torch.rand(3, 8, 8) > 0.7).to(torch.uint8)
+    has = torch.tensor([True, False, True])
+    loss = pixel_loss(logits, masks, has)
+    assert torch.allclose(loss, pixel_loss(logits[has], masks[has]))
+    loss.backward()
+    assert logits.grad[1].abs().sum() == 0 and logits.grad[0].abs().sum() > 0
+    none = pixel_loss(logits, masks, torch.zeros(3, dtype=torch.bool))
+    assert none.item() == 0 and none.requires_grad
+    right = (masks.float() * 2 - 1) * 20  # confident and right: BCE and Dice near 0
+    assert pixel_loss(right, masks) < 0.01 < pixel_loss(-right, masks)
 
 
 def _save(module: LandslideModule, path: Path, **changes) -> Path:

@@ -172,8 +172,8 @@ class LandslideModule(L.LightningModule):
             logits = logits.float()
             has = batch["has_mask"]
             pred, truth = pixel[has] > 0, batch["mask"][has] > 0
-            counts = torch.stack([(pred & truth).sum(), (pred | truth).sum()]).float().cpu()
-            self._pixel_counts = self._pixel_counts + counts
+            counts = torch.stack([(pred & truth).sum(), (pred | truth).sum()]).float()
+            self._pixel_counts = self._pixel_counts.to(counts.device) + counts  # on the device: no host copy
         else:
             logits = self(batch["x"]).float()
         # the whole pipeline's prediction: images the negative filter removed count as predicted negative
