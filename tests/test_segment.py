@@ -220,11 +220,13 @@ def test_map_in_segment_mode_writes_the_cog_and_polygons(segment_run, scene, tmp
     run_dir, root = segment_run
     out, vector = tmp_path / "map.tif", tmp_path / "map.geojson"
     done = entry.run("map.py", f"run_dir={run_dir}", f"scene={scene}", f"out={out}", f"vector={vector}",
-                     "mode=segment", "progress=false", "threshold=0.2", f"hydra.run.dir={tmp_path / 'hydra'}",
+                     "mode=segment", "tta=true", "progress=false", "threshold=0.2",
+                     f"hydra.run.dir={tmp_path / 'hydra'}",
                      env=_env(root), check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(out.with_suffix(".json").read_text())
-    assert summary["mode"] == "segment" and summary["localised_with"] == ["segment"] and summary["windows"] == 6
+    assert summary["mode"] == "segment" and summary["localised_with"] == ["segment"] and summary["tta"]
+    assert summary["windows"] == 6
     with rasterio.open(out) as src, rasterio.open(scene) as ref:
         values = src.read(1)
         assert src.crs == ref.crs and src.transform == ref.transform and src.dtypes[0] == "uint8"
@@ -264,7 +266,7 @@ def test_segment_mode_memory_stays_bounded_by_window_rows(segment_run, tmp_path)
     """As the other modes (tests/test_maps.py): a 4x taller scene reads each row once, holds one strip and a batch's
     rows, and its tracemalloc peak stays within 25% of the short scene's."""
     run_dir, _ = segment_run
-    ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=map_settings()["batch_size"], tta=True)
+    ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=map_settings()["batch_size"], tta=False)
     peaks, reports = [], []
     for name, height in (("warm", 256), ("short", 256), ("tall", 1024)):
         scene = tmp_path / f"{height}.tif"
@@ -281,6 +283,6 @@ def test_segment_mode_memory_stays_bounded_by_window_rows(segment_run, tmp_path)
         finally:
             tracemalloc.stop()
     (_, short, tall), (_, peak_short, peak_tall) = reports, peaks
-    assert short["windows"] == 8 and tall["windows"] == 32 and tall["tta"] is True
+    assert short["windows"] == 8 and tall["windows"] == 32
     assert tall["rows_read"] == 1024 and tall["max_rows_held"] == 64 and tall["max_rows_blended"] <= 64 + 64 * 2
     assert peak_tall < 1.25 * peak_short + 256 * 1024, (peak_short, peak_tall)
