@@ -1,6 +1,7 @@
 """Map benchmark: how well each map mode outlines the slides of a generated scene, and how fast.
 
-``python benchmarks/maps.py --run RUN_DIR [--size 1024] [--modes window cam gradient] [--json out.json]``
+``python benchmarks/maps.py --run RUN_DIR [--segment-run SEG_RUN] [--size 1024] [--modes window cam gradient segment]
+[--json out.json]``
 
 It generates a realistic scene (:mod:`landslide.synth.scene`: continuous land cover, rivers, fields, clouds,
 confounders, slides of the realistic patch profile's shapes crossing window borders) and a scene of slide pairs
@@ -15,7 +16,10 @@ confounders, slides of the realistic patch profile's shapes crossing window bord
 
 ``--run`` names a training run; ``--train`` trains one first with ``train.py`` on windows cut from generated
 scenes (``data=scenes data.num_folds=3 data.fold=0 trainer.max_epochs=20``: one fold of three), whose
-slides have the scene's shapes and looks. Extra arguments after ``--`` go to every ``map.py`` call. The scenes and
+slides have the scene's shapes and looks. ``mode=segment`` maps with ``--segment-run`` (a run of
+``experiment=segment``), or one trained first with ``--train-segment`` (``experiment=segment data.num_folds=3
+data.fold=0 trainer.max_epochs=20``); the other modes map with ``--run`` or, without one, the segment run (its
+network classifies windows too). Extra arguments after ``--`` go to every ``map.py`` call. The scenes and
 maps go to a temporary folder (removed) unless ``--keep`` names one.
 """
 
@@ -40,6 +44,8 @@ from landslide.synth.scene import generate_scene, truth_paths
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = ["data=scenes", "data.num_folds=3", "data.fold=0", "trainer.max_epochs=20"]
+TRAIN_SEGMENT = ["experiment=segment", "data.num_folds=3", "data.fold=0", "trainer.max_epochs=20"]
+MODES = ("window", "cam", "gradient", "segment")
 #: the gap between the two slides of a pair, in pixels (10 m)
 PAIR_GAP = 10
 
@@ -182,29 +188,41 @@ def map_scene(run_dir: Path, scene: Path, out: Path, mode: str, extra: list[str]
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    source = parser.add_mutually_exclusive_group(required=True)
+    source = parser.add_mutually_exclusive_group()
     source.add_argument("--run", type=Path, help="a finished training run to map with")
-    source.add_argument("--train", action="store_true", help="train a run first (train.py on realistic patches)")
+    source.add_argument("--train", action="store_true", help="train a run first (train.py on generated windows)")
+    segment = parser.add_mutually_exclusive_group()
+    segment.add_argument("--segment-run", type=Path, help="a finished run of experiment=segment (mode=segment)")
+    segment.add_argument("--train-segment", action="store_true", help="train an experiment=segment run first")
     parser.add_argument("--size", type=int, default=1024, help="the scene's width and height in pixels")
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--modes", nargs="+", default=["window", "cam"], choices=["window", "cam", "gradient"])
+    parser.add_argument("--modes", nargs="+", default=["window", "cam"], choices=MODES)
     parser.add_argument("--threshold", type=float, default=0.5)
     parser.add_argument("--keep", type=Path, help="folder for the scenes and maps (kept)")
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("extra", nargs="*", help="map.py overrides (after --)")
     args = parser.parse_args(argv)
+    if not (args.run or args.train or args.segment_run or args.train_segment):
+        parser.error("name a run (--run, --segment-run) or train one (--train, --train-segment)")
+    if "segment" in args.modes and not (args.segment_run or args.train_segment):
+        parser.error("mode segment needs --segment-run or --train-segment")
     work = args.keep or Path(tempfile.mkdtemp(prefix="maps-bench-"))
     work.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, WANDB_MODE="offline", LANDSLIDE_ROOT=str(work), PYTHONWARNINGS="ignore")
     env["PYTHONPATH"] = os.pathsep.join([str(REPO / "src"), env.get("PYTHONPATH", "")])
     try:
         result: dict = {"size": args.size, "seed": args.seed, "threshold": args.threshold, "extra": args.extra}
-        run_dir = args.run
+        run_dir, segment_dir = args.run, args.segment_run
         if args.train:
             run_dir = work / "run"
             result["train_seconds"] = round(run([sys.executable, "train.py", *TRAIN, f"hydra.run.dir={run_dir}"],
                                                 env), 1)
-        result["run_dir"] = str(run_dir)
+        if args.train_segment:
+            segment_dir = work / "run_segment"
+            result["train_segment_seconds"] = round(run([sys.executable, "train.py", *TRAIN_SEGMENT,
+                                                         f"hydra.run.dir={segment_dir}"], env), 1)
+        run_dir = run_dir or segment_dir
+        result["run_dir"], result["segment_run_dir"] = str(run_dir), str(segment_dir) if segment_dir else None
         scene, pairs = work / "scene.tif", work / "pairs.tif"
         started = time.perf_counter()
         planted = generate_scene(scene, args.size, args.size, args.seed, 0.8, 0.1, False)
@@ -213,9 +231,10 @@ def main(argv: list[str] | None = None) -> dict:
         generate_scene(pairs, 512, 512, args.seed, 0.0, 0.0, False, slides=twins)
         result["slides"] = planted["landslides"]
         for mode in args.modes:
-            summary = map_scene(run_dir, scene, work / f"map_{mode}.tif", mode, args.extra, env)
+            mode_run = segment_dir if mode == "segment" else run_dir
+            summary = map_scene(mode_run, scene, work / f"map_{mode}.tif", mode, args.extra, env)
             scores = score_map(work / f"map_{mode}.tif", work / f"map_{mode}.geojson", scene, args.threshold)
-            map_scene(run_dir, pairs, work / f"pairs_{mode}.tif", mode, args.extra, env)
+            map_scene(mode_run, pairs, work / f"pairs_{mode}.tif", mode, args.extra, env)
             pair_scores = score_map(work / f"pairs_{mode}.tif", work / f"pairs_{mode}.geojson", pairs,
                                     args.threshold, twins)
             km2 = summary["width"] * summary["height"] * math.prod(summary["pixel_size_m"]) / 1e6
@@ -224,7 +243,7 @@ def main(argv: list[str] | None = None) -> dict:
                             "windows": summary["windows"], "seconds": summary["seconds"],
                             "windows_per_second": summary["windows_per_second"],
                             "km2_per_second": round(km2 / summary["seconds"], 3),
-                            "localised_with": summary["localised_with"]}
+                            "localised_with": summary["localised_with"], "run_dir": str(mode_run)}
         _print(result, args.modes)
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)

@@ -40,7 +40,7 @@ def network_weights(path: Path | str) -> dict[str, torch.Tensor]:
 #: built), and the plain settings they replaced in checkpoints written before they became factories.
 TRAINING_ONLY = frozenset({"optimizer", "scheduler", "lr", "weight_decay", "warmup_fraction", "min_lr_ratio"})
 #: Settings that checkpoints written before they existed lack, with the value the code then used.
-EARLIER_VALUES = {"focal_alpha": 0.75}
+EARLIER_VALUES = {"focal_alpha": 0.75, "pixel_weight": 0.0}
 
 
 def module_settings(path: Path | str, settings: Any) -> dict[str, Any]:

@@ -52,3 +52,17 @@ def build_loss(name: str, *, pos_weight: float, focal_gamma: float, focal_alpha:
     if name == "soft_f1":
         return SoftF1Loss()
     raise ValueError(f"unknown loss {name!r}; choose bce, focal or soft_f1")
+
+
+def pixel_loss(logits: Tensor, masks: Tensor, has_mask: Tensor | None = None) -> Tensor:
+    """Per-pixel BCE plus soft Dice (over the batch's pixels, smoothed by 1) of (n, H, W) pixel logits against 0/1
+    ``masks``, on the images ``has_mask`` marks (all by default); 0 (with a graph) when none is marked."""
+    if has_mask is not None:
+        logits, masks = logits[has_mask], masks[has_mask]
+    if logits.numel() == 0:
+        return logits.sum() * 0.0
+    target = masks.to(logits.dtype)
+    bce = F.binary_cross_entropy_with_logits(logits, target)
+    p = torch.sigmoid(logits)
+    dice = 1 - (2 * (p * target).sum() + 1) / (p.sum() + target.sum() + 1)
+    return bce + dice

@@ -17,7 +17,7 @@ from torchmetrics.classification import BinaryF1Score
 
 from landslide.bands import CHANNEL_NAMES
 from landslide.data.augment import TTA_VIEWS, tta_views
-from landslide.losses import build_loss
+from landslide.losses import build_loss, pixel_loss
 from landslide.metrics import ValidationOutputs, binary_scores
 from landslide.models import build_network
 
@@ -37,6 +37,13 @@ class LandslideModule(L.LightningModule):
     descriptions (their target and arguments), which a checkpoint carries as metadata and never builds (given such a
     description back, the module keeps it as it is and builds no optimiser). Every other setting comes from the
     config (``configs/model_base.yaml``); none has a default here.
+
+    ``pixel_weight`` > 0 (``experiment=segment``): the network segments (``segment(x)`` gives pixel logits (n, H, W)
+    and the patch logits, :class:`~landslide.models.segment.SegmentUNet`) and training batches carry slide masks
+    (``data.masks``); the loss adds ``pixel_weight`` x (pixel BCE + Dice) on the images with a mask, and validation
+    logs the pixel IoU at 0.5 (``val/pixel_iou``). It is set in the segmenting networks' configs
+    (``configs/model/segment_unet.yaml``); the other networks take no pixel loss, hence its default here, 0, which
+    is also what checkpoints made before it existed meant.
     """
 
     def __init__(
@@ -52,6 +59,7 @@ class LandslideModule(L.LightningModule):
         focal_alpha: float,
         channels_last: bool,
         compile: bool,
+        pixel_weight: float = 0.0,
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:
@@ -84,6 +92,12 @@ class LandslideModule(L.LightningModule):
         self.register_buffer("mean", torch.tensor(norm_mean, dtype=torch.float32).view(1, -1, 1, 1))
         self.register_buffer("std", torch.tensor(norm_std, dtype=torch.float32).view(1, -1, 1, 1))
         self.criterion = build_loss(loss, pos_weight=pos_weight, focal_gamma=focal_gamma, focal_alpha=focal_alpha)
+        if pixel_weight < 0:
+            raise ValueError(f"model.pixel_weight must be >= 0, got {pixel_weight}")
+        if pixel_weight > 0 and not callable(getattr(self.net, "segment", None)):
+            raise ValueError(f"model.pixel_weight={pixel_weight} needs a network that segments (segment(x): pixel "
+                             f"and patch logits, e.g. model=segment_unet); {net.get('_target_')} does not")
+        self._pixel_counts = torch.zeros(2)  # validation pixels in both the prediction and the mask, in either
         if channels_last:
             self.net = self.net.to(memory_format=torch.channels_last)
         # normalisation, layout and network in one compiled graph, so that Inductor fuses the input passes;
@@ -104,6 +118,18 @@ class LandslideModule(L.LightningModule):
         """A batch in physical units as the network takes it: standardised with the training statistics."""
         return (x - self.mean) / self.std
 
+    def segment(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """Pixel logits (n, H, W) and patch logits (n,) of a batch in physical units (a segmenting network)."""
+        x = self.normalise(x)
+        if self.hparams.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.net.segment(x)
+
+    @property
+    def pixel_supervised(self) -> bool:
+        """True when the network was trained with a pixel loss (its pixel map outlines slides)."""
+        return float(self.hparams.get("pixel_weight", 0.0)) > 0 and callable(getattr(self.net, "segment", None))
+
     def _normalised_forward(self, x: Tensor) -> Tensor:
         x = self.normalise(x)
         if self.hparams.channels_last:
@@ -121,8 +147,17 @@ class LandslideModule(L.LightningModule):
 
     # ------------------------------------------------------------------ steps
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
-        logits = self(batch["x"])
-        loss = self.criterion(logits.float(), batch["y"])
+        if self.hparams.pixel_weight > 0:
+            if "mask" not in batch:
+                raise ValueError("model.pixel_weight > 0 needs slide masks in the batches: set data.masks=true")
+            pixel, logits = self.segment(batch["x"])
+            loss = self.criterion(logits.float(), batch["y"])
+            part = pixel_loss(pixel.float(), batch["mask"], batch["has_mask"])
+            self.log("train/pixel_loss", part, on_step=False, on_epoch=True, sync_dist=True)
+            loss = loss + self.hparams.pixel_weight * part
+        else:
+            logits = self(batch["x"])
+            loss = self.criterion(logits.float(), batch["y"])
         self.train_metrics.update((torch.sigmoid(logits.detach().float()) > 0.5).int(), batch["y"].int())
         self.log("train/loss", loss, on_step=False, on_epoch=True, prog_bar=True, sync_dist=True)
         return loss
@@ -132,7 +167,15 @@ class LandslideModule(L.LightningModule):
         self.train_metrics.reset()
 
     def validation_step(self, batch: dict[str, Tensor], batch_idx: int) -> None:
-        logits = self(batch["x"]).float()
+        if self.hparams.pixel_weight > 0 and "mask" in batch:
+            pixel, logits = self.segment(batch["x"])
+            logits = logits.float()
+            has = batch["has_mask"]
+            pred, truth = pixel[has] > 0, batch["mask"][has] > 0
+            counts = torch.stack([(pred & truth).sum(), (pred | truth).sum()]).float()
+            self._pixel_counts = self._pixel_counts.to(counts.device) + counts  # on the device: no host copy
+        else:
+            logits = self(batch["x"]).float()
         # the whole pipeline's prediction: images the negative filter removed count as predicted negative
         self.val_outputs.update(logits, torch.sigmoid(logits) * batch["keep"], batch["y"])
 
@@ -145,6 +188,9 @@ class LandslideModule(L.LightningModule):
         self.val_outputs.reset()
         scores = {"val/loss": self.criterion(logits, target),
                   **{f"val/{k}": v[0] for k, v in binary_scores(prob[None], target[None]).items()}}
+        if self._pixel_counts[1] > 0:
+            scores["val/pixel_iou"] = (self._pixel_counts[0] / self._pixel_counts[1]).to(logits.device)
+            self._pixel_counts = torch.zeros(2)
         values = torch.stack(list(scores.values())).tolist()  # one host copy per validation
         self.log_dict(dict(zip(scores, values)), sync_dist=True)
 

@@ -88,9 +88,20 @@ class BatchAugment(nn.Module):
             self._fill_on[key] = fill.to(device=like.device, dtype=like.dtype).view(1, c, 1, 1)
         return self._fill_on[key]
 
-    def forward(self, x: Tensor, generator: torch.Generator | None = None, fill: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor, generator: torch.Generator | None = None, fill: Tensor | None = None,
+                masks: Tensor | None = None) -> Tensor | tuple[Tensor, Tensor]:
         """An augmented copy of ``x``; ``fill`` (n, c), if given, replaces the fill values per sample (stacked folds
-        each erase with their own training means)."""
+        each erase with their own training means). With ``masks`` (n, h, w), returns ``(x, masks)``: each mask
+        flipped and turned with its image, and 0 where its image was erased (the slide there is hidden)."""
+        if masks is not None:
+            c = x.shape[1]
+            both = self._augment(torch.cat([x, masks[:, None].to(x.dtype)], 1), generator, fill, c)
+            return both[:, :c], both[:, c].round().to(masks.dtype)
+        return self._augment(x, generator, fill, x.shape[1])
+
+    def _augment(self, x: Tensor, generator: torch.Generator | None, fill: Tensor | None, c: int) -> Tensor:
+        """The geometric draws on all of ``x``'s channels; erasing fills the first ``c`` with the fill values and
+        sets the others (masks) to 0."""
         n = x.shape[0]
 
         def coin(p: float = 0.5) -> Tensor:
@@ -106,7 +117,7 @@ class BatchAugment(nn.Module):
                 draw += 4 * coin().view(n).long()  # transpose: with the flips all 8 dihedral views
             x = self._dihedral(x, draw)
             if self.erase_p > 0:  # in place: the gather made x a new tensor
-                box, values = self._boxes(x, coin(self.erase_p).view(n), generator, fill)
+                box, values = self._boxes(x, coin(self.erase_p).view(n), generator, fill, c)
                 torch.where(box.unsqueeze(1), values, x, out=x)
             return x
         if self.flip:
@@ -115,7 +126,7 @@ class BatchAugment(nn.Module):
         if rotate:
             x = torch.where(coin(), x.transpose(-1, -2), x)  # with the flips: all 8 dihedral views
         if self.erase_p > 0:
-            box, values = self._boxes(x, coin(self.erase_p).view(n), generator, fill)
+            box, values = self._boxes(x, coin(self.erase_p).view(n), generator, fill, c)
             x = torch.where(box.unsqueeze(1), values, x)
         return x
 
@@ -129,11 +140,12 @@ class BatchAugment(nn.Module):
         flat = x.reshape(n, c, h * w)
         return torch.gather(flat, 2, source.unsqueeze(1).expand(n, c, h * w)).view(n, c, h, w)
 
-    def _boxes(self, x: Tensor, apply: Tensor, generator: torch.Generator | None, fill: Tensor | None
-               ) -> tuple[Tensor, Tensor]:
-        """The erased box of each image (n, h, w) (all False where ``apply`` is) and the fill values (1 or n, c, 1,
-        1)."""
-        n, c, h, w = x.shape
+    def _boxes(self, x: Tensor, apply: Tensor, generator: torch.Generator | None, fill: Tensor | None,
+               c: int | None = None) -> tuple[Tensor, Tensor]:
+        """The erased box of each image (n, h, w) (all False where ``apply`` is) and the fill values (1 or n, C, 1,
+        1): the first ``c`` channels' fill, 0 for the others."""
+        n, channels, h, w = x.shape
+        c = channels if c is None else c
         dev = x.device
         area = torch.empty(n, device=dev).uniform_(*self.erase_scale, generator=generator) * h * w
         ratio = torch.exp(torch.empty(n, device=dev).uniform_(*self.erase_log_ratio, generator=generator))
@@ -149,4 +161,7 @@ class BatchAugment(nn.Module):
             & apply.view(n, 1, 1)
         )
         values = self._fill(c, x) if fill is None else fill.to(device=dev, dtype=x.dtype).view(n, c, 1, 1)
+        if channels > c:  # masks ride along: erased to 0
+            values = torch.cat([values.expand(values.shape[0], c, 1, 1),
+                                values.new_zeros(values.shape[0], channels - c, 1, 1)], 1)
         return box, values

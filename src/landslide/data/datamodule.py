@@ -20,6 +20,7 @@ from landslide.data.augment import BatchAugment
 from landslide.data.batches import IndexBatches
 from landslide.data.cache import CachedSplit, load_or_build_split
 from landslide.data.exclude import Exclusion, read_exclusion
+from landslide.data.masks import read_masks
 from landslide.data.preprocess import channel_stats, resident_channel_stats
 from landslide.data.release import ReleaseError, SplitIndex, read_release_index
 from landslide.errors import ConfigError
@@ -32,6 +33,8 @@ log = logging.getLogger(__name__)
 LABELS = "labels"  # the training split's labels, float
 FILTER_KEEP = "filter_keep"  # LandslideDataModule.filter_keep
 PICKS = "picks"  # the band set's channel indices
+MASKS = "masks"  # the training split's slide masks (data.masks), uint8 (n, 64, 64)
+HAS_MASK = "has_mask"  # which training images have a mask
 PREPARE_LOCK = ".prepare.lock"  # in cache_dir: jobs started together take turns at generating and caching
 
 
@@ -39,8 +42,10 @@ class LandslideDataModule(L.LightningDataModule):
     """Reads (or generates) a release, caches it, and serves folds of it as device-resident tensors.
 
     Batches are dicts: ``x`` (n, c, 64, 64) in physical units, ``y`` (float labels, when known), ``keep`` (False
-    where the negative filter removed the image), ``index`` (row in the split). Normalisation is the model's job,
-    with statistics this module fits on the fold's training part (see :meth:`set_fold`).
+    where the negative filter removed the image), ``index`` (row in the split), and with ``masks`` (the release's
+    ``train_masks/``, :mod:`landslide.data.masks`) ``mask`` (n, 64, 64) and ``has_mask`` for training-split
+    batches, augmented with their images. Normalisation is the model's job, with statistics this module fits on the
+    fold's training part (see :meth:`set_fold`).
     """
 
     def __init__(
@@ -66,6 +71,7 @@ class LandslideDataModule(L.LightningDataModule):
         stats_on_device: bool,
         progress: bool,
         synthetic: dict | None = None,
+        masks: bool = False,  # configs/data/default.yaml sets it; runs recorded before it existed read none
     ) -> None:
         super().__init__()
         if stats not in ("train", "bigearthnet"):
@@ -96,6 +102,7 @@ class LandslideDataModule(L.LightningDataModule):
         self.nan_policy = nan_policy
         self.read_workers = read_workers
         self.synthetic = dict(synthetic or {})
+        self.masks = bool(masks)
         self.augment = BatchAugment(**(augment or {}))
         self.device_resident = device_resident
         self.stats_on_device = stats_on_device
@@ -156,6 +163,9 @@ class LandslideDataModule(L.LightningDataModule):
             return
         train = self.split("train")
         self._host[LABELS] = torch.from_numpy(train.labels.astype(np.float32))
+        if self.masks:
+            masks, has = read_masks(self.root, train.ids)
+            self._host[MASKS], self._host[HAS_MASK] = torch.from_numpy(masks), torch.from_numpy(has)
         picks = channel_indices(self.channels)
         # the band set's channels, or None when it is all of them in order (no selection needed)
         self._picks = None if picks == list(range(len(CHANNEL_NAMES))) else torch.tensor(picks, dtype=torch.long)
@@ -341,10 +351,16 @@ class LandslideDataModule(L.LightningDataModule):
         x = self.gather(source, index, device)
         out: dict[str, Tensor] = {"index": index}
         trainer = getattr(self, "trainer", None)
+        masks = self.resident(MASKS, device)[index] if self.masks and source == "train" else None
         if trainer is not None and trainer.training:
             self._fitted_stats()  # the erasing fill is the fold's training means
-            x = self.augment(x)
+            if masks is None:
+                x = self.augment(x)
+            else:
+                x, masks = self.augment(x, masks=masks)
         out["x"] = x
+        if masks is not None:
+            out["mask"], out["has_mask"] = masks, self.resident(HAS_MASK, device)[index]
         if source == "train":
             out["keep"] = self._on_device(FILTER_KEEP, device, lambda: torch.from_numpy(self.filter_keep))[index]
             out["y"] = self.labels_on(device)[index]

@@ -29,6 +29,7 @@ from landslide.files import OutputSet, read_json
 from landslide.filter.negative import load_filter
 from landslide.hardware import bf16_supported
 from landslide.inference.options import check_predict_options, check_prediction_out
+from landslide.inference.segment import segment_views
 from landslide.localisation import localise as localise_views
 from landslide.metrics import calibrate
 from landslide.prediction import predict_probs, resolve_device
@@ -168,7 +169,9 @@ class FoldEnsemble:
         (folds, views, n) calibrated probabilities. With ``localise`` (a method of :mod:`landslide.localisation`:
         ``cam`` or ``gradient``) also ``pixel`` (n, 64, 64): each fold's and view's calibrated probability times
         its relative evidence map, averaged like ``prob`` (0 where the filter rejects the image), and
-        ``localised_with``, the method each fold used."""
+        ``localised_with``, the method each fold used. ``localise="segment"`` (a run trained with pixel masks):
+        ``pixel`` holds each fold's and view's calibrated pixel probabilities (the fold's threshold sent to 0.5,
+        as for its patch probabilities), averaged the same way."""
         images = torch.as_tensor(images)
         if features is None:
             with phase(FEATURES):
@@ -179,7 +182,14 @@ class FoldEnsemble:
         pixel = None
         for module, filt, threshold in zip(self.modules, self.filters, self.thresholds):
             with phase(NETWORK):  # the network's forward (and, localising, backward) passes
-                if localise:
+                if localise == "segment":
+                    views, maps = segment_views(module, net_in, self.batch_size, self.tta, self.device, self.bf16)
+                    views, maps = calibrate(views, threshold), calibrate(maps, threshold)
+                    score = maps.sum(0)
+                    pixel = score if pixel is None else pixel + score
+                    per_fold.append(views.cpu().numpy())
+                    methods.append("segment")
+                elif localise:
                     views, maps, used = localise_views(module, net_in, self.batch_size, self.tta, self.device,
                                                        localise, self.bf16)
                     views = calibrate(views, threshold)

@@ -18,8 +18,9 @@ from landslide.run_record import MANIFEST
 PRECISIONS = ("32-true", "bf16-mixed")
 NAN_POLICIES = ("error", "fill")
 BLENDS = ("mean", "gaussian")
-#: what a window gives its pixels: its probability, or that times its pixel evidence
-MODES = ("window", *METHODS)
+#: what a window gives its pixels: its probability, that times its pixel evidence, or a segmenting network's pixel
+#: probabilities
+MODES = ("window", *METHODS, "segment")
 DEVICE_TYPES = ("cpu", "cuda", "mps")
 #: window size of the scene maps (the patch size)
 WINDOW = 64

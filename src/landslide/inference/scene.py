@@ -5,12 +5,13 @@ every pixel is covered. Each window is predicted like a test patch (:class:`Fold
 views, per-fold calibration, filter last). ``mode=window``: a window gives all its pixels its probability;
 ``mode=cam`` or ``gradient``: each pixel gets the window's probability times the network's relative evidence there
 (:mod:`landslide.localisation`: 1 where the evidence peaks), per fold and view, so a map outlines what the network
-saw. Blending: a pixel's value is the weighted mean of the windows that cover it, with weight 1 everywhere in a
-window (``blend=mean``) or a Gaussian of the distance to the window's centre (``blend=gaussian``, sigma 16 px, 1 at
-the centre and 0.14 in the corners: a pixel follows the windows it lies in the middle of). Pixels with nodata in
-the scene, and pixels that no predicted window covers, are nodata in the map. A window with less than
-``min_valid`` of its pixels valid is not predicted; the other windows' invalid pixels take the window's mean of each
-band.
+saw; ``mode=segment`` (a run trained with slide masks, ``experiment=segment``): each pixel gets the network's own
+pixel probability, calibrated per fold like the window's (:mod:`landslide.inference.segment`). Blending: a pixel's value
+is the weighted mean of the windows that cover it, with weight 1 everywhere in a window (``blend=mean``) or a
+Gaussian of the distance to the window's centre (``blend=gaussian``, sigma 16 px, 1 at the centre and 0.14 in the
+corners: a pixel follows the windows it lies in the middle of). Pixels with nodata in the scene, and pixels that no
+predicted window covers, are nodata in the map. A window with less than ``min_valid`` of its pixels valid is not
+predicted; the other windows' invalid pixels take the window's mean of each band.
 
 Memory: the scene is read in row strips. Window rows are done in order; the strip buffer holds the 64 rows of the
 current window row (each scene row is read once). Windows wait until ``windows_per_batch`` of them (one or more
@@ -32,11 +33,12 @@ from tqdm.auto import tqdm
 from landslide.bands import PATCH_SIZE
 from landslide.data.preprocess import to_channels
 from landslide.data.scene import SceneInfo, SceneReader, import_rasterio
-from landslide.errors import ConfigError, SceneError
+from landslide.errors import ConfigError, RunError, SceneError
 from landslide.files import OutputSet, temporary_path
 from landslide.inference.ensemble import LOAD_RUN, FoldEnsemble
 from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
 from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
+from landslide.inference.segment import no_pixel_map
 from landslide.timing import phase, timed, timing_report
 
 log = logging.getLogger(__name__)
@@ -109,6 +111,15 @@ def cut_windows(data: np.ndarray, valid: np.ndarray, cols: list[int], window: in
         means = clean.sum(axis=(1, 2)) / np.maximum(okf.sum(axis=(1, 2)), 1)
         raw = np.where(ok[..., None], clean, means[:, None, None, :]).astype(np.float32)
     return raw, share
+
+
+def check_segmenting(run_dir: Path | str, ensemble: FoldEnsemble) -> None:
+    """mode=segment needs every fold's network to segment, trained with slide masks; else one line."""
+    for fold_dir, module in zip(ensemble.fold_dirs, ensemble.modules):
+        why = no_pixel_map(module)
+        if why:
+            raise RunError(f"{fold_dir / 'model.ckpt'}: mode=segment needs a run trained with experiment=segment, "
+                           f"and {why}; map {run_dir} with mode=gradient, cam or window")
 
 
 class Blender:
@@ -189,7 +200,7 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
                   truth: Path | str | None = None, band_map: dict[str, int] | None = None,
                   ensemble: FoldEnsemble | None = None) -> dict:
     """Map ``scene`` with the fold ensemble of ``run_dir`` (or an ``ensemble`` already loaded from it) in ``mode``
-    (window, cam or gradient): write the COG ``out``, optionally the GeoJSON ``vector`` (polygons of at least
+    (window, cam, gradient or segment): write the COG ``out``, optionally the GeoJSON ``vector`` (polygons of at least
     ``min_area_m2``, rings smoothed ``smooth`` times) and the PNG ``figure`` (with the outlines of ``truth``), and
     the summary (default ``out`` with ``.json``); return the summary.
 
@@ -219,6 +230,8 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
         rows, cols = window_origins(info.height, stride), window_origins(info.width, stride)
         with phase(LOAD_RUN):
             ensemble = ensemble or FoldEnsemble(run_dir, device, batch_size, tta)
+        if mode == "segment":
+            check_segmenting(run_dir, ensemble)
         cloud_threshold = float(ensemble.settings["cloud_threshold"])
         out.parent.mkdir(parents=True, exist_ok=True)
         raw_path = temporary_path(out.with_name(f"{out.stem}.raw.tif"))

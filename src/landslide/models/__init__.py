@@ -23,6 +23,7 @@ from landslide.models.fpn import MultiModalCNN, MultiModalFPN
 from landslide.models.fusion import FusionCNN
 from landslide.models.plain import PlainCNN
 from landslide.models.seed import SeedFPN
+from landslide.models.segment import SegmentUNet
 
 #: The networks that settings may name, by their ``_target_`` (``module.ClassName``).
 NETWORKS: dict[str, type[nn.Module]] = {}
@@ -65,7 +66,7 @@ def import_network_module(target: str) -> None:
         importlib.import_module(module_name)
 
 
-for _cls in (MultiModalFPN, MultiModalCNN, SeedFPN, PlainCNN, FusionCNN):
+for _cls in (MultiModalFPN, MultiModalCNN, SeedFPN, PlainCNN, FusionCNN, SegmentUNet):
     register_network(_cls)
 
 
@@ -96,5 +97,6 @@ def build_network(spec: Mapping[str, Any], channels: Sequence[str]) -> nn.Module
     return cls(channels=list(channels), **spec)
 
 
-__all__ = ["NETWORKS", "FusionCNN", "MultiModalCNN", "MultiModalFPN", "PlainCNN", "SeedFPN", "build_network",
+__all__ = ["NETWORKS", "FusionCNN", "MultiModalCNN", "MultiModalFPN", "PlainCNN", "SeedFPN", "SegmentUNet",
+           "build_network",
            "import_network_module", "register_network", "trust_networks"]

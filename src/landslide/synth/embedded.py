@@ -46,5 +46,6 @@ def ensure_embedded_release(root: Path | str, synthetic: Mapping[str, Any] | Non
         log.info("generating the embedded synthetic release (%d train, %d test) in %s", n_train, n_test, root)
         generate_release(root, n_train, n_test, int(synthetic.get("seed", 0)),
                          difficulty=synthetic.get("difficulty", "easy"),
-                         label_noise=float(synthetic.get("label_noise", 0.0)))
+                         label_noise=float(synthetic.get("label_noise", 0.0)),
+                         masks=bool(synthetic.get("masks", False)))
     return True

@@ -4,14 +4,16 @@ accuracy benchmark, and test data.
 A difficulty profile draws the patches (``easy``: :mod:`landslide.synth.easy`; ``realistic``, with confounders that
 per-band statistics cannot separate from landslides: :mod:`landslide.synth.realistic`; the accuracy benchmark's
 families ``small``, ``cloud``, ``optical``, ``large``, ``weak`` and ``offset``: :mod:`landslide.synth.families`;
-``scenes``, windows cut from generated scenes: :mod:`landslide.synth.scenes`).
-``label_noise`` flips that share of the training labels (chosen at random, exactly ``round(share * n)`` of them).
-The true labels are written beside the release, never in it: ``<out>_truth/test_labels.csv`` (``ID,label,kind``)
-and ``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a submission while
-training, which reads only the release folder, cannot.
+``scenes``, windows cut from generated scenes: :mod:`landslide.synth.scenes`). ``label_noise`` flips that share of
+the training labels (chosen at random, exactly ``round(share * n)`` of them). With ``masks`` (profiles that know
+their slides' pixels: ``scenes``) the training patches' slide masks go into the release as ``train_masks/<ID>.npy``
+(uint8 64 x 64, 1 on a slide), for pixel supervision (``experiment=segment``); a release without them reads as
+before. The true labels are written beside the release, never in it: ``<out>_truth/test_labels.csv``
+(``ID,label,kind``) and ``<out>_truth/train_truth.csv`` (``ID,label,true_label,kind``), so a benchmark can score a
+submission while training, which reads only the release folder, cannot.
 
 Run ``python -m landslide.synth --out DIR --n-train N --n-test M --seed S [--difficulty realistic]
-[--label-noise 0.02]``.
+[--label-noise 0.02] [--masks]``.
 """
 
 from __future__ import annotations
@@ -31,6 +33,8 @@ from landslide.synth import easy, families, realistic, scenes
 
 #: patches drawn and written per worker task
 BATCH = 256
+#: the release's folder of training masks (read by :mod:`landslide.data.masks`)
+MASKS_FOLDER = "train_masks"
 
 
 def make_ids(seed: int, split: str, n: int) -> list[str]:
@@ -67,9 +71,20 @@ def kinds_of(difficulty: str) -> tuple[str, ...]:
     return PROFILES[difficulty].KINDS
 
 
-def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str, str]) -> tuple[np.ndarray, np.ndarray]:
-    seed, n, ids, folder, difficulty = args
-    patches, labels, kind = PROFILES[difficulty].generate_batch(seed, n)
+def masked(difficulty: str) -> bool:
+    """True when the profile can give its patches' slide masks (``generate_masked_batch``)."""
+    return hasattr(PROFILES[difficulty], "generate_masked_batch")
+
+
+def _write_batch(args: tuple[np.random.SeedSequence, int, list[str], str, str, str | None]
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    seed, n, ids, folder, difficulty, mask_folder = args
+    if mask_folder:
+        patches, labels, kind, masks = PROFILES[difficulty].generate_masked_batch(seed, n)
+        for image_id, mask in zip(ids, masks):
+            np.save(os.path.join(mask_folder, f"{image_id}.npy"), mask.astype(np.uint8))
+    else:
+        patches, labels, kind = PROFILES[difficulty].generate_batch(seed, n)
     for image_id, patch in zip(ids, patches):
         np.save(os.path.join(folder, f"{image_id}.npy"), patch)
     return labels, kind
@@ -84,11 +99,14 @@ def flip_labels(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
 
 
 def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None,
-                     difficulty: str = "easy", label_noise: float = 0.0) -> dict:
-    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` under ``out`` and the true labels in
-    ``truth_dir(out)``; return a summary."""
+                     difficulty: str = "easy", label_noise: float = 0.0, masks: bool = False) -> dict:
+    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` (and with ``masks`` ``train_masks/``)
+    under ``out`` and the true labels in ``truth_dir(out)``; return a summary."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
+    if masks and not masked(difficulty):
+        raise ValueError(f"masks: the {difficulty} profile does not know its slides' pixels; "
+                         f"use one of {', '.join(d for d in DIFFICULTIES if masked(d))}")
     if not 0 <= label_noise < 0.5:
         raise ValueError(f"label_noise must be in [0, 0.5) (a share of training labels), got {label_noise}")
     out = Path(out)
@@ -103,10 +121,14 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
     ):
         folder = out / folder_name
         folder.mkdir(parents=True, exist_ok=True)
+        mask_folder = out / MASKS_FOLDER if masks and split == "train" else None
+        if mask_folder is not None:
+            mask_folder.mkdir(parents=True, exist_ok=True)
         ids = make_ids(seed, split, n)
         starts = list(range(0, n, BATCH))
         seeds = split_seed.spawn(len(starts))
-        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder), difficulty) for s, a in zip(seeds, starts)]
+        jobs = [(s, min(BATCH, n - a), ids[a : a + BATCH], str(folder), difficulty,
+                 str(mask_folder) if mask_folder else None) for s, a in zip(seeds, starts)]
         if workers > 1 and len(jobs) > 1:
             with ProcessPoolExecutor(workers) as pool:
                 results = list(pool.map(_write_batch, jobs))
@@ -141,11 +163,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--workers", type=int, default=None)
     parser.add_argument("--difficulty", choices=DIFFICULTIES, default="easy")
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of wrong training labels")
+    parser.add_argument("--masks", action="store_true", help="write the training patches' slide masks (scenes)")
     args = parser.parse_args(argv)
     started = time.perf_counter()
     try:
         summary = generate_release(args.out, args.n_train, args.n_test, args.seed, args.workers, args.difficulty,
-                                   args.label_noise)
+                                   args.label_noise, args.masks)
     except ValueError as err:
         parser.error(str(err))
     elapsed = time.perf_counter() - started

@@ -33,16 +33,25 @@ ANYWHERE = 0.1
 
 def generate_batch(seed: int | np.random.SeedSequence, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """``n`` raw patches (n, 64, 64, 12) float64, their labels and kinds (indices into ``KINDS``)."""
+    return generate_masked_batch(seed, n)[:3]
+
+
+def generate_masked_batch(seed: int | np.random.SeedSequence, n: int
+                          ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """:func:`generate_batch`'s patches, labels and kinds, and each patch's slide mask (n, 64, 64) uint8 (1 on a
+    slide's pixels, partial windows' few pixels included); the same draws as :func:`generate_batch`."""
     rng = np.random.default_rng(seed)
-    patches, labels, kinds = [], [], []
+    patches, labels, kinds, masks = [], [], [], []
     for start in range(0, n, PER_LANDSCAPE):
-        x, y, k, _ = cut_windows(rng, min(PER_LANDSCAPE, n - start))
+        x, y, k, m = cut_windows(rng, min(PER_LANDSCAPE, n - start))
         patches.append(x)
         labels.append(y)
         kinds.append(k)
+        masks.append(m.astype(np.uint8))
     if not patches:
-        return np.zeros((0, PATCH_SIZE, PATCH_SIZE, 12)), np.zeros(0, np.int64), np.zeros(0, np.int64)
-    return np.concatenate(patches), np.concatenate(labels), np.concatenate(kinds)
+        return (np.zeros((0, PATCH_SIZE, PATCH_SIZE, 12)), np.zeros(0, np.int64), np.zeros(0, np.int64),
+                np.zeros((0, PATCH_SIZE, PATCH_SIZE), np.uint8))
+    return np.concatenate(patches), np.concatenate(labels), np.concatenate(kinds), np.concatenate(masks)
 
 
 def _render(land: Landscape, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
