@@ -83,7 +83,7 @@ def test_a_wrong_run_or_release_leaves_no_stub_folder(trained, tmp_path):
 def test_help_offers_only_the_models_there_are(project_env):
     done = run("train.py", "--help", env=project_env)
     line = next(line for line in done.stdout.splitlines() if line.startswith("model:"))
-    assert line == "model: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn"
+    assert line == "model: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn, segment_unet"
     assert not [line for line in done.stdout.splitlines() if line.startswith("model/")]
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         for name, net in (("mm_fpn", "MultiModalFPN"), ("mm_cnn", "MultiModalCNN"), ("seed_fpn", "SeedFPN")):
@@ -96,7 +96,8 @@ def test_help_offers_only_the_models_there_are(project_env):
     ("data.num_fold=3", "data.num_fold=3: data has no key 'num_fold'; did you mean data.num_folds?"),
     ("traner.max_epochs=3", "traner.max_epochs=3: the config has no key 'traner'; did you mean trainer?"),
     ("model=mm_fpnn",
-     "model=mm_fpnn: no such choice; did you mean mm_fpn? (choices: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn)"),
+     "model=mm_fpnn: no such choice; did you mean mm_fpn? "
+     "(choices: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn, segment_unet)"),
 ])
 def test_a_mistyped_option_names_the_one_meant(project_env, tmp_path, override, message):
     done = run("train.py", "debug=tiny", override, env=project_env, cwd=tmp_path)
@@ -263,7 +264,7 @@ MAP_OPTIONS = {"mode": "cam", "stride": 32, "blend": "mean", "dtype": "uint8", "
     ("threshold", 1.5, "threshold must be in [0, 1], got 1.5"),
     ("min_valid", -0.1, "min_valid must be in [0, 1], got -0.1"),
     ("tta", "maybe", "tta must be null (as the run recorded), true or false, got 'maybe'"),
-    ("mode", "grad", "mode must be one of window, cam, gradient, got 'grad'"),
+    ("mode", "grad", "mode must be one of window, cam, gradient, segment, got 'grad'"),
     ("min_area_m2", -5, "min_area_m2 must be a number >= 0, got -5"),
     ("smooth", 1.5, "smooth must be an integer in [0, 8], got 1.5"),
 ])

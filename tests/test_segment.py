@@ -193,7 +193,7 @@ def test_the_segment_experiment_says_what_it_trains(tmp_path, monkeypatch):
     assert cfg.model.net._target_ == "landslide.models.segment.SegmentUNet" and cfg.model.pixel_weight == 1.0
     assert cfg.data.masks and cfg.data.synthetic.masks and cfg.data.synthetic.difficulty == "scenes"
     assert cfg.data.augment.erase_p == 0.0 and cfg.data.root.endswith("scenes_masks")
-    assert not default.data.masks and not default.data.synthetic.masks and "pixel_weight" not in default.model
+    assert not default.data.masks and not default.data.synthetic.masks and default.model.pixel_weight == 0
     assert instantiate(cfg.data).masks
     assert parallel_folds(cfg, 2) == 1  # auto: one after another, with a warning
     cfg.cv.parallel_folds = 2
@@ -250,7 +250,7 @@ def test_a_run_without_pixel_supervision_stops_segment_mode_with_one_line(segmen
     kw = {k: trained.hparams[k] for k in ("channels", "norm_mean", "norm_std")}
     classifier = LandslideModule({"_target_": "landslide.models.plain.PlainCNN", "stages": [[4]]}, **kw, loss="bce",
                                  pos_weight=1.0, focal_gamma=2.0, focal_alpha=0.75, channels_last=False,
-                                 compile=False)
+                                 compile=False, pixel_weight=0.0)
     for module, why in ((classifier, "PlainCNN gives no pixel map"),
                         (trained, "SegmentUNet was trained without slide masks")):
         _save(module, checkpoint, **({"pixel_weight": 0.0} if module is trained else {}))

@@ -77,8 +77,9 @@ def test_stacked_step_equals_separate_steps(batch):
         torch.testing.assert_close(logits[k], lk, atol=1e-5, rtol=1e-4)
         for name in stacked.param_names:  # float32 sums in another order: within 0.1% of the gradient's scale
             grad = module.net.get_parameter(name).grad
-            torch.testing.assert_close(stacked.stacked_params[_slot(name)].grad[k], grad, rtol=1e-3,
-                                       atol=max(1e-5, 1e-3 * float(grad.abs().max())), msg=f"gradient of {name}, fold {k}")
+            atol = max(1e-5, 1e-3 * float(grad.abs().max()))
+            torch.testing.assert_close(stacked.stacked_params[_slot(name)].grad[k], grad, rtol=1e-3, atol=atol,
+                                       msg=f"gradient of {name}, fold {k}")
         for name in stacked.buffer_names:  # batch norm statistics moved per fold
             torch.testing.assert_close(stacked.stacked_buffers.get_buffer(_slot(name))[k],
                                        module.net.get_buffer(name), atol=1e-5, rtol=1e-4)

@@ -45,7 +45,7 @@ def module_settings() -> dict:
     return {"net": {"_target_": "landslide.models.fpn.MultiModalCNN", "stage_widths": [8, 8, 8], "branch_width": 8,
                     "fusion_channels": 8, "head_units": 8}, "channels": channels,
             "norm_mean": [0.0] * 5, "norm_std": [1.0] * 5, "loss": "bce", "pos_weight": 2.0, "focal_gamma": 2.0,
-            "focal_alpha": 0.75, "channels_last": False, "compile": False}
+            "focal_alpha": 0.75, "channels_last": False, "compile": False, "pixel_weight": 0.0}
 
 
 # ------------------------------------------------------------------ no code from a model file

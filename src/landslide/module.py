@@ -59,7 +59,7 @@ class LandslideModule(L.LightningModule):
         focal_alpha: float,
         channels_last: bool,
         compile: bool,
-        pixel_weight: float = 0.0,
+        pixel_weight: float,
         optimizer: Callable[..., Optimizer] | None = None,
         scheduler: Callable[..., Any] | None = None,
     ) -> None:

@@ -71,7 +71,7 @@ class LandslideDataModule(L.LightningDataModule):
         stats_on_device: bool,
         progress: bool,
         synthetic: dict | None = None,
-        masks: bool = False,  # configs/data/default.yaml sets it; runs recorded before it existed read none
+        masks: bool,
     ) -> None:
         super().__init__()
         if stats not in ("train", "bigearthnet"):

@@ -142,7 +142,7 @@ def datamodule_settings(config: dict, source: Path) -> dict[str, Any]:
             raise RunError(f"{source}: data.{key} holds a _target_; a run's config is read as plain values, never "
                            "built")
     accepted = set(inspect.signature(LandslideDataModule).parameters)
-    settings = {k: v for k, v in data.items() if k in accepted}
+    settings = {"masks": False, **{k: v for k, v in data.items() if k in accepted}}  # runs before masks read none
     settings.update(fold=None, synthetic=None)  # the jobs' data exists already: nothing is generated
     return settings
 
