@@ -6,6 +6,7 @@ import pytest
 from conftest import data_settings
 from landslide.data.datamodule import LandslideDataModule
 from landslide.data.release import ReleaseError
+from landslide.errors import RunError
 from landslide.synth.embedded import describes, ensure_embedded_release
 
 SIZE = {"n_train": 24, "n_test": 6, "seed": 4}
@@ -20,6 +21,22 @@ def test_generated_once_where_the_settings_place_it(tmp_path):
     before = (root / "Train.csv").stat().st_mtime_ns
     assert not ensure_embedded_release(root, settings)  # found, not made again
     assert (root / "Train.csv").stat().st_mtime_ns == before
+
+
+def test_a_release_generated_with_other_settings_stops_the_run_in_one_line(tmp_path):
+    root = tmp_path / "synthetic"
+    assert ensure_embedded_release(root, {**SIZE, "difficulty": "scenes", "masks": True})
+    assert not ensure_embedded_release(root, {**SIZE, "difficulty": "scenes"})  # its masks serve a run without any
+    for other, said in (({"difficulty": "easy"}, "difficulty='scenes' (asked 'easy')"),
+                        ({"seed": 5}, "seed=4 (asked 5)"), ({"n_train": 30}, "n_train=24 (asked 30)")):
+        with pytest.raises(RunError) as err:
+            ensure_embedded_release(root, {**SIZE, "difficulty": "scenes", **other})
+        message = str(err.value)
+        assert message.startswith(f"{root}: generated with other settings: {said}") and "\n" not in message
+    masks_free = tmp_path / "plain"
+    ensure_embedded_release(masks_free, {**SIZE, "difficulty": "scenes"})
+    with pytest.raises(RunError, match="masks=False \\(asked True\\)"):
+        ensure_embedded_release(masks_free, {**SIZE, "difficulty": "scenes", "masks": True})
 
 
 def test_settings_without_a_root_apply_to_the_given_root(tmp_path):

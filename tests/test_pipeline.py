@@ -33,7 +33,7 @@ def test_train_then_predict(project_env, tmp_path):
     assert summary["epochs"] == [2, 2] and len(summary["folds"]) == 2 and summary["energy_wh"] > 0
     assert "fold 2/2" in (run_dir / "train.log").read_text()  # the job's log stays in its run directory
     oof = pd.read_csv(run_dir / "oof_predictions.csv")
-    train_ids = pd.read_csv(tmp_path / "data" / "tiny" / "Train.csv")["ID"]
+    train_ids = pd.read_csv(tmp_path / "data" / "tiny_easy" / "Train.csv")["ID"]
     assert sorted(oof["ID"]) == sorted(train_ids) and set(oof["fold"]) == {0, 1}
     for fold in (0, 1):  # each fold's filter was fitted on its training part only
         meta = json.loads((run_dir / "folds" / f"fold_{fold}" / "filter.json").read_text())
@@ -43,7 +43,7 @@ def test_train_then_predict(project_env, tmp_path):
 
     run("predict.py", f"run_dir={run_dir}", f"out={tmp_path / 'pred'}", env=project_env)
     sub = pd.read_csv(tmp_path / "pred" / "submission.csv")
-    test_ids = pd.read_csv(tmp_path / "data" / "tiny" / "Test.csv")["ID"]
+    test_ids = pd.read_csv(tmp_path / "data" / "tiny_easy" / "Test.csv")["ID"]
     assert sub["ID"].tolist() == test_ids.tolist()
     assert sub["label"].dtype.kind == "i" and set(sub["label"]) <= {0, 1}
     pred = pd.read_csv(tmp_path / "pred" / "predictions.csv")

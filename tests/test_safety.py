@@ -330,9 +330,9 @@ def test_map_outputs_never_overwrite_inputs_or_each_other(trained, scene, tmp_pa
 # ------------------------------------------------------------------ the release a run predicts
 def test_a_run_predicts_its_own_release_whatever_the_environment_says(run_copy, tmp_path):
     run_dir, env = run_copy
-    trained_on = Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny"
+    trained_on = Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny_easy"
     elsewhere = tmp_path / "elsewhere"
-    other_release(elsewhere / "data" / "tiny", n_test=5)  # where ${oc.env:LANDSLIDE_ROOT} would now point
+    other_release(elsewhere / "data" / "tiny_easy", n_test=5)  # where ${oc.env:LANDSLIDE_ROOT} would now point
     done = run("predict.py", f"run_dir={run_dir}", f"out={tmp_path / 'pred'}",
                env={**env, "LANDSLIDE_ROOT": str(elsewhere)})
     assert done.returncode == 0, done.stderr[-3000:]
@@ -344,7 +344,7 @@ def test_a_run_predicts_its_own_release_whatever_the_environment_says(run_copy, 
 def test_predict_checks_the_training_release_is_the_one_trained_on(run_copy, tmp_path):
     run_dir, env = run_copy
     release = tmp_path / "release"
-    shutil.copytree(Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny", release)  # times kept: the same fingerprint
+    shutil.copytree(Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny_easy", release)  # times kept: the same fingerprint
     record = json.loads((run_dir / "run.json").read_text())
     record["config"]["data"]["root"] = str(release)
     (run_dir / "run.json").write_text(json.dumps(record))

@@ -103,7 +103,7 @@ def test_predict_refuses_a_planted_checkpoint_with_one_line(trained, tmp_path):
 # ------------------------------------------------------------------ prediction needs only what it predicts
 def test_predict_from_a_test_only_folder_reads_nothing_else(trained, tmp_path):
     run_dir, env = trained
-    data = Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny"
+    data = Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny_easy"
     only = tmp_path / "only_test"
     only.mkdir()
     shutil.copy(data / "Test.csv", only)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -9,7 +10,8 @@ from typing import Any
 
 from filelock import FileLock
 
-from landslide.synth.release import generate_release
+from landslide.errors import RunError
+from landslide.synth.release import generate_release, settings_file
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +34,8 @@ def ensure_embedded_release(root: Path | str, synthetic: Mapping[str, Any] | Non
     ``root`` holds no release yet (no ``Train.csv``); True when this call generated it.
 
     Jobs started together (a multirun) take turns through ``lock_file`` (default: ``.<root name>.lock`` beside
-    ``root``): the first one makes the data, the others find it. Anything else at ``root`` is left to the reader.
+    ``root``): the first one makes the data, the others find it. A release generated there with other settings (its
+    recorded ``generated.json``) stops the run with one line; anything else at ``root`` is left to the reader.
     """
     root = Path(root)
     if not describes(root, synthetic):
@@ -40,12 +43,27 @@ def ensure_embedded_release(root: Path | str, synthetic: Mapping[str, Any] | Non
     lock_file = Path(lock_file) if lock_file is not None else root.parent / f".{root.name}.lock"
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_file):  # looked at under the lock: another job may be writing it right now
+        wanted = {"n_train": int(synthetic["n_train"]), "n_test": int(synthetic["n_test"]),
+                  "seed": int(synthetic.get("seed", 0)), "difficulty": synthetic.get("difficulty", "easy"),
+                  "label_noise": float(synthetic.get("label_noise", 0.0)), "masks": bool(synthetic.get("masks", False))}
         if (root / "Train.csv").is_file():
+            check_generated_with(root, wanted)
             return False
-        n_train, n_test = int(synthetic["n_train"]), int(synthetic["n_test"])
-        log.info("generating the embedded synthetic release (%d train, %d test) in %s", n_train, n_test, root)
-        generate_release(root, n_train, n_test, int(synthetic.get("seed", 0)),
-                         difficulty=synthetic.get("difficulty", "easy"),
-                         label_noise=float(synthetic.get("label_noise", 0.0)),
-                         masks=bool(synthetic.get("masks", False)))
+        log.info("generating the embedded synthetic release (%d train, %d test) in %s", wanted["n_train"],
+                 wanted["n_test"], root)
+        generate_release(root, wanted.pop("n_train"), wanted.pop("n_test"), **wanted)
     return True
+
+
+def check_generated_with(root: Path, wanted: dict[str, Any]) -> None:
+    """Stop when the release at ``root`` was generated with other settings than ``wanted`` (a release with masks
+    serves a run that needs none); a release that recorded no settings is taken as it is."""
+    recorded = settings_file(root)
+    if not recorded.is_file():
+        return
+    have = json.loads(recorded.read_text())
+    differ = [k for k, v in wanted.items() if have.get(k) != v and not (k == "masks" and have.get(k) and not v)]
+    if differ:
+        said = ", ".join(f"{k}={have.get(k)!r} (asked {wanted[k]!r})" for k in differ)
+        raise RunError(f"{root}: generated with other settings: {said}; remove it or set data.synthetic.root to "
+                       "another folder")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -64,6 +65,11 @@ def truth_dir(out: Path | str) -> Path:
     """The folder of true labels written beside a generated release (``<out>_truth``)."""
     out = Path(out)
     return out.with_name(f"{out.name}_truth")
+
+
+def settings_file(out: Path | str) -> Path:
+    """Where a generated release's settings are recorded (in its truth folder)."""
+    return truth_dir(out) / "generated.json"
 
 
 def kinds_of(difficulty: str) -> tuple[str, ...]:
@@ -116,6 +122,8 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
     truth = truth_dir(out)
     truth.mkdir(parents=True, exist_ok=True)
     summary: dict = {"difficulty": difficulty, "label_noise": label_noise}
+    settings = {"n_train": n_train, "n_test": n_test, "seed": seed, "difficulty": difficulty,
+                "label_noise": label_noise, "masks": masks}
     for (split, n, csv_name, folder_name), split_seed in zip(
         (("train", n_train, "Train.csv", "train_data"), ("test", n_test, "Test.csv", "test_data")), split_seeds
     ):
@@ -151,6 +159,7 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
             "positives": int(labels.sum()),
             "kinds": {k: int((kinds == i).sum()) for i, k in enumerate(kinds_named)},
         }
+    settings_file(out).write_text(json.dumps(settings, indent=1))
     return summary
 
 
