@@ -14,7 +14,7 @@ from landslide.data.release import read_release_index
 from landslide.synth.families import FAMILY_NAMES, KINDS, family_batch
 from landslide.synth.release import generate_release, main, truth_dir
 
-N_TRAIN, N_TEST = 240, 60
+N_TRAIN, N_TEST = 150, 30
 
 
 @pytest.fixture(scope="module", params=FAMILY_NAMES)
@@ -56,7 +56,7 @@ def test_the_command_line_draws_a_family(tmp_path):
 
 @functools.cache
 def _batch(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    return family_batch(name, 11, 300)
+    return family_batch(name, 11, 200)
 
 
 def _vh_change(patches: np.ndarray) -> np.ndarray:
