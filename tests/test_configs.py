@@ -56,7 +56,7 @@ def test_predict_config_composes():
 def test_map_config_composes():
     with initialize_config_dir(CONFIGS, version_base="1.3"):
         cfg = compose("map", overrides=["run_dir=/r", "scene=/s.tif", "out=/m.tif", "bands={red: 3}"])
-    assert (cfg.stride, cfg.blend, cfg.dtype, cfg.threshold, cfg.tta) == (32, "mean", "uint8", 0.5, None)
+    assert (cfg.stride, cfg.blend, cfg.dtype, cfg.threshold, cfg.tta) == (32, None, "uint8", 0.5, None)
     assert cfg.bands.red == 3 and cfg.vector is None
 
 

@@ -135,7 +135,7 @@ def test_window_map_is_higher_inside_planted_landslides(scene, window_map):
     assert summary["windows"] + summary["windows_skipped"] == len(window_origins(190, 32)) * len(
         window_origins(200, 32))
     assert summary["folds"] == 2 and summary["tta"] is True and summary["rows_read"] == 190
-    assert summary["mode"] == "window" and summary["localised_with"] is None
+    assert summary["mode"] == "window" and summary["localised_with"] is None and summary["blend"] == "mean"
     assert summary["share_above_threshold"] == pytest.approx((p[~nodata] >= 0.5).mean(), abs=0.02)
     # where map.py's seconds went, the figure included: the phases add up to the command's wall time
     assert {"startup", "load_run", "read", "windows", "features", "network", "filter", "blend", "cog", "polygons",

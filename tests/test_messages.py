@@ -260,7 +260,7 @@ MAP_OPTIONS = {"mode": "cam", "stride": 32, "blend": "mean", "dtype": "uint8", "
     ("stride", 1000, "stride must be an integer in [1, 64], got 1000"),
     ("windows_per_batch", 0, "windows_per_batch must be an integer >= 1, got 0"),
     ("dtype", "int16", "dtype must be one of uint8, float32, got 'int16'"),
-    ("blend", "max", "blend must be one of mean, gaussian, got 'max'"),
+    ("blend", "max", "blend must be null (by mode) or one of mean, gaussian, got 'max'"),
     ("threshold", 1.5, "threshold must be in [0, 1], got 1.5"),
     ("min_valid", -0.1, "min_valid must be in [0, 1], got -0.1"),
     ("tta", "maybe", "tta must be null (as the run recorded), true or false, got 'maybe'"),

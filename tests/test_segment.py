@@ -226,6 +226,7 @@ def test_map_in_segment_mode_writes_the_cog_and_polygons(segment_run, scene, tmp
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["mode"] == "segment" and summary["localised_with"] == ["segment"] and summary["tta"]
+    assert summary["blend"] == "gaussian"  # blend=null: the mode's own
     assert summary["windows"] == 6
     with rasterio.open(out) as src, rasterio.open(scene) as ref:
         values = src.read(1)

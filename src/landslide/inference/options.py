@@ -18,6 +18,9 @@ from landslide.run_record import MANIFEST
 PRECISIONS = ("32-true", "bf16-mixed")
 NAN_POLICIES = ("error", "fill")
 BLENDS = ("mean", "gaussian")
+#: the blend each mode takes with ``blend=null``: a segmenting network's pixel maps are sharpest at a window's
+#: centre (gaussian kept 16 of 16 slide pairs 100 m apart, mean 14, docs/maps.md); the others as they were tuned
+BLEND_OF_MODE = {"window": "mean", "cam": "mean", "gradient": "mean", "segment": "gaussian"}
 #: what a window gives its pixels: its probability, that times its pixel evidence, or a segmenting network's pixel
 #: probabilities
 MODES = ("window", *METHODS, "segment")
@@ -89,7 +92,8 @@ def check_map_options(*, mode: Any, stride: Any, blend: Any, dtype: Any, thresho
     check_common(tta, device, batch_size)
     need(mode in MODES, f"mode must be one of {', '.join(MODES)}, got {mode!r}")
     need(_integer(stride) and 1 <= stride <= WINDOW, f"stride must be an integer in [1, {WINDOW}], got {stride!r}")
-    need(blend in BLENDS, f"blend must be one of {', '.join(BLENDS)}, got {blend!r}")
+    need(blend is None or blend in BLENDS,
+         f"blend must be null (by mode) or one of {', '.join(BLENDS)}, got {blend!r}")
     need(dtype in ENCODINGS, f"dtype must be one of {', '.join(ENCODINGS)}, got {dtype!r}")
     need(_number(threshold) and 0 <= threshold <= 1, f"threshold must be in [0, 1], got {threshold!r}")
     need(_number(min_valid) and 0 <= min_valid <= 1, f"min_valid must be in [0, 1], got {min_valid!r}")

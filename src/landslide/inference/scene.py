@@ -37,7 +37,7 @@ from landslide.errors import ConfigError, RunError, SceneError
 from landslide.files import OutputSet, temporary_path
 from landslide.inference.ensemble import LOAD_RUN, FoldEnsemble
 from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
-from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
+from landslide.inference.options import BLEND_OF_MODE, BLENDS, check_map_options, check_map_outputs, map_outputs
 from landslide.inference.segment import no_pixel_map
 from landslide.timing import phase, timed, timing_report
 
@@ -192,7 +192,8 @@ class MapSink:
                 sink.close()
 
 
-def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mode: str, stride: int, blend: str,
+def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mode: str, stride: int,
+                  blend: str | None,
                   dtype: str, threshold: float, min_valid: float, min_area_m2: float, smooth: int,
                   resolution_m: float, resolution_tolerance: float, windows_per_batch: int, batch_size: int,
                   tta: bool | None, device: str, progress: bool, gdal_cache_mb: int, vector: Path | str | None = None,
@@ -220,6 +221,7 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
     named = map_outputs(out, vector, summary, figure)
     check_map_outputs(named, {"scene": scene, "truth": truth})
     localise = None if mode == "window" else mode
+    blend = blend or BLEND_OF_MODE[mode]
     weights = window_weights(blend)
     started = time.perf_counter()
     out, summary_path = named["out"], named["summary"]
