@@ -10,6 +10,7 @@ from landslide.errors import RunError
 from landslide.synth.embedded import describes, ensure_embedded_release
 
 SIZE = {"n_train": 24, "n_test": 6, "seed": 4}
+SCENES = {"n_train": 4, "n_test": 2, "seed": 4}  # a landscape per split: scenes cost more
 
 
 def test_generated_once_where_the_settings_place_it(tmp_path):
@@ -25,18 +26,18 @@ def test_generated_once_where_the_settings_place_it(tmp_path):
 
 def test_a_release_generated_with_other_settings_stops_the_run_in_one_line(tmp_path):
     root = tmp_path / "synthetic"
-    assert ensure_embedded_release(root, {**SIZE, "difficulty": "scenes", "masks": True})
-    assert not ensure_embedded_release(root, {**SIZE, "difficulty": "scenes"})  # its masks serve a run without any
+    assert ensure_embedded_release(root, {**SCENES, "difficulty": "scenes", "masks": True})
+    assert not ensure_embedded_release(root, {**SCENES, "difficulty": "scenes"})  # its masks serve a run without any
     for other, said in (({"difficulty": "easy"}, "difficulty='scenes' (asked 'easy')"),
-                        ({"seed": 5}, "seed=4 (asked 5)"), ({"n_train": 30}, "n_train=24 (asked 30)")):
+                        ({"seed": 5}, "seed=4 (asked 5)"), ({"n_train": 30}, "n_train=4 (asked 30)")):
         with pytest.raises(RunError) as err:
-            ensure_embedded_release(root, {**SIZE, "difficulty": "scenes", **other})
+            ensure_embedded_release(root, {**SCENES, "difficulty": "scenes", **other})
         message = str(err.value)
         assert message.startswith(f"{root}: generated with other settings: {said}") and "\n" not in message
     masks_free = tmp_path / "plain"
-    ensure_embedded_release(masks_free, {**SIZE, "difficulty": "scenes"})
+    ensure_embedded_release(masks_free, {**SCENES, "difficulty": "scenes"})
     with pytest.raises(RunError, match="masks=False \\(asked True\\)"):
-        ensure_embedded_release(masks_free, {**SIZE, "difficulty": "scenes", "masks": True})
+        ensure_embedded_release(masks_free, {**SCENES, "difficulty": "scenes", "masks": True})
 
 
 def test_settings_without_a_root_apply_to_the_given_root(tmp_path):
