@@ -41,9 +41,8 @@ class LandslideModule(L.LightningModule):
     ``pixel_weight`` > 0 (``experiment=segment``): the network segments (``segment(x)`` gives pixel logits (n, H, W)
     and the patch logits, :class:`~landslide.models.segment.SegmentUNet`) and training batches carry slide masks
     (``data.masks``); the loss adds ``pixel_weight`` x (pixel BCE + Dice) on the images with a mask, and validation
-    logs the pixel IoU at 0.5 (``val/pixel_iou``). It is set in the segmenting networks' configs
-    (``configs/model/segment_unet.yaml``); the other networks take no pixel loss, hence its default here, 0, which
-    is also what checkpoints made before it existed meant.
+    logs the pixel IoU at 0.5 (``val/pixel_iou``). ``configs/model_base.yaml`` gives 0 (patch labels only),
+    ``experiment=segment`` 1; checkpoints made before it existed are completed with 0 (checkpoint.EARLIER_VALUES).
     """
 
     def __init__(

@@ -45,6 +45,11 @@ def read_masks(root: Path | str, ids: list[str]) -> tuple[np.ndarray, np.ndarray
     if not folder.is_dir():
         raise ReleaseError(f"{folder}: folder not found; data.masks=true needs the training patches' slide masks "
                            "(a generated release: data.synthetic.masks=true, or python -m landslide.synth --masks)")
+    known = set(ids)
+    strays = sorted(p.name for p in folder.glob("*.npy") if p.stem not in known)
+    if strays:
+        raise ReleaseError(f"{folder}: {len(strays)} mask(s) named after no training ID (e.g. {strays[0]}); a mask "
+                           "is <ID>.npy of a training image")
     masks = np.zeros((len(ids), *MASK_SHAPE), np.uint8)
     has = np.zeros(len(ids), bool)
     for i, image_id in enumerate(ids):

@@ -42,7 +42,7 @@ class SegmentUNet(nn.Module):
         widths = [int(w) for w in widths]
         if len(widths) < 2:
             raise ValueError(f"widths must name at least two levels, got {widths}")
-        if patch_pool < 1 or patch_pool % 2 == 0:
+        if not isinstance(patch_pool, int) or patch_pool < 1 or patch_pool % 2 == 0:
             raise ValueError(f"patch_pool must be an odd number of pixels >= 1, got {patch_pool}")
         self.patch_pool = patch_pool
         self.down = nn.ModuleList()

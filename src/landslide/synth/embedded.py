@@ -61,7 +61,12 @@ def check_generated_with(root: Path, wanted: dict[str, Any]) -> None:
     recorded = settings_file(root)
     if not recorded.is_file():
         return
-    have = json.loads(recorded.read_text())
+    try:
+        have = json.loads(recorded.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RunError(f"{recorded}: cannot be read as a generated release's settings ({err})") from None
+    if not isinstance(have, dict):
+        raise RunError(f"{recorded}: not a generated release's settings (a JSON object)")
     differ = [k for k, v in wanted.items() if have.get(k) != v and not (k == "masks" and have.get(k) and not v)]
     if differ:
         said = ", ".join(f"{k}={have.get(k)!r} (asked {wanted[k]!r})" for k in differ)

@@ -97,4 +97,5 @@ def cut_windows(rng: np.random.Generator, n: int, without_slides: bool = False
     counts = masks.sum(axis=(1, 2))
     labels = (counts >= MIN_PIXELS).astype(np.int64)
     kinds = np.where(labels == 1, 0, np.where(counts > 0, 1, 2))
+    masks[labels == 0] = False  # a negative's mask agrees with its label (the patch logit is the pixel map's max)
     return patches.astype(np.float64), labels, kinds, masks
