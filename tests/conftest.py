@@ -49,8 +49,9 @@ def data_settings(**overrides) -> dict:
 def map_settings(**overrides) -> dict:
     """``predict_scene``'s settings as ``configs/map.yaml`` gives them, with ``overrides``."""
     cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "map.yaml"))
-    keys = ("mode", "stride", "blend", "dtype", "threshold", "min_valid", "min_area_m2", "smooth", "resolution_m",
-            "resolution_tolerance", "windows_per_batch", "batch_size", "tta", "device", "progress", "gdal_cache_mb")
+    keys = ("mode", "stride", "blend", "blend_by_mode", "dtype", "threshold", "min_valid", "min_area_m2", "smooth",
+            "resolution_m", "resolution_tolerance", "windows_per_batch", "batch_size", "tta", "device", "progress",
+            "gdal_cache_mb")
     return {**{k: cfg[k] for k in keys}, **overrides}
 
 

@@ -250,6 +250,7 @@ def test_a_gpu_asked_for_where_there_is_none_is_one_line(trained, tmp_path):
 
 
 MAP_OPTIONS = {"mode": "cam", "stride": 32, "blend": "mean", "dtype": "uint8", "threshold": 0.5, "min_valid": 0.5,
+               "blend_by_mode": {"window": "mean", "cam": "mean", "gradient": "mean", "segment": "gaussian"},
                "min_area_m2": 500, "smooth": 2, "windows_per_batch": 256, "batch_size": 1024, "tta": None,
                "device": "auto"}
 
@@ -261,6 +262,8 @@ MAP_OPTIONS = {"mode": "cam", "stride": 32, "blend": "mean", "dtype": "uint8", "
     ("windows_per_batch", 0, "windows_per_batch must be an integer >= 1, got 0"),
     ("dtype", "int16", "dtype must be one of uint8, float32, got 'int16'"),
     ("blend", "max", "blend must be null (by mode) or one of mean, gaussian, got 'max'"),
+    ("blend_by_mode", {"window": "mean"}, "blend_by_mode must give each mode (window, cam, gradient, segment) one of "
+     "mean, gaussian, got {'window': 'mean'}"),
     ("threshold", 1.5, "threshold must be in [0, 1], got 1.5"),
     ("min_valid", -0.1, "min_valid must be in [0, 1], got -0.1"),
     ("tta", "maybe", "tta must be null (as the run recorded), true or false, got 'maybe'"),

@@ -177,7 +177,8 @@ def _make_map(cfg: DictConfig) -> dict:
         _trust(cfg)
         bands = cfg.get("bands")
         return predict_scene(
-            cfg.run_dir, cfg.scene, cfg.out, mode=cfg.mode, stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype,
+            cfg.run_dir, cfg.scene, cfg.out, mode=cfg.mode, stride=cfg.stride, blend=cfg.blend,
+            blend_by_mode=OmegaConf.to_container(cfg.blend_by_mode), dtype=cfg.dtype,
             threshold=cfg.threshold, min_valid=cfg.min_valid, min_area_m2=cfg.min_area_m2, smooth=cfg.smooth,
             resolution_m=float(cfg.resolution_m), resolution_tolerance=float(cfg.resolution_tolerance),
             windows_per_batch=cfg.windows_per_batch, batch_size=cfg.batch_size, tta=cfg.tta, device=str(cfg.device),

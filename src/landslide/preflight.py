@@ -106,7 +106,8 @@ def check_map(cfg: DictConfig) -> None:
     from landslide.inference.ensemble import load_run
     from landslide.inference.options import check_map_options, check_map_outputs, map_outputs
 
-    check_map_options(mode=cfg.mode, stride=cfg.stride, blend=cfg.blend, dtype=cfg.dtype, threshold=cfg.threshold,
+    check_map_options(mode=cfg.mode, stride=cfg.stride, blend=cfg.blend, blend_by_mode=cfg.blend_by_mode,
+                      dtype=cfg.dtype, threshold=cfg.threshold,
                       min_valid=cfg.min_valid, min_area_m2=cfg.min_area_m2, smooth=cfg.smooth,
                       windows_per_batch=cfg.windows_per_batch, batch_size=cfg.batch_size, tta=cfg.tta,
                       device=str(cfg.device))

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,6 @@ from landslide.run_record import MANIFEST
 PRECISIONS = ("32-true", "bf16-mixed")
 NAN_POLICIES = ("error", "fill")
 BLENDS = ("mean", "gaussian")
-#: the blend each mode takes with ``blend=null``: a segmenting network's pixel maps are sharpest at a window's
-#: centre (gaussian kept 16 of 16 slide pairs 100 m apart, mean 14, docs/maps.md); the others as they were tuned
-BLEND_OF_MODE = {"window": "mean", "cam": "mean", "gradient": "mean", "segment": "gaussian"}
 #: what a window gives its pixels: its probability, that times its pixel evidence, or a segmenting network's pixel
 #: probabilities
 MODES = ("window", *METHODS, "segment")
@@ -85,7 +83,8 @@ def check_prediction_out(run_dir: Path | str, out: Path | str) -> None:
     check_writable("out", Path(out), folder=True)
 
 
-def check_map_options(*, mode: Any, stride: Any, blend: Any, dtype: Any, threshold: Any, min_valid: Any,
+def check_map_options(*, mode: Any, stride: Any, blend: Any, blend_by_mode: Any, dtype: Any, threshold: Any,
+                      min_valid: Any,
                       min_area_m2: Any, smooth: Any, windows_per_batch: Any, batch_size: Any, tta: Any,
                       device: Any) -> None:
     """``map.py``'s options."""
@@ -94,6 +93,9 @@ def check_map_options(*, mode: Any, stride: Any, blend: Any, dtype: Any, thresho
     need(_integer(stride) and 1 <= stride <= WINDOW, f"stride must be an integer in [1, {WINDOW}], got {stride!r}")
     need(blend is None or blend in BLENDS,
          f"blend must be null (by mode) or one of {', '.join(BLENDS)}, got {blend!r}")
+    need(isinstance(blend_by_mode, Mapping) and set(blend_by_mode) == set(MODES)
+         and all(b in BLENDS for b in blend_by_mode.values()),
+         f"blend_by_mode must give each mode ({', '.join(MODES)}) one of {', '.join(BLENDS)}, got {blend_by_mode!r}")
     need(dtype in ENCODINGS, f"dtype must be one of {', '.join(ENCODINGS)}, got {dtype!r}")
     need(_number(threshold) and 0 <= threshold <= 1, f"threshold must be in [0, 1], got {threshold!r}")
     need(_number(min_valid) and 0 <= min_valid <= 1, f"min_valid must be in [0, 1], got {min_valid!r}")

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from landslide.errors import ConfigError, RunError, SceneError
 from landslide.files import OutputSet, temporary_path
 from landslide.inference.ensemble import LOAD_RUN, FoldEnsemble
 from landslide.inference.map_outputs import ENCODINGS, RasterSink, WindowSupport, encode, polygons, to_cog
-from landslide.inference.options import BLEND_OF_MODE, BLENDS, check_map_options, check_map_outputs, map_outputs
+from landslide.inference.options import BLENDS, check_map_options, check_map_outputs, map_outputs
 from landslide.inference.segment import no_pixel_map
 from landslide.timing import phase, timed, timing_report
 
@@ -193,7 +193,7 @@ class MapSink:
 
 
 def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mode: str, stride: int,
-                  blend: str | None,
+                  blend: str | None, blend_by_mode: Mapping[str, str],
                   dtype: str, threshold: float, min_valid: float, min_area_m2: float, smooth: int,
                   resolution_m: float, resolution_tolerance: float, windows_per_batch: int, batch_size: int,
                   tta: bool | None, device: str, progress: bool, gdal_cache_mb: int, vector: Path | str | None = None,
@@ -213,7 +213,8 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
     (narrow scenes batch several window rows), so memory is bounded by the batch and one strip, not the scene.
     GDAL's block cache is capped at ``gdal_cache_mb`` (its default, 5% of the machine's memory, would fill up
     with the scene's blocks)."""
-    check_map_options(mode=mode, stride=stride, blend=blend, dtype=dtype, threshold=threshold, min_valid=min_valid,
+    check_map_options(mode=mode, stride=stride, blend=blend, blend_by_mode=blend_by_mode, dtype=dtype,
+                      threshold=threshold, min_valid=min_valid,
                       min_area_m2=min_area_m2, smooth=smooth, windows_per_batch=windows_per_batch,
                       batch_size=batch_size, tta=tta, device=device)
     if truth and not Path(truth).is_file():
@@ -221,7 +222,7 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
     named = map_outputs(out, vector, summary, figure)
     check_map_outputs(named, {"scene": scene, "truth": truth})
     localise = None if mode == "window" else mode
-    blend = blend or BLEND_OF_MODE[mode]
+    blend = blend or blend_by_mode[mode]
     weights = window_weights(blend)
     started = time.perf_counter()
     out, summary_path = named["out"], named["summary"]
