@@ -82,12 +82,14 @@ def check_options(cfg: DictConfig) -> None:
     need(not (planned_processes(cfg) > 1 and _local_multirun()),
          "a multi-device trainer (DDP) cannot run inside a local multirun: its processes would start the sweep "
          "again; run one job per command, or on SLURM one job per node (hydra.launcher.tasks_per_node = GPUs)")
-    pixel_weight = cfg.model.get("pixel_weight", 0.0)
+    pixel_weight = cfg.model.pixel_weight
     need(isinstance(pixel_weight, int | float) and not isinstance(pixel_weight, bool) and pixel_weight >= 0,
          f"model.pixel_weight must be a number >= 0, got {pixel_weight!r}")
     need(not pixel_weight or bool(data.get("masks")),
          f"model.pixel_weight={pixel_weight} needs the slide masks: set data.masks=true (a release with train_masks/, "
          "e.g. experiment=segment)")
+    if data.get("masks") and not pixel_weight:
+        log.warning("data.masks=true but model.pixel_weight=0: the masks are read and augmented but teach nothing")
     if cfg.stage == "all" and not trainer.get("fast_dev_run"):
         epochs = trainer.get("max_epochs")
         need(isinstance(epochs, int) and epochs >= 1, f"trainer.max_epochs must be an integer >= 1, got {epochs!r}")
@@ -128,7 +130,7 @@ def parallel_folds(cfg: DictConfig, pending: int) -> int:
     if k > 1 and cfg.epoch_selection == "best":
         log.warning("epoch_selection=best picks an epoch per fold: the folds train one after another")
         return 1
-    if k > 1 and cfg.model.get("pixel_weight", 0.0):
+    if k > 1 and cfg.model.pixel_weight:
         if value != "auto":
             raise ConfigError(f"cv.parallel_folds={value}: stacked folds train without slide masks, and "
                               f"model.pixel_weight={cfg.model.pixel_weight} needs them; use cv.parallel_folds=1")
