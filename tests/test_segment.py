@@ -293,3 +293,37 @@ def test_segment_mode_memory_stays_bounded_by_window_rows(segment_run, tmp_path)
     assert short["windows"] == 8 and tall["windows"] == 32
     assert tall["rows_read"] == 1024 and tall["max_rows_held"] == 64 and tall["max_rows_blended"] <= 64 + 64 * 2
     assert peak_tall < 1.25 * peak_short + 256 * 1024, (peak_short, peak_tall)
+
+
+def test_segment_pixels_are_calibrated_per_fold_and_gated_by_the_filter(segment_run):
+    """Each fold's pixel probabilities go through its own threshold (sent to 0.5) before the folds are averaged, and
+    an image most filters reject gets no pixel above 0."""
+    from landslide.data.preprocess import to_channels
+    from landslide.inference.segment import segment_views
+    from landslide.metrics import calibrate
+
+    run_dir, root = segment_run
+    release = root / "data" / "tiny_masks"
+    ids = pd.read_csv(release / "Train.csv")["ID"].tolist()[:6]
+    images = torch.from_numpy(to_channels(np.stack([np.load(release / "train_data" / f"{i}.npy") for i in ids])))
+    ensemble = FoldEnsemble(run_dir, device="cpu", batch_size=64, tta=False)
+    (module,), (filt,) = ensemble.modules, ensemble.filters
+    # two folds of the same network with thresholds far apart: the map is the mean of two different calibrations
+    ensemble.modules, ensemble.filters, ensemble.thresholds = [module, module], [filt, filt], [0.2, 0.8]
+    filt.threshold = -np.inf  # the filter keeps everything
+    out = ensemble.predict(images, localise="segment")
+    _, raw = segment_views(module, images, 64, False, torch.device("cpu"), False)
+    expected = ((calibrate(raw, 0.2) + calibrate(raw, 0.8)) / 2)[0].numpy()
+    np.testing.assert_allclose(out["pixel"], expected, atol=1e-6)
+    assert not np.allclose(calibrate(raw, 0.2).numpy(), calibrate(raw, 0.8).numpy())
+    filt.threshold = np.inf  # every filter rejects every image: no pixel left
+    gated = ensemble.predict(images, localise="segment")
+    assert gated["filtered"].all() and (gated["pixel"] == 0).all() and (gated["prob"] == 0).all()
+
+
+def test_training_with_masks_on_a_release_without_them_stops_with_one_line(tmp_path):
+    done = entry.run("train.py", "debug=tiny", "model=segment_unet", "model.pixel_weight=1", "data.masks=true",
+                     "data.synthetic.n_train=16", "data.synthetic.n_test=4", f"hydra.run.dir={tmp_path / 'run'}",
+                     env=_env(tmp_path), check=False)
+    line = entry.one_error_line(done)
+    assert f"{MASKS_FOLDER}: folder not found; data.masks=true needs the training patches' slide masks" in line
