@@ -37,7 +37,7 @@ def test_a_release_generated_with_other_settings_stops_the_run_in_one_line(tmp_p
     from landslide.synth.release import settings_file
 
     settings_file(root).write_text("{not json")
-    with pytest.raises(RunError, match="generated.json: cannot be read as a generated release's settings"):
+    with pytest.raises(RunError, match="generated.json: cannot be read as JSON"):
         ensure_embedded_release(root, {**SCENES, "difficulty": "scenes"})
     masks_free = tmp_path / "plain"
     ensure_embedded_release(masks_free, {**SCENES, "difficulty": "scenes"})

@@ -84,9 +84,8 @@ def check_prediction_out(run_dir: Path | str, out: Path | str) -> None:
 
 
 def check_map_options(*, mode: Any, stride: Any, blend: Any, blend_by_mode: Any, dtype: Any, threshold: Any,
-                      min_valid: Any,
-                      min_area_m2: Any, smooth: Any, windows_per_batch: Any, batch_size: Any, tta: Any,
-                      device: Any) -> None:
+                      min_valid: Any, min_area_m2: Any, smooth: Any, windows_per_batch: Any, batch_size: Any,
+                      tta: Any, device: Any) -> None:
     """``map.py``'s options."""
     check_common(tta, device, batch_size)
     need(mode in MODES, f"mode must be one of {', '.join(MODES)}, got {mode!r}")

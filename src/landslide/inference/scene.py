@@ -214,9 +214,8 @@ def predict_scene(run_dir: Path | str, scene: Path | str, out: Path | str, *, mo
     GDAL's block cache is capped at ``gdal_cache_mb`` (its default, 5% of the machine's memory, would fill up
     with the scene's blocks)."""
     check_map_options(mode=mode, stride=stride, blend=blend, blend_by_mode=blend_by_mode, dtype=dtype,
-                      threshold=threshold, min_valid=min_valid,
-                      min_area_m2=min_area_m2, smooth=smooth, windows_per_batch=windows_per_batch,
-                      batch_size=batch_size, tta=tta, device=device)
+                      threshold=threshold, min_valid=min_valid, min_area_m2=min_area_m2, smooth=smooth,
+                      windows_per_batch=windows_per_batch, batch_size=batch_size, tta=tta, device=device)
     if truth and not Path(truth).is_file():
         raise ConfigError(f"truth={truth}: not found")
     named = map_outputs(out, vector, summary, figure)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 from filelock import FileLock
 
 from landslide.errors import RunError
+from landslide.files import read_json
 from landslide.synth.release import generate_release, settings_file
 
 log = logging.getLogger(__name__)
@@ -61,10 +61,7 @@ def check_generated_with(root: Path, wanted: dict[str, Any]) -> None:
     recorded = settings_file(root)
     if not recorded.is_file():
         return
-    try:
-        have = json.loads(recorded.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise RunError(f"{recorded}: cannot be read as a generated release's settings ({err})") from None
+    have = read_json(recorded)
     if not isinstance(have, dict):
         raise RunError(f"{recorded}: not a generated release's settings (a JSON object)")
     differ = [k for k, v in wanted.items() if have.get(k) != v and not (k == "masks" and have.get(k) and not v)]

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -30,6 +29,7 @@ from typing import Protocol
 import numpy as np
 import pandas as pd
 
+from landslide.files import write_json
 from landslide.synth import easy, families, realistic, scenes
 
 #: patches drawn and written per worker task
@@ -159,7 +159,7 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
             "positives": int(labels.sum()),
             "kinds": {k: int((kinds == i).sum()) for i, k in enumerate(kinds_named)},
         }
-    settings_file(out).write_text(json.dumps(settings, indent=1))
+    write_json(settings_file(out), settings, indent=1)
     return summary
 
 
