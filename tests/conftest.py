@@ -97,12 +97,32 @@ def write_release(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0)
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
+def tiny_data(tmp_path_factory) -> Path:
+    """The data folder that ``debug=tiny`` makes on first use (the tiny release and the cache of its training split,
+    features included), made once per worker by a real run of the filter stage. ``project_env`` starts each test's
+    root with a copy of it (file times kept, so the cache's fingerprint holds): a test pays the generation only where
+    it asks for a bare root."""
+    import entry
+
+    root = tmp_path_factory.mktemp("tiny_data")
+    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    entry.run("train.py", "debug=tiny", "stage=filter", f"hydra.run.dir={root / 'run'}", env=env)
+    return root / "data"
+
+
+def seed_tiny_data(tiny_data: Path, root: Path) -> None:
+    """Copy the tiny release and its cache into the project root ``root``."""
+    shutil.copytree(tiny_data, root / "data")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_data) -> tuple[Path, dict]:
     """One tiny run (``debug=tiny data.fold=0``: fold 0 of 2, one epoch) and the environment it was made in, shared
     by the tests that only read it (copy it to change it)."""
     import entry
 
     root = tmp_path_factory.mktemp("tiny_run")
+    seed_tiny_data(tiny_data, root)
     env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
     done = entry.run("train.py", "debug=tiny", "data.fold=0", f"hydra.run.dir={root / 'run'}", env=env, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
@@ -110,11 +130,19 @@ def tiny_run(tmp_path_factory) -> tuple[Path, dict]:
 
 
 @pytest.fixture()
-def project_env(tmp_path) -> dict[str, str]:
-    """Environment for running train.py / predict.py with data and logs under a temporary root."""
+def bare_env(tmp_path) -> dict[str, str]:
+    """Environment for running train.py / predict.py with data and logs under an empty temporary root: the first
+    run there generates its data."""
     env = dict(os.environ)
     env["LANDSLIDE_ROOT"] = str(tmp_path)
     env["WANDB_MODE"] = "offline"
     env["WANDB_SILENT"] = "true"
     env["PYTHONWARNINGS"] = "ignore"
     return env
+
+
+@pytest.fixture()
+def project_env(bare_env, tiny_data, tmp_path) -> dict[str, str]:
+    """``bare_env`` whose root already holds the data ``debug=tiny`` makes (see ``tiny_data``)."""
+    seed_tiny_data(tiny_data, tmp_path)
+    return bare_env

@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 
 import entry
+from conftest import seed_tiny_data
 from wandb_records import read_runs
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -37,17 +38,17 @@ def refusal(done: subprocess.CompletedProcess) -> str:
     return lines[0]
 
 
-@pytest.fixture()
-def one_thread_env(project_env) -> dict:
-    return {**project_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
-
-
-def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
-    env = one_thread_env
+# Hydra's basic launcher runs the jobs one after another in this process; joblib's run together in processes of
+# their own, both starting on no data (one makes it and its cache, the other waits for them): under -m slow
+@pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
+def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_path):
+    env = {**bare_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+    if launcher == "basic":
+        seed_tiny_data(tiny_data, tmp_path)
+    launch = ("hydra/launcher=joblib", "hydra.launcher.n_jobs=2") if launcher == "joblib" else ()
     single, sweep, merged = tmp_path / "single", tmp_path / "sweep", tmp_path / "merged"
-    # both jobs start on no data: one makes it and its cache, the other waits for them
-    run("train.py", "-m", *TINY, "data.fold=0,1", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
-        f"hydra.sweep.dir={sweep}", "logger=many", "log_figures=true", env=env)
+    run("train.py", "-m", *TINY, "data.fold=0,1", *launch, f"hydra.sweep.dir={sweep}", "logger=many",
+        "log_figures=true", env=env)
     run("train.py", *TINY, f"hydra.run.dir={single}", env=env)
     jobs = sorted(p.parent for p in sweep.glob("*/run.json"))
     assert len(jobs) == 2 and all((j / "folds" / f"fold_{k}" / "result.json").is_file() for k, j in enumerate(jobs))
@@ -97,10 +98,10 @@ def test_folds_as_jobs_equal_the_single_run(one_thread_env, tmp_path):
     assert not any((tmp_path / f"m{i}").exists() for i in range(1, 5))
 
 
-def test_slurm_launcher_composes_with_overrides(project_env):
+def test_slurm_launcher_composes_with_overrides(bare_env):
     pytest.importorskip("hydra_plugins.hydra_submitit_launcher")
     done = run("train.py", "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.gpus_per_node=2",
-               "hydra.launcher.timeout_min=30", "--cfg", "hydra", env=project_env)
+               "hydra.launcher.timeout_min=30", "--cfg", "hydra", env=bare_env)
     launcher = done.stdout.split("\n  launcher:\n", 1)[1].split("\n  sweeper:", 1)[0]
     assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in launcher
     for line in ("partition: gpu", "gpus_per_node: 2", "timeout_min: 30", "cpus_per_task: 8", "mem_gb: 32"):

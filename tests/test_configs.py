@@ -61,8 +61,8 @@ def test_map_config_composes():
 
 
 @pytest.mark.parametrize("args", [["--cfg", "job"], ["--help"]])
-def test_train_py_answers(args, project_env):
-    done = entry.run("train.py", *args, env=project_env, check=False)
+def test_train_py_answers(args, bare_env):
+    done = entry.run("train.py", *args, env=bare_env, check=False)
     assert done.returncode == 0, done.stderr
     if "--cfg" in args:
         assert "num_folds: 10" in done.stdout and "MultiModalFPN" in done.stdout
@@ -70,10 +70,10 @@ def test_train_py_answers(args, project_env):
         assert "experiment" in done.stdout and "hparams_search" in done.stdout
 
 
-def test_console_script_is_installed(project_env):
+def test_console_script_is_installed(bare_env):
     script = Path(sys.executable).with_name("landslide-train")
     assert script.is_file(), "pip install -e . should install the landslide-train console script"
-    done = subprocess.run([str(script), "--cfg", "job", "data.bands=sar"], cwd=REPO, env=project_env,
+    done = subprocess.run([str(script), "--cfg", "job", "data.bands=sar"], cwd=REPO, env=bare_env,
                           capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert "bands: sar" in done.stdout

@@ -92,36 +92,35 @@ def test_two_processes_train_one_run(project_env, tmp_path):
     env = {**project_env, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers"), project_env.get("PYTHONPATH", "")])}
     ddp, single, notes = tmp_path / "ddp", tmp_path / "single", tmp_path / "seen"
-    # 2 processes x 16 images per step, against 1 process x 32: the same global batch and step count
+    # 2 processes x 16 images per step, against 1 process x 32: the same global batch and step count, fold 1 of 2
     # a real interpreter: Lightning starts the second process by running its command line again
-    entry.run("train.py", *TINY, *DDP, "data.batch_size=16", f"hydra.run.dir={ddp}",
+    entry.run("train.py", *TINY, *DDP, "data.fold=1", "data.batch_size=16", f"hydra.run.dir={ddp}",
               "+callbacks.seen._target_=seen_batches.SeenBatches", f"+callbacks.seen.folder={notes}", env=env,
               process=True)
-    entry.run("train.py", *TINY, "data.batch_size=32", f"hydra.run.dir={single}", env=env)
+    entry.run("train.py", *TINY, "data.fold=1", "data.batch_size=32", f"hydra.run.dir={single}", env=env)
 
-    # every rank trained on its own images, and the ranks validated disjoint parts of each fold
+    # every rank trained on its own images, and the ranks validated disjoint parts of the fold
     rank0, rank1 = seen(notes, 0), seen(notes, 1)
     assert (rank0.world == 2).all() and len(rank0) == len(rank1)
     oof = pd.read_csv(ddp / "oof_predictions.csv")
     for a, b in zip(rank0.itertuples(), rank1.itertuples(), strict=True):
         assert (a.run, a.stage, a.step) == (b.run, b.stage, b.step)
         assert not set(a.index) & set(b.index)
-    for fold in (0, 1):
-        parts = []
-        for notes_of_rank in (rank0, rank1):
-            val = notes_of_rank[(notes_of_rank.stage == "val") & notes_of_rank.run.str.endswith(f"fold_{fold}")]
-            parts.append([i for batch in val[val.epoch == 0]["index"] for i in batch])
-        assert len(parts[0]) + len(parts[1]) == int((oof.fold == fold).sum())
-        assert not set(parts[0]) & set(parts[1])
+    parts = []  # fold 1's validation images, as each rank saw them
+    for notes_of_rank in (rank0, rank1):
+        val = notes_of_rank[(notes_of_rank.stage == "val") & notes_of_rank.run.str.endswith("fold_1")]
+        parts.append([i for batch in val[val.epoch == 0]["index"] for i in batch])
+    assert len(parts[0]) + len(parts[1]) == len(oof) == int((oof.fold == 1).sum())
+    assert not set(parts[0]) & set(parts[1])
 
     # one set of files: rank zero wrote everything; the other process left its log only
     assert files_of(ddp) - files_of(single) == {"train_ddp_process_1.log"}
     assert files_of(single) - files_of(ddp) == set()
     summary = json.loads((ddp / "cv_summary.json").read_text())
     assert summary["invocations"] == 1 and len(json.loads((ddp / "run.json").read_text())["invocations"]) == 1
-    for name in ("emissions.csv", "folds/fold_0/emissions.csv"):  # one CodeCarbon tracker each, as in one process
+    for name in ("emissions.csv", "folds/fold_1/emissions.csv"):  # one CodeCarbon tracker each, as in one process
         assert len(pd.read_csv(ddp / name)) == len(pd.read_csv(single / name))
-    assert load_module(ddp / "folds" / "fold_1" / "model.ckpt").channels
+    assert load_module(ddp / "folds" / "fold_1" / "model.ckpt").channels and not (ddp / "folds" / "fold_0").exists()
 
     # the result matches one process within the noise of two epochs on tiny data
     reference = json.loads((single / "cv_summary.json").read_text())
@@ -130,8 +129,8 @@ def test_two_processes_train_one_run(project_env, tmp_path):
     assert abs(auc[0] - auc[1]) < 0.1 and abs(summary["oof_f1"] - reference["oof_f1"]) < 0.15, (auc, summary)
 
 
-def test_ddp_inside_a_local_multirun_is_refused(project_env, tmp_path):
-    done = entry.run("train.py", "-m", *TINY, *DDP, f"hydra.sweep.dir={tmp_path / 'sweep'}", env=project_env,
+def test_ddp_inside_a_local_multirun_is_refused(bare_env, tmp_path):
+    done = entry.run("train.py", "-m", *TINY, *DDP, f"hydra.sweep.dir={tmp_path / 'sweep'}", env=bare_env,
                      check=False)
     output = done.stdout + done.stderr
     assert done.returncode != 0 and "cannot run inside a local multirun" in output, output[-3000:]

@@ -51,15 +51,15 @@ def folders(path: Path) -> set[Path]:
     (("map.py",), "missing mandatory arguments: out (the map to write, e.g. out=map.tif); run_dir"),
     (("train.py", "data.root=???"), "missing mandatory argument: data.root"),
 ])
-def test_a_missing_argument_is_one_line_and_makes_no_folder(project_env, tmp_path, command, missing):
+def test_a_missing_argument_is_one_line_and_makes_no_folder(bare_env, tmp_path, command, missing):
     before = folders(tmp_path)
-    line = one_error_line(run(*command, env=project_env, cwd=tmp_path))
+    line = one_error_line(run(*command, env=bare_env, cwd=tmp_path))
     assert missing in line
     assert folders(tmp_path) == before
 
 
-def test_aggregate_without_arguments_is_one_line(project_env):
-    done = run("-m", "landslide.aggregate", env=project_env)
+def test_aggregate_without_arguments_is_one_line(bare_env):
+    done = run("-m", "landslide.aggregate", env=bare_env)
     assert "the following arguments are required: runs, --out" in one_error_line(done)
 
 
@@ -80,8 +80,8 @@ def test_a_wrong_run_or_release_leaves_no_stub_folder(trained, tmp_path):
     assert folders(logs) == before
 
 
-def test_help_offers_only_the_models_there_are(project_env):
-    done = run("train.py", "--help", env=project_env)
+def test_help_offers_only_the_models_there_are(bare_env):
+    done = run("train.py", "--help", env=bare_env)
     line = next(line for line in done.stdout.splitlines() if line.startswith("model:"))
     assert line == "model: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn, segment_unet"
     assert not [line for line in done.stdout.splitlines() if line.startswith("model/")]
@@ -99,8 +99,8 @@ def test_help_offers_only_the_models_there_are(project_env):
      "model=mm_fpnn: no such choice; did you mean mm_fpn? "
      "(choices: fusion_cnn, mm_cnn, mm_fpn, plain_cnn, seed_fpn, segment_unet)"),
 ])
-def test_a_mistyped_option_names_the_one_meant(project_env, tmp_path, override, message):
-    done = run("train.py", "debug=tiny", override, env=project_env, cwd=tmp_path)
+def test_a_mistyped_option_names_the_one_meant(bare_env, tmp_path, override, message):
+    done = run("train.py", "debug=tiny", override, env=bare_env, cwd=tmp_path)
     assert message in one_error_line(done) and "+trainer" not in done.stderr
     assert not (tmp_path / "logs").exists()
 
@@ -205,13 +205,13 @@ def test_values_beyond_float32_are_named_as_such(tmp_path):
         load_patch(path)
 
 
-def test_one_class_labels_say_so(project_env, tmp_path):
+def test_one_class_labels_say_so(bare_env, tmp_path):
     write_release(tmp_path / "release")
     table = pd.read_csv(tmp_path / "release" / "Train.csv")
     table["label"] = 0
     table.to_csv(tmp_path / "release" / "Train.csv", index=False)
     line = one_error_line(run("train.py", "debug=tiny", f"data.root={tmp_path / 'release'}",
-                              f"hydra.run.dir={tmp_path / 'run'}", env=project_env))
+                              f"hydra.run.dir={tmp_path / 'run'}", env=bare_env))
     assert "Train.csv: every label is 0 (12 images to train on); training needs images of both classes" in line
 
 

@@ -92,7 +92,7 @@ def test_resume_skips_finished_folds(project_env, tmp_path):
     assert summary["energy_wh"] == pytest.approx(sum(i["energy_wh"] for i in invocations), abs=1e-5)
 
 
-def test_bad_release_stops_with_one_line_naming_the_file(project_env, tmp_path):
+def test_bad_release_stops_with_one_line_naming_the_file(bare_env, tmp_path):
     import numpy as np
 
     from landslide.synth.release import generate_release
@@ -101,7 +101,7 @@ def test_bad_release_stops_with_one_line_naming_the_file(project_env, tmp_path):
     generate_release(root, 20, 4, seed=0, workers=1)
     victim = sorted((root / "train_data").glob("*.npy"))[0]
     np.save(victim, np.zeros((64, 64, 11)))
-    done = run("train.py", "debug=tiny", f"data.root={root}", env=project_env, check=False)
+    done = run("train.py", "debug=tiny", f"data.root={root}", env=bare_env, check=False)
     output = done.stdout + done.stderr
     assert done.returncode == 2 and "Traceback" not in output
     lines = [line for line in output.splitlines() if str(victim) in line]

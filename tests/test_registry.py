@@ -21,11 +21,31 @@ HELPERS = REPO / "tests" / "helpers"
 sys.path.insert(0, str(HELPERS))
 import user_network  # noqa: E402  (registers DecoratedNet)
 
-TINY = ("debug=tiny", "data.fold=0", "data.synthetic.n_train=80", "data.synthetic.n_test=16")
+TINY = ("debug=tiny", "data.fold=0")
 
 
 def user_env(project_env: dict) -> dict:
     return {**project_env, "PYTHONPATH": os.pathsep.join([str(HELPERS), project_env.get("PYTHONPATH", "")])}
+
+
+def as_in_a_fresh_interpreter() -> None:
+    """The registry and the imports as a new command finds them: the built-in networks only, the user's module not
+    imported yet (so that its decorators run again when something imports it). The commands then run in this
+    process, without an interpreter's start and imports (about 7 s) each."""
+    sys.modules.pop("user_network", None)
+    for name in [n for n in NETWORKS if n.startswith("user_network.")]:
+        del NETWORKS[name]
+
+
+@pytest.fixture()
+def registry_restored():
+    """Give the other tests the registry and the ``user_network`` module as this test found them."""
+    networks, module = dict(NETWORKS), sys.modules.get("user_network")
+    yield
+    NETWORKS.clear()
+    NETWORKS.update(networks)
+    if module is not None:
+        sys.modules["user_network"] = module
 
 
 def test_a_decorated_network_builds_from_settings():
@@ -63,8 +83,9 @@ def test_a_checkpoint_naming_an_unregistered_module_builds_nothing(tmp_path):
     assert "user_network.UntrustedNet" not in NETWORKS
 
 
-def test_a_listed_network_trains_and_predicts_only_where_trusted(project_env, tmp_path):
+def test_a_listed_network_trains_and_predicts_only_where_trusted(project_env, tmp_path, registry_restored):
     env = user_env(project_env)
+    as_in_a_fresh_interpreter()
     net = ("~model.net", "+model.net={_target_:user_network.ListedNet,width:6}")
     refused = entry.run("train.py", *TINY, *net, env=env, check=False)
     assert "refusing to build network 'user_network.ListedNet'" in one_error_line(refused)
@@ -77,18 +98,21 @@ def test_a_listed_network_trains_and_predicts_only_where_trusted(project_env, tm
     assert ckpt["hyper_parameters"]["net"] == {"_target_": "user_network.ListedNet", "width": 6}
     assert "trusted_networks" not in ckpt["hyper_parameters"]  # a checkpoint never carries trust
 
-    # a fresh interpreter: prediction trusts what its own config lists, not what the run did
-    untrusted = entry.run("predict.py", f"run_dir={run_dir}", env=env, check=False, process=True)
+    # a new command: prediction trusts what its own config lists, not what the run did
+    as_in_a_fresh_interpreter()
+    untrusted = entry.run("predict.py", f"run_dir={run_dir}", env=env, check=False)
     assert "refusing to build network 'user_network.ListedNet'" in one_error_line(untrusted)
-    entry.run("predict.py", f"run_dir={run_dir}", "trusted_networks=[user_network.ListedNet]", env=env, process=True)
+    entry.run("predict.py", f"run_dir={run_dir}", "trusted_networks=[user_network.ListedNet]", env=env)
     assert (run_dir / "predictions" / "submission.csv").is_file()
     bad = entry.run("predict.py", f"run_dir={run_dir}", "trusted_networks=[os.system]", env=env, check=False)
     assert "trusted_networks: " in one_error_line(bad) and "not an nn.Module class" in one_error_line(bad)
 
 
-def test_a_decorated_network_trains_through_train_py(project_env, tmp_path):
-    """A fresh interpreter: training imports the module its config names, whose decorator registers the class."""
+def test_a_decorated_network_trains_through_train_py(project_env, tmp_path, registry_restored):
+    """As in a new command: training imports the module its config names, whose decorator registers the class."""
     env = user_env(project_env)
+    as_in_a_fresh_interpreter()
+    assert "user_network.DecoratedNet" not in NETWORKS
     entry.run("train.py", *TINY, "~model.net", "+model.net={_target_:user_network.DecoratedNet}",
-              f"hydra.run.dir={tmp_path / 'run'}", env=env, process=True)
+              f"hydra.run.dir={tmp_path / 'run'}", env=env)
     assert (tmp_path / "run" / "folds" / "fold_0" / "model.ckpt").is_file()

@@ -367,11 +367,11 @@ with initialize_config_dir(sys.argv[1], version_base="1.3"):
 """
 
 
-def test_two_commands_started_together_get_their_own_run_folders(project_env):
+def test_two_commands_started_together_get_their_own_run_folders(bare_env):
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):
         first, second = (compose("train", return_hydra_config=True).hydra.run.dir for _ in range(2))
     assert first != second
-    processes = [subprocess.Popen([sys.executable, "-c", PRINT_RUN_DIR, str(REPO / "configs")], env=project_env,
+    processes = [subprocess.Popen([sys.executable, "-c", PRINT_RUN_DIR, str(REPO / "configs")], env=bare_env,
                                   stdout=subprocess.PIPE, text=True) for _ in range(2)]
     folders = [p.communicate(timeout=300)[0].strip() for p in processes]
     assert all(folders) and folders[0] != folders[1]

@@ -20,7 +20,8 @@ DEBUGS = sorted(p.stem for p in (REPO / "configs" / "debug").glob("*.yaml"))
 def test_every_experiment_runs_with_every_debug_preset(debug, project_env, tmp_path):
     sweep = tmp_path / "sweep"
     wandb = debug == "tiny"  # one of the sweeps logs to W&B (offline), to compare its approaches there
-    entry.run("train.py", "-m", f"experiment={','.join(EXPERIMENTS)}", f"debug={debug}", f"hydra.sweep.dir={sweep}",
+    entry.run("train.py", "-m", f"experiment={','.join(EXPERIMENTS)}", f"debug={debug}", "data.fold=0",
+              f"hydra.sweep.dir={sweep}",
               *(["logger=wandb"] if wandb else []), env=project_env)
     summaries = {json.loads(p.read_text())["name"]: p.parent for p in sweep.rglob("cv_summary.json")}
     assert set(summaries) == set(EXPERIMENTS)

@@ -164,7 +164,7 @@ def test_training_results_are_unchanged_by_the_cheaper_paths(project_env, tmp_pa
     """Validation every 2 epochs (the last always), statistics on the resident tensor, one augmentation gather,
     filters in parallel and checkpoints written by a thread against the old ways: the same out-of-fold
     probabilities."""
-    common = (*TINY, "trainer.max_epochs=3", "data.synthetic.n_train=120")
+    common = (*TINY, "trainer.max_epochs=3")
     new, old = tmp_path / "new", tmp_path / "old"
     entry.run("train.py", *common, "trainer.check_val_every_n_epoch=2", "cv.parallel_filters=2",
               "+trainer.plugins=[{_target_:lightning.pytorch.plugins.io.AsyncCheckpointIO}]",
