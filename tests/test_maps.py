@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import entry
-from conftest import REPO, map_settings
+from conftest import REPO, map_settings, seed_tiny_data
 
 rasterio = pytest.importorskip("rasterio")
 
@@ -37,9 +37,10 @@ def _run(root: Path, script: str, *args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory) -> Path:
+def run_dir(tmp_path_factory, tiny_data) -> Path:
     """One tiny run (2 folds, 2 epochs on 160 generated patches, 8 views) shared by this module's tests."""
     root = tmp_path_factory.mktemp("maps")
+    seed_tiny_data(tiny_data, root)
     done = _run(root, "train.py", "debug=tiny", "trainer.max_epochs=2", "tta=true", f"hydra.run.dir={root / 'run'}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "run"

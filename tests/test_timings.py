@@ -24,7 +24,7 @@ from torchmetrics.functional.classification import (
 )
 
 import entry
-from conftest import REPO, data_settings
+from conftest import REPO, data_settings, seed_tiny_data
 from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import LandslideDataModule
@@ -187,8 +187,9 @@ def test_training_results_are_unchanged_by_the_cheaper_paths(project_env, tmp_pa
 
 # ------------------------------------------------------------------ a run says where its time went
 @pytest.fixture(scope="module")
-def timed_run(tmp_path_factory) -> tuple[Path, dict]:
+def timed_run(tmp_path_factory, tiny_data) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("timed")
+    seed_tiny_data(tiny_data, root)
     env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline",
            "PYTHONWARNINGS": "ignore"}
     run_dir = root / "run"

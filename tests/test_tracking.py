@@ -147,7 +147,7 @@ def test_a_search_names_its_study_after_its_start_by_default():
 
 def test_optuna_search_records_its_trials_and_continues_a_named_study(project_env, tmp_path):
     db = tmp_path / "logs" / "optuna.db"
-    search = ("-m", "hparams_search=optuna", "debug=tiny")
+    search = ("-m", "hparams_search=optuna", "debug=tiny", "data.fold=0")
     first = run_train(project_env, *search, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'first'}",
                       "data.holdout_fraction=0.25")
     assert "no hold-out" not in first.stdout + first.stderr
