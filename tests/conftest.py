@@ -16,10 +16,14 @@ from omegaconf import OmegaConf
 from landslide.synth.release import generate_release
 
 REPO = Path(__file__).resolve().parents[1]
-#: the longest test files (each trains several runs), handed to the workers first: with ``--dist loadfile`` a long
-#: file collected last would run alone at the end
-LONGEST_FIRST = ("test_sweeps.py", "test_tracking.py", "test_timings.py", "test_pipeline.py", "test_labels.py",
-                 "test_stacked_cv.py", "test_maps.py", "test_cluster.py")
+#: the longest test files, longest first (measured on 2 cores), handed to the workers before the others: with
+#: ``--dist loadfile`` a long file taken last would run alone at the end (``--no-loadscope-reorder`` keeps this
+#: order; xdist would otherwise take the files with the most tests first)
+LONGEST_FIRST = ("test_sweeps.py", "test_safety.py", "test_ddp.py", "test_models.py", "test_cluster.py",
+                 "test_tracking.py", "test_pipeline.py", "test_messages.py", "test_timings.py", "test_maps.py",
+                 "test_trust.py", "test_labels.py", "test_families.py", "test_stacked_cv.py", "test_configs.py",
+                 "test_segment.py", "test_bench.py", "test_filter.py", "test_scenes_profile.py", "test_synthetic.py",
+                 "test_stacked.py")
 
 
 def pytest_configure(config: pytest.Config) -> None:
