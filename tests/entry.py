@@ -57,6 +57,9 @@ def _run_here(main, argv: list[str], env: dict, cwd: Path) -> subprocess.Complet
     before = os.getcwd()
     code: int | str | None = 0
     GlobalHydra.instance().clear()
+    found = list(logging.root.handlers)  # pytest's capture: a new interpreter's root logger has no handler
+    for handler in found:
+        logging.root.removeHandler(handler)
     extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p and p not in sys.path]
     sys.path[:0] = extra  # as the interpreter would put them
     try:
@@ -75,6 +78,8 @@ def _run_here(main, argv: list[str], env: dict, cwd: Path) -> subprocess.Complet
         for handler in list(logging.root.handlers):  # the job's log file and captured console stay with it
             logging.root.removeHandler(handler)
             handler.close()
+        for handler in found:
+            logging.root.addHandler(handler)
         os.chdir(before)
         for path in extra:
             sys.path.remove(path)

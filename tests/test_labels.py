@@ -189,7 +189,7 @@ def test_audit_options_and_files_out_of_range_stop_with_one_message(tmp_path):
                              ((True, 12), "top must be null or an integer >= 1, got True"),
                              ((None, -1), "figure_top must be an integer >= 0, got -1")]:
         with pytest.raises(ConfigError, match=message):
-            check_options(run_dir, "both", *options)
+            check_options(run_dir, "both", *options, run_dir / "audit")
     assert read_oof(run_dir, "network")["p"].tolist() == [0.9, 0.1]
     with pytest.raises(RunError, match=r"no features_score for every image \(the run has no features classifier"):
         read_oof(run_dir, "both")  # a run trained with filter=none

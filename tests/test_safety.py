@@ -26,6 +26,7 @@ from conftest import REPO, write_release
 from entry import one_error_line
 from landslide.errors import RunError
 from landslide.files import verify_output_set
+from landslide.inference.options import check_not_in_run_records
 from landslide.run_record import HARMLESS, defining_settings
 
 TINY = ("debug=tiny", "data.fold=0")
@@ -50,7 +51,10 @@ def run_copy(trained, tmp_path) -> tuple[Path, dict]:
     return tmp_path / "run", env
 
 
-def files(folder: Path, names) -> dict[str, bytes]:
+def files(folder: Path, names=None) -> dict[str, bytes]:
+    """The bytes of ``names`` in ``folder`` (default: every file under it)."""
+    if names is None:
+        names = [str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()]
     return {name: (folder / name).read_bytes() for name in names}
 
 
@@ -172,6 +176,19 @@ def test_aggregate_applies_the_same_comparison_as_resume(filter_jobs, trained, t
     assert not (tmp_path / "mixed" / "run.json").exists()
 
 
+def test_aggregate_never_writes_into_the_folders_it_merges(filter_jobs, trained, tmp_path):
+    _, env = trained
+    sweep = tmp_path / "sweep"  # a sweep folder (Hydra's multirun.yaml) stands for the jobs in it
+    for number, name in enumerate(("fold0", "fold1")):
+        shutil.copytree(filter_jobs[name], sweep / f"{number}_{name}")
+    (sweep / "multirun.yaml").write_text("{}\n")
+    before = files(sweep)
+    for out, relation in ((sweep, "is"), (sweep / "merged", "lies in or holds"), (tmp_path, "lies in or holds")):
+        line = one_error_line(run("-m", "landslide.aggregate", str(sweep), "--out", str(out), env=env))
+        assert f"--out {out}: {relation} the folder {sweep} it merges" in line
+    assert files(sweep) == before and not (sweep / "run.json").exists()
+
+
 # ------------------------------------------------------------------ nothing in a run folder is built or run
 PAYLOAD = "payload"
 
@@ -245,6 +262,28 @@ def test_predict_never_writes_into_the_run_or_a_hydra_folder(run_copy):
         line = one_error_line(run("predict.py", f"run_dir={run_dir}", f"out={out}", env=env))
         assert f"out={out}: {message}" in line
     assert files(run_dir, HYDRA_FILES) == kept and not (run_dir / ".hydra" / "sub").exists()
+
+
+def test_no_output_goes_among_a_runs_files(run_copy, scene, tmp_path):
+    """A map, an audit or a prediction written into a run folder goes to a new subfolder, never over or among the
+    files training wrote."""
+    run_dir, env = run_copy
+    kept = files(run_dir)
+    for command, options, message in [
+        ("map.py", [f"out={run_dir / 'cv_summary.tif'}"], f"out={run_dir / 'cv_summary.tif'}: among the files"),
+        ("map.py", [f"out={run_dir / 'maps' / 'm.tif'}", f"summary={run_dir / 'run.json'}"],
+         f"summary={run_dir / 'run.json'}: among the files"),
+        ("map.py", [f"out={tmp_path / 'm.tif'}", f"vector={run_dir / 'folds' / 'fold_0' / 'm.geojson'}"],
+         f"vector={run_dir / 'folds' / 'fold_0' / 'm.geojson'}: among the files of the training run {run_dir}"),
+        ("-m landslide.audit", [f"out={run_dir}"], f"out={run_dir}: the run directory itself"),
+        ("-m landslide.audit", [f"out={run_dir / 'folds' / 'fold_0'}"], "among the files of the training run"),
+        ("predict.py", [f"out={run_dir / 'folds'}"], "among the files of the training run"),
+    ]:
+        extra = [f"scene={scene}", "progress=false"] if command == "map.py" else []
+        line = one_error_line(run(*command.split(), f"run_dir={run_dir}", *options, *extra, env=env))
+        assert message in line, line
+    assert files(run_dir) == kept
+    check_not_in_run_records("out", run_dir / "maps" / "m.tif", folder=False)  # a new subfolder is fine
 
 
 # ------------------------------------------------------------------ outputs as one set

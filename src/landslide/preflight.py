@@ -123,7 +123,7 @@ def check_map(cfg: DictConfig) -> None:
 def check_audit(cfg: DictConfig) -> None:
     from landslide.audit import check_options
 
-    check_options(cfg.run_dir, cfg.source, cfg.top, cfg.figure_top)
+    check_options(cfg.run_dir, cfg.source, cfg.top, cfg.figure_top, cfg.out)
     if cfg.get("truth") and not Path(cfg.truth).is_file():
         raise ConfigError(f"truth={cfg.truth}: not found")
 

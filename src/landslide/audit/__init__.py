@@ -26,6 +26,7 @@ from landslide.data.preprocess import to_channels
 from landslide.data.release import load_patch, read_split_index
 from landslide.errors import ConfigError, RunError, first_line
 from landslide.files import atomic_output, read_json, write_json
+from landslide.inference.options import check_prediction_out
 from landslide.plots.samples import plot_sample_rows
 from landslide.run_record import read_prediction_settings, read_run_config
 from landslide.synth.release import truth_dir
@@ -37,9 +38,9 @@ SOURCES = {"network": ("network_prob",), "features": ("features_score",), "both"
 ISSUES_FILE, FIGURE_FILE, SUMMARY_FILE = "label_issues.csv", "label_issues.png", "audit_summary.json"
 
 
-def check_options(run_dir: Path | str, source: str, top: int | None, figure_top: int) -> None:
-    """Stop with one line on an option out of range or a run directory without out-of-fold predictions (before any
-    output folder is made: the command's preflight calls this too)."""
+def check_options(run_dir: Path | str, source: str, top: int | None, figure_top: int, out: Path | str) -> None:
+    """Stop with one line on an option out of range, a run directory without out-of-fold predictions or an ``out``
+    among a training run's files (before any output folder is made: the command's preflight calls this too)."""
     if source not in SOURCES:
         raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
@@ -49,6 +50,7 @@ def check_options(run_dir: Path | str, source: str, top: int | None, figure_top:
     path = Path(run_dir) / "oof_predictions.csv"
     if not path.is_file():
         raise RunError(f"{path}: not found; is {run_dir} a training run that trained a network?")
+    check_prediction_out(run_dir, out, command="the audit", default="audit")
 
 
 def read_oof(run_dir: Path, source: str) -> pd.DataFrame:
@@ -183,7 +185,7 @@ def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None,
           figure_top: int, truth: str | None, data_root: str | None) -> dict:
     """Rank the run's training images by label quality; write the list, the figure and a summary; return it."""
     run_dir, out = Path(run_dir), Path(out)
-    check_options(run_dir, source, top, figure_top)
+    check_options(run_dir, source, top, figure_top, out)
     oof = read_oof(run_dir, source)
     root, cloud = run_data(run_dir, data_root)
     labels = oof.label.to_numpy().astype(int)

@@ -72,14 +72,39 @@ def check_predict_options(*, tta: Any, precision: Any, nan_policy: Any, device: 
          f"data.nan_policy must be null (as the run recorded) or one of {', '.join(NAN_POLICIES)}, got {nan_policy!r}")
 
 
-def check_prediction_out(run_dir: Path | str, out: Path | str) -> None:
-    """``out`` is a folder prediction may fill: not the run directory (predict's own ``.hydra/`` would replace the
-    run's), not another training run, nothing inside a ``.hydra/`` folder."""
+#: a training run's own folders: no command's output goes into them
+RUN_RECORD_FOLDERS = (".hydra", "folds", "stacked")
+
+
+def training_run_of(path: Path | str) -> Path | None:
+    """The training run folder (one holding ``run.json``) that ``path`` is or lies in; None when there is none."""
+    path = Path(path).resolve()
+    return next((folder for folder in (path, *path.parents) if (folder / MANIFEST).is_file()), None)
+
+
+def check_not_in_run_records(option: str, path: Path | str, *, folder: bool) -> None:
+    """Stop when the output ``option=path`` would replace what a training run holds: the run folder itself, a file
+    directly in it (``run.json``, ``cv_summary.json``, ...), anything in its ``.hydra/``, ``folds/`` or ``stacked/``.
+    A new subfolder of a run (its ``predictions/``, ``audit/``, ``maps/``) is fine."""
+    run = training_run_of(path)
+    if run is None:
+        return
+    parts = Path(path).resolve().relative_to(run).parts
+    need(bool(parts), f"{option}={path}: holds a training run ({MANIFEST}); choose another folder")
+    need(not (len(parts) == 1 and not folder) and parts[0] not in RUN_RECORD_FOLDERS,
+         f"{option}={path}: among the files of the training run {run}, which it would replace or mix with; "
+         f"write it elsewhere (a new subfolder of the run will do)")
+
+
+def check_prediction_out(run_dir: Path | str, out: Path | str, command: str = "predict",
+                         default: str = "predictions") -> None:
+    """``out`` is a folder ``command`` may fill: not the run directory (the command's own ``.hydra/`` would replace
+    the run's), not another training run, nothing among a run's records or inside a ``.hydra/`` folder."""
     run, target = Path(run_dir).resolve(), Path(out).resolve()
-    need(target != run, f"out={out}: the run directory itself, whose .hydra/ and files predict must not replace; "
-                        f"choose another folder (the default is {Path(run_dir) / 'predictions'})")
+    need(target != run, f"out={out}: the run directory itself, whose .hydra/ and files {command} must not replace; "
+                        f"choose another folder (the default is {Path(run_dir) / default})")
     need(".hydra" not in target.parts, f"out={out}: inside a .hydra/ folder, which holds Hydra's record of a run")
-    need(not (target / MANIFEST).is_file(), f"out={out}: holds a training run ({MANIFEST}); choose another folder")
+    check_not_in_run_records("out", out, folder=True)
     check_writable("out", Path(out), folder=True)
 
 
@@ -113,7 +138,8 @@ def map_outputs(out: Path | str, vector: Path | str | None = None, summary: Path
 
 
 def check_map_outputs(outputs: dict[str, Path], inputs: dict[str, Path | str | None]) -> None:
-    """Every output its own file, none of them an input (the scene, the truth polygons), each writable."""
+    """Every output its own file, none of them an input (the scene, the truth polygons) or a training run's file,
+    each writable."""
     seen: dict[Path, str] = {}
     for option, path in inputs.items():
         if path:
@@ -127,4 +153,5 @@ def check_map_outputs(outputs: dict[str, Path], inputs: dict[str, Path | str | N
             raise ConfigError(f"{option}={path} and {other}={outputs[other]} name the same file; each output needs "
                               "its own")
         seen[resolved] = option
+        check_not_in_run_records(option, path, folder=False)
         check_writable(option, path, folder=False)

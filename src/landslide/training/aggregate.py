@@ -192,6 +192,13 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     jobs, owner = collect(job_folders([Path(f) for f in folders]))
     if (out / MANIFEST).is_file():
         raise RunError(f"{out / MANIFEST}: {out} already holds a run; choose another --out")
+    target = out.resolve()
+    for given in folders:
+        source = Path(given).resolve()
+        if target == source or source in target.parents or target in source.parents:
+            raise RunError(f"--out {out}: {'is' if target == source else 'lies in or holds'} the folder {given} it "
+                           "merges (a later aggregate or report would take the merged run for a job); choose a "
+                           "folder outside it")
     first = jobs[0]
     config = copy.deepcopy(first.config)
     config["data"]["fold"] = None
