@@ -205,6 +205,20 @@ def test_values_beyond_float32_are_named_as_such(tmp_path):
         load_patch(path)
 
 
+@pytest.mark.parametrize("table, message", [
+    ("ID,label\nT000,0\nT000,1\n", "1 duplicated ID(s), e.g. ['T000']"),
+    ("ID,label\n", "no rows"),
+    ("ID,label\nT000,0\nT999,1\n", "1 ID(s) listed in Train.csv have no .npy file, e.g. ['T999']"),
+])
+def test_a_bad_training_table_is_one_line_and_makes_no_run_folder(bare_env, tmp_path, table, message):
+    write_release(tmp_path / "release")
+    (tmp_path / "release" / "Train.csv").write_text(table)
+    line = one_error_line(run("train.py", "debug=tiny", f"data.root={tmp_path / 'release'}",
+                              f"hydra.run.dir={tmp_path / 'run'}", env=bare_env))
+    assert message in line and "Train.csv" in line + message
+    assert not (tmp_path / "run").exists()
+
+
 def test_one_class_labels_say_so(bare_env, tmp_path):
     write_release(tmp_path / "release")
     table = pd.read_csv(tmp_path / "release" / "Train.csv")

@@ -64,7 +64,8 @@ def check_mandatory(cfg: DictConfig) -> None:
 
 
 def check_train(cfg: DictConfig) -> None:
-    """The options in range, the release there (or the embedded set to be generated), the run folder writable."""
+    """The options in range, the release there (or the embedded set to be generated) with a sound training table,
+    the run folder writable."""
     from landslide.files import check_writable
     from landslide.synth.embedded import describes
     from landslide.training.cv import check_options
@@ -77,12 +78,14 @@ def check_train(cfg: DictConfig) -> None:
         where = "no folder" if not root.exists() else "no Train.csv"
         raise ReleaseError(f"data.root={root}: {where} there; data.root must be a release folder with Train.csv, "
                            "Test.csv, train_data/ and test_data/")
+    from landslide.data.release import read_split_index
+
+    # the training table and its files (a duplicated ID, no rows, a missing .npy) checked before the run folder exists
+    index = read_split_index(root, "train") if (root / "Train.csv").is_file() else None
     if cfg.data.get("exclude"):
         from landslide.data.exclude import read_exclusion
-        from landslide.data.release import read_split_index
 
-        ids = read_split_index(root, "train").ids if (root / "Train.csv").is_file() else None
-        read_exclusion(cfg.data.exclude, ids)
+        read_exclusion(cfg.data.exclude, index.ids if index is not None else None)
     check_writable("hydra.run.dir", Path(cfg.hydra.run.dir), folder=True)
 
 
