@@ -86,7 +86,31 @@ def check_train(cfg: DictConfig) -> None:
         from landslide.data.exclude import read_exclusion
 
         read_exclusion(cfg.data.exclude, index.ids if index is not None else None)
+    check_resumed_settings(cfg)
     check_writable("hydra.run.dir", Path(cfg.hydra.run.dir), folder=True)
+
+
+def check_resumed_settings(cfg: DictConfig) -> None:
+    """A run folder that holds a run made with other options is refused here, before the job writes its log and
+    energy into it. The job compares again, with what only it knows (the data's fingerprint, the excluded IDs)."""
+    from landslide.run_record import FINGERPRINT, MANIFEST, RunManifest, defining_settings
+
+    run_dir = Path(cfg.hydra.run.dir)
+    if not (run_dir / MANIFEST).is_file():
+        return
+    record = RunManifest(run_dir)
+    recorded = record.data.get("defining", {})
+    job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
+    try:
+        defining = defining_settings(job, recorded.get(FINGERPRINT))
+    except Exception:  # a setting only the job can resolve: its own comparison decides
+        return
+    defining.update({key: recorded[key] for key in JOB_ONLY_SETTINGS if key in recorded})
+    record.check_continues(defining)
+
+
+#: defining settings that only the job knows (the list of excluded IDs it read)
+JOB_ONLY_SETTINGS = ("exclude_list",)
 
 
 def check_predict(cfg: DictConfig) -> None:

@@ -166,6 +166,10 @@ class RunManifest:
                          "hydra_files": _hydra_files(self.run_dir), "invocations": []}
             self.save()
             return
+        self.check_continues(defining)
+
+    def check_continues(self, defining: dict) -> None:
+        """Stop (:class:`ConfigError`, naming the differences) unless ``defining`` are the recorded settings."""
         diff = compare_records(self.data, {"version": VERSION, "defining": defining})
         if diff:
             raise ConfigError(
