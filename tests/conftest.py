@@ -100,6 +100,12 @@ def write_release(root: Path, n_train: int = 12, n_test: int = 4, seed: int = 0)
     return train_ids, test_ids
 
 
+def env_for(root: Path) -> dict[str, str]:
+    """The environment of a command whose data and logs go under ``root``: W&B offline and quiet, no warnings."""
+    return {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+            "PYTHONWARNINGS": "ignore"}
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory) -> Path:
     """The data folder that ``debug=tiny`` makes on first use (the tiny release and the cache of its training split,
@@ -109,8 +115,7 @@ def tiny_data(tmp_path_factory) -> Path:
     import entry
 
     root = tmp_path_factory.mktemp("tiny_data")
-    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
-    entry.run("train.py", "debug=tiny", "stage=filter", f"hydra.run.dir={root / 'run'}", env=env)
+    entry.run("train.py", "debug=tiny", "stage=filter", f"hydra.run.dir={root / 'run'}", env=env_for(root))
     return root / "data"
 
 
@@ -127,7 +132,7 @@ def tiny_run(tmp_path_factory, tiny_data) -> tuple[Path, dict]:
 
     root = tmp_path_factory.mktemp("tiny_run")
     seed_tiny_data(tiny_data, root)
-    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline", "PYTHONWARNINGS": "ignore"}
+    env = env_for(root)
     done = entry.run("train.py", "debug=tiny", "data.fold=0", f"hydra.run.dir={root / 'run'}", env=env, check=False)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "run", env
@@ -137,12 +142,7 @@ def tiny_run(tmp_path_factory, tiny_data) -> tuple[Path, dict]:
 def bare_env(tmp_path) -> dict[str, str]:
     """Environment for running train.py / predict.py with data and logs under an empty temporary root: the first
     run there generates its data."""
-    env = dict(os.environ)
-    env["LANDSLIDE_ROOT"] = str(tmp_path)
-    env["WANDB_MODE"] = "offline"
-    env["WANDB_SILENT"] = "true"
-    env["PYTHONWARNINGS"] = "ignore"
-    return env
+    return env_for(tmp_path)
 
 
 @pytest.fixture()

@@ -5,7 +5,6 @@ in parallel, checkpoints only where something reads them, the run's logs as wide
 from __future__ import annotations
 
 import json
-import os
 import threading
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torchmetrics.functional.classification import (
 )
 
 import entry
-from conftest import REPO, data_settings, seed_tiny_data
+from conftest import REPO, data_settings, env_for, seed_tiny_data
 from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
 from landslide.data.datamodule import LandslideDataModule
@@ -190,8 +189,7 @@ def test_training_results_are_unchanged_by_the_cheaper_paths(project_env, tmp_pa
 def timed_run(tmp_path_factory, tiny_data) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("timed")
     seed_tiny_data(tiny_data, root)
-    env = {**os.environ, "LANDSLIDE_ROOT": str(root), "WANDB_MODE": "offline",
-           "PYTHONWARNINGS": "ignore"}
+    env = env_for(root)
     run_dir = root / "run"
     entry.run("train.py", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={run_dir}", env=env)
     return run_dir, env

@@ -93,7 +93,7 @@ def check_train(cfg: DictConfig) -> None:
 def check_resumed_settings(cfg: DictConfig) -> None:
     """A run folder that holds a run made with other options is refused here, before the job writes its log and
     energy into it. The job compares again, with what only it knows (the data's fingerprint, the excluded IDs)."""
-    from landslide.run_record import FINGERPRINT, MANIFEST, RunManifest, defining_settings
+    from landslide.run_record import EXCLUDE_LIST, FINGERPRINT, MANIFEST, RunManifest, defining_settings
 
     run_dir = Path(cfg.hydra.run.dir)
     if not (run_dir / MANIFEST).is_file():
@@ -105,12 +105,9 @@ def check_resumed_settings(cfg: DictConfig) -> None:
         defining = defining_settings(job, recorded.get(FINGERPRINT))
     except Exception:  # a setting only the job can resolve: its own comparison decides
         return
-    defining.update({key: recorded[key] for key in JOB_ONLY_SETTINGS if key in recorded})
+    if EXCLUDE_LIST in recorded:  # the list of excluded IDs the job reads: compared by the job
+        defining[EXCLUDE_LIST] = recorded[EXCLUDE_LIST]
     record.check_continues(defining)
-
-
-#: defining settings that only the job knows (the list of excluded IDs it read)
-JOB_ONLY_SETTINGS = ("exclude_list",)
 
 
 def check_predict(cfg: DictConfig) -> None:

@@ -62,6 +62,8 @@ HARMLESS: tuple[str, ...] = (
 )
 #: The pseudo-key under which the training split's fingerprint is recorded among the defining settings.
 FINGERPRINT = "data.fingerprint"
+#: the defining entry of a run trained without some images (data.exclude): the excluded list's own record
+EXCLUDE_LIST = "exclude_list"
 #: How many differing settings a refusal names.
 SHOWN_DIFFERENCES = 8
 
