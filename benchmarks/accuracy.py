@@ -13,7 +13,8 @@ release and the same folds:
   are averaged over the 8 dihedral views on the test set);
 - trains the pipeline through ``train.py`` for every network asked for (``--models``: model config names, or
   ``default`` for the default pipeline; ``--variant LABEL "OVERRIDES"`` adds a named set of overrides), predicts the
-  test set with ``predict.py`` (the fold ensemble with TTA and filter; and fold 0's model alone) and scores it.
+  test set with ``predict.py`` (the fold ensemble with TTA and filter; and its first fold's model alone) and scores
+  it. ``--fold K`` screens on fold K alone (the networks and the plain CNN train that fold only).
 
 Everything is scored on the clean test labels, which training never reads. It prints a table family x network (test
 F1, AUC, wall) and writes every figure as JSON with ``--json``; the work folder is removed unless ``--keep`` names a
@@ -145,9 +146,11 @@ def tta_probability(net: PlainCNN, x: torch.Tensor, device: torch.device, chunk:
     return torch.cat(out).numpy()
 
 
-def plain_cnn_baseline(root: Path, truth: pd.DataFrame, folds: int, epochs: int, seed: int) -> dict:
+def plain_cnn_baseline(root: Path, truth: pd.DataFrame, folds: int, epochs: int, seed: int,
+                       only_fold: int | None = None) -> dict:
     """The plain CNN trained by :func:`train_plain_cnn` on each fold of the pipeline's split (noisy labels; no
-    filter), one threshold from all out-of-fold probabilities, the fold networks averaged on the test set."""
+    filter), one threshold from all out-of-fold probabilities, the fold networks averaged on the test set. With
+    ``only_fold``, that fold alone: its network, its threshold from its validation part."""
     started = time.perf_counter()
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     train, test = pd.read_csv(root / "Train.csv"), pd.read_csv(root / "Test.csv")
@@ -155,13 +158,18 @@ def plain_cnn_baseline(root: Path, truth: pd.DataFrame, folds: int, epochs: int,
     y = train.label.to_numpy(copy=True)
     oof, test_prob = np.zeros(len(y)), np.zeros(len(test))
     splitter = StratifiedKFold(folds, shuffle=True, random_state=SPLIT_SEED)
+    scored = np.zeros(len(y), bool)
+    trained = 1 if only_fold is not None else folds
     for fold, (tr, va) in enumerate(splitter.split(np.zeros(len(y)), y)):
+        if only_fold is not None and fold != only_fold:
+            continue
+        scored[va] = True
         mean, std = channel_stats(x[np.sort(tr)].numpy(), CHANNEL_NAMES)
         mean, std = torch.tensor(mean).view(1, -1, 1, 1), torch.tensor(std).view(1, -1, 1, 1)
         net = train_plain_cnn((x[tr] - mean) / std, torch.from_numpy(y[tr]), epochs, seed + fold, device)
         oof[va] = tta_probability(net, (x[va] - mean) / std, device)
-        test_prob += tta_probability(net, (x_test - mean) / std, device) / folds
-    threshold, oof_f1 = f1_optimal_threshold(oof, y)
+        test_prob += tta_probability(net, (x_test - mean) / std, device) / trained
+    threshold, oof_f1 = f1_optimal_threshold(oof[scored], y[scored])
     clean = truth.set_index("ID").loc[test.ID, "label"].to_numpy()
     return {"f1": float(f1_score(clean, test_prob >= threshold)), "auc": float(roc_auc_score(clean, test_prob)),
             "oof_f1": round(oof_f1, 4), "threshold": round(threshold, 4),
@@ -201,13 +209,15 @@ def filter_by_fold(run_dir: Path, root: Path) -> list[dict]:
 
 
 def single_model_run(run_dir: Path, out: Path) -> Path:
-    """A run directory holding fold 0 only (its network, filter and threshold), for a single model's score."""
+    """A run directory holding its first fold only (its network, filter and threshold), for a single model's
+    score."""
     out.mkdir(parents=True)
     shutil.copytree(run_dir / ".hydra", out / ".hydra")
     shutil.copy(run_dir / "run.json", out / "run.json")  # the config and prediction settings the run recorded
-    shutil.copytree(run_dir / "folds" / "fold_0", out / "folds" / "fold_0")
     summary = json.loads((run_dir / "cv_summary.json").read_text())
-    summary["folds"] = [f for f in summary["folds"] if f["fold"] == 0]
+    first = min(f["fold"] for f in summary["folds"])
+    shutil.copytree(run_dir / "folds" / f"fold_{first}", out / "folds" / f"fold_{first}")
+    summary["folds"] = [f for f in summary["folds"] if f["fold"] == first]
     (out / "cv_summary.json").write_text(json.dumps(summary))
     return out
 
@@ -247,8 +257,9 @@ def networks(models: list[str], variants: list[list[str]]) -> dict[str, list[str
 
 
 def benchmark_family(family: str, spec: dict, work: Path, seed: int, runs: dict[str, list[str]],
-                     baselines: list[str], extra: list[str], env: dict) -> dict:
-    """Generate one family (or reuse it in ``work``), then its baselines and every network run."""
+                     baselines: list[str], extra: list[str], env: dict, only_fold: int | None = None) -> dict:
+    """Generate one family (or reuse it in ``work``), then its baselines and every network run (``only_fold``: that
+    fold of the networks alone)."""
     root = work / family
     result: dict = {"family": family}
     if not (root / "Train.csv").is_file():
@@ -261,10 +272,11 @@ def benchmark_family(family: str, spec: dict, work: Path, seed: int, runs: dict[
         result["stats"] = baseline(root, truth, seed)
         print(f"  {family}: statistics + XGBoost  test F1 {result['stats']['f1']:.3f}", flush=True)
     if "plain" in baselines:
-        result["plain"] = plain_cnn_baseline(root, truth, spec["folds"], spec["epochs"], seed)
+        result["plain"] = plain_cnn_baseline(root, truth, spec["folds"], spec["epochs"], seed, only_fold)
         print(f"  {family}: plain CNN  test F1 {result['plain']['f1']:.3f}", flush=True)
     result["networks"] = {}
-    size = [f"data.num_folds={spec['folds']}", f"trainer.max_epochs={spec['epochs']}", *spec["overrides"]]
+    size = [f"data.num_folds={spec['folds']}", f"trainer.max_epochs={spec['epochs']}", *spec["overrides"],
+            *([] if only_fold is None else [f"data.fold={only_fold}"])]
     for label, overrides in runs.items():
         out = pipeline(root, truth, work / "runs" / family / label, [*size, *overrides, *extra], env)
         result["networks"][label] = out
@@ -274,15 +286,17 @@ def benchmark_family(family: str, spec: dict, work: Path, seed: int, runs: dict[
 
 
 def benchmark(size: str, work: Path, seed: int, families: list[str], runs: dict[str, list[str]],
-              baselines: list[str], extra: list[str], n_train: int | None = None, n_test: int | None = None) -> dict:
+              baselines: list[str], extra: list[str], n_train: int | None = None, n_test: int | None = None,
+              only_fold: int | None = None) -> dict:
     spec = {**SIZES[size], **{k: v for k, v in (("n_train", n_train), ("n_test", n_test)) if v}}
     env = {**os.environ, "LANDSLIDE_ROOT": str(work), "PYTHONPATH": f"{REPO / 'src'}{os.pathsep}"
            f"{os.environ.get('PYTHONPATH', '')}", "PYTHONWARNINGS": "ignore", "WANDB_MODE": "offline"}
     result: dict = {"size": size, "n_train": spec["n_train"], "n_test": spec["n_test"], "folds": spec["folds"],
                     "epochs": spec["epochs"], "seed": seed, "extra_overrides": extra,
-                    "size_overrides": spec["overrides"], "families": {}}
+                    "size_overrides": spec["overrides"], "only_fold": only_fold, "families": {}}
     for family in families:
-        result["families"][family] = benchmark_family(family, spec, work, seed, runs, baselines, extra, env)
+        result["families"][family] = benchmark_family(family, spec, work, seed, runs, baselines, extra, env,
+                                                      only_fold)
     return result
 
 
@@ -297,8 +311,10 @@ def report(result: dict) -> str:
             if ("net", label) not in columns:
                 columns.append(("net", label))
     names = {"stats": "statistics+XGBoost", "plain": "plain CNN (loop)"}
-    head = [f"families at {result['n_train']} / {result['n_test']} images, {result['folds']} folds x "
-            f"{result['epochs']} epochs (seed {result['seed']}); test F1 / AUC (wall s) on the clean test labels"]
+    folds = f"{result['folds']} folds" if result.get("only_fold") is None else \
+        f"fold {result['only_fold']} of {result['folds']}"
+    head = [f"families at {result['n_train']} / {result['n_test']} images, {folds} x {result['epochs']} epochs "
+            f"(seed {result['seed']}); test F1 / AUC (wall s) on the clean test labels"]
     header = "| family | " + " | ".join(names.get(label, label) for _, label in columns) + " |"
     rows = [header, "|" + "---|" * (len(columns) + 1)]
     for family, fam in result["families"].items():
@@ -326,6 +342,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
     parser.add_argument("--n-train", type=int, default=None, help="instead of the size's")
     parser.add_argument("--n-test", type=int, default=None, help="instead of the size's")
+    parser.add_argument("--fold", type=int, default=None,
+                        help="screen on this fold alone: the networks and the plain CNN train it only")
     parser.add_argument("overrides", nargs="*", help="extra train.py overrides (after --)")
     args = parser.parse_args(argv)
     families = [f for f in args.families.split(",") if f]
@@ -336,11 +354,13 @@ def main(argv: list[str] | None = None) -> dict:
     if set(baselines) - {"stats", "plain"}:
         parser.error("--baselines takes stats, plain or none")
     runs = networks([m for m in args.models.split(",") if m], args.variant)
+    if args.fold is not None and not 0 <= args.fold < SIZES[args.size]["folds"]:
+        parser.error(f"--fold {args.fold}: the size {args.size} has folds 0-{SIZES[args.size]['folds'] - 1}")
     work = args.keep or Path(tempfile.mkdtemp(prefix="landslide-accuracy-"))
     work.mkdir(parents=True, exist_ok=True)
     try:
         result = benchmark(args.size, work, args.seed, families, runs, baselines, args.overrides, args.n_train,
-                           args.n_test)
+                           args.n_test, args.fold)
     finally:
         if args.keep is None:
             shutil.rmtree(work, ignore_errors=True)

@@ -51,6 +51,16 @@ def test_unknown_families_are_refused():
         _bench().main(["--families", "small,nope"])
 
 
+def test_a_screening_fold_trains_that_fold_alone(tmp_path, capsys):
+    bench = _bench()
+    with pytest.raises(SystemExit):
+        bench.main(["--size", "tiny", "--fold", "2"])  # the tiny size has folds 0 and 1
+    result = bench.main(["--size", "tiny", "--families", "small", "--n-train", "60", "--n-test", "20", "--models",
+                         "none", "--baselines", "plain", "--fold", "1"])
+    assert result["only_fold"] == 1 and 0 <= result["families"]["small"]["plain"]["f1"] <= 1
+    assert "fold 1 of 2 x 1 epochs" in capsys.readouterr().out
+
+
 @pytest.mark.slow
 def test_temporary_folder_is_removed_when_the_run_fails(tmp_path, monkeypatch):
     bench = _bench()
