@@ -88,6 +88,7 @@ def seen(folder: Path, rank: int) -> pd.DataFrame:
     return pd.DataFrame([json.loads(line) for line in (folder / f"rank{rank}.jsonl").read_text().splitlines()])
 
 
+@pytest.mark.slow  # two real interpreters (about 40 s on 2 cores); CI runs it after the suite
 def test_two_processes_train_one_run(project_env, tmp_path):
     env = {**project_env, "OMP_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join([str(REPO / "tests" / "helpers"), project_env.get("PYTHONPATH", "")])}
