@@ -74,32 +74,38 @@ def other_release(folder: Path, n_test: int = 4) -> Path:
 def test_a_refused_or_failed_resume_leaves_the_run_and_its_predictions_as_they_were(run_copy, tmp_path):
     run_dir, env = run_copy
     before = predicted(run_dir, env, tmp_path / "before")
-    hydra = files(run_dir, HYDRA_FILES)
-    broken = other_release(tmp_path / "other")
-    patch = np.load(broken / "train_data" / "T003.npy")
-    patch[0, 0, 0] = np.nan
-    np.save(broken / "train_data" / "T003.npy", patch)
+    hydra, whole = files(run_dir, HYDRA_FILES), files(run_dir)
+    # refused before the job starts, the run folder byte for byte as it was (its log and energy record too): an
+    # option out of range, another option, other training data (only the data differs: its fingerprint)
     attempts = {
-        "data.fold=5": "data.fold must be null or in [0, 2)",  # refused before Hydra writes anything
-        f"data.root={broken}": "NaN/Inf",  # fails reading the other release, after Hydra wrote its files
+        "data.fold=5": "data.fold must be null or in [0, 2)",
+        "data.nan_policy=fill": "data.nan_policy 'error' -> 'fill'",
+        f"data.root={other_release(tmp_path / 'clean')}": "data.fingerprint",
     }
     for override, message in attempts.items():
         line = one_error_line(run("train.py", *TINY, f"hydra.run.dir={run_dir}", override, env=env))
         assert message in line
-        assert files(run_dir, HYDRA_FILES) == hydra
-    line = one_error_line(run("train.py", *TINY, f"hydra.run.dir={run_dir}", f"data.root={broken}",
-                              "data.nan_policy=fill", env=env))  # refused before the job: another option
-    assert "data.nan_policy 'error' -> 'fill'" in line and files(run_dir, HYDRA_FILES) == hydra
-    clean = other_release(tmp_path / "clean")  # only the data differs: the job's comparison finds it
-    line = one_error_line(run("train.py", *TINY, f"hydra.run.dir={run_dir}", f"data.root={clean}", env=env))
-    assert "data.fingerprint" in line and files(run_dir, HYDRA_FILES) == hydra
+        assert files(run_dir) == whole
+    # the same files by name, size and time, one patch holding a NaN now, read afresh (another cache folder): the job
+    # fails reading it after Hydra wrote its files, and puts the run's back
+    release = tmp_path / "damaged"
+    shutil.copytree(Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny_easy", release)
+    patch_file = sorted((release / "train_data").glob("*.npy"))[3]
+    stat, patch = patch_file.stat(), np.load(patch_file)
+    patch[0, 0, 0] = np.nan
+    np.save(patch_file, patch)
+    os.utime(patch_file, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    line = one_error_line(run("train.py", *TINY, f"hydra.run.dir={run_dir}", f"data.root={release}",
+                              f"data.cache_dir={tmp_path / 'cache'}", env=env))
+    assert "NaN/Inf" in line and files(run_dir, HYDRA_FILES) == hydra
     assert predicted(run_dir, env, tmp_path / "after") == before
 
 
 def test_a_resume_killed_after_hydra_wrote_its_files_leaves_the_predictions_as_they_were(run_copy, tmp_path):
     run_dir, env = run_copy
     before = predicted(run_dir, env, tmp_path / "before")
-    other, cache = other_release(tmp_path / "other"), tmp_path / "cache"
+    other, cache = tmp_path / "other", tmp_path / "cache"  # the run's own data in another folder (times kept)
+    shutil.copytree(Path(env["LANDSLIDE_ROOT"]) / "data" / "tiny_easy", other)
     cache.mkdir()
     command = [sys.executable, str(REPO / "train.py"), *TINY, f"hydra.run.dir={run_dir}", f"data.root={other}",
                f"data.cache_dir={cache}"]

@@ -13,12 +13,16 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import USER_ERRORS, ConfigError, ReleaseError, SceneError, print_error_line
+
+if TYPE_CHECKING:
+    from landslide.data.exclude import Exclusion
+    from landslide.data.release import SplitIndex
 
 #: what each mandatory argument is, for the one line that asks for it
 MANDATORY = {
@@ -82,17 +86,22 @@ def check_train(cfg: DictConfig) -> None:
 
     # the training table and its files (a duplicated ID, no rows, a missing .npy) checked before the run folder exists
     index = read_split_index(root, "train") if (root / "Train.csv").is_file() else None
+    exclusion = None
     if cfg.data.get("exclude"):
         from landslide.data.exclude import read_exclusion
 
-        read_exclusion(cfg.data.exclude, index.ids if index is not None else None)
-    check_resumed_settings(cfg)
+        exclusion = read_exclusion(cfg.data.exclude, index.ids if index is not None else None)
+    check_resumed_settings(cfg, index, exclusion)
     check_writable("hydra.run.dir", Path(cfg.hydra.run.dir), folder=True)
 
 
-def check_resumed_settings(cfg: DictConfig) -> None:
-    """A run folder that holds a run made with other options is refused here, before the job writes its log and
-    energy into it. The job compares again, with what only it knows (the data's fingerprint, the excluded IDs)."""
+def check_resumed_settings(cfg: DictConfig, index: SplitIndex | None = None, exclusion: Exclusion | None = None
+                           ) -> None:
+    """A run folder that holds a run made with other options, other training data (the fingerprint of ``index``,
+    the training split as it is now) or another list of excluded IDs is refused here, before the job writes its log
+    and energy into it. Where the data is not there yet (a release to be generated), the job compares its
+    fingerprint."""
+    from landslide.data.cache import cache_key
     from landslide.run_record import EXCLUDE_LIST, FINGERPRINT, MANIFEST, RunManifest, defining_settings
 
     run_dir = Path(cfg.hydra.run.dir)
@@ -102,11 +111,13 @@ def check_resumed_settings(cfg: DictConfig) -> None:
     recorded = record.data.get("defining", {})
     job = OmegaConf.masked_copy(cfg, [key for key in cfg if key != "hydra"])
     try:
-        defining = defining_settings(job, recorded.get(FINGERPRINT))
+        fingerprint = recorded.get(FINGERPRINT) if index is None else \
+            cache_key(index, cfg.data.cloud_threshold, str(cfg.data.nan_policy))
+        defining = defining_settings(job, fingerprint)
     except Exception:  # a setting only the job can resolve: its own comparison decides
         return
-    if EXCLUDE_LIST in recorded:  # the list of excluded IDs the job reads: compared by the job
-        defining[EXCLUDE_LIST] = recorded[EXCLUDE_LIST]
+    if exclusion is not None:
+        defining[EXCLUDE_LIST] = exclusion.record()
     record.check_continues(defining)
 
 
