@@ -22,6 +22,7 @@ from landslide.inference.ensemble import FoldEnsemble  # noqa: E402
 from landslide.inference.map_outputs import WindowSupport, chaikin, polygons  # noqa: E402
 from landslide.inference.scene import Blender, predict_scene, window_origins, window_weights  # noqa: E402
 from landslide.synth.landscape import Landscape  # noqa: E402
+from landslide.synth.noise import LatticeNoise  # noqa: E402
 from landslide.synth.scene import NODATA, generate_scene, truth_paths  # noqa: E402
 
 
@@ -69,6 +70,16 @@ def test_synthetic_scene_is_georeferenced_with_truth_where_planted(scene):
     lon, lat = planted[0]["geometry"]["coordinates"][0][0]
     assert 14 < lon < 16 and 44 < lat < 46  # WGS 84 near UTM 33N's origin used by the generator
     assert sum(f["properties"]["pixels"] for f in planted) == mask.sum()
+
+
+@pytest.mark.parametrize("spacing", [4.0, 21.3, 150.0])
+def test_noise_on_a_grid_equals_the_noise_at_its_points(spacing):
+    """The grid path (one interpolation along the columns per lattice row) gives the points' values exactly."""
+    noise = LatticeNoise([7, 1], spacing, 300)
+    yy, xx = np.mgrid[-9:70, 0:300].astype(np.float64)
+    on_grid = noise.at(yy, xx)
+    assert np.array_equal(on_grid, noise.at(yy.ravel(), xx.ravel()).reshape(yy.shape))
+    assert on_grid.std() > 0.1  # a field, not zeros
 
 
 def test_generated_scene_is_continuous_with_slides_across_window_borders(tmp_path):

@@ -38,8 +38,11 @@ class LatticeNoise:
 
     def at(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
         """Values at pixel coordinates ``y``, ``x`` (arrays of one shape; fractional allowed)."""
-        gy = (np.asarray(y, np.float64) + self.offset[0]) / self.spacing
-        gx = (np.asarray(x, np.float64) + self.offset[1]) / self.spacing + _COLUMN_PAD
+        y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
+        if is_grid(y, x):
+            return self._on_grid(y[:, 0], x[0])
+        gy = (y + self.offset[0]) / self.spacing
+        gx = (x + self.offset[1]) / self.spacing + _COLUMN_PAD
         iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
         fy, fx = gy - iy, gx - ix
         if iy.size == 0:
@@ -51,6 +54,27 @@ class LatticeNoise:
         top = grid[r, ix] * (1 - fx) + grid[r, ix + 1] * fx
         bottom = grid[r + 1, ix] * (1 - fx) + grid[r + 1, ix + 1] * fx
         return top * (1 - fy) + bottom * fy
+
+    def _on_grid(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
+        """:meth:`at` on the grid of rows ``y`` and columns ``x``, interpolated along the columns once per lattice
+        row, then along the rows: the same values, element by element, without gathering four corners per pixel."""
+        gy = (y + self.offset[0]) / self.spacing
+        gx = (x + self.offset[1]) / self.spacing + _COLUMN_PAD
+        iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
+        fy, fx = (gy - iy)[:, None], gx - ix
+        first = int(iy.min())
+        grid = self._lattice(first, int(iy.max()) + 1)
+        ix = ix.clip(0, self.columns - 2)
+        across = grid[:, ix] * (1 - fx) + grid[:, ix + 1] * fx  # (lattice rows, columns)
+        r = iy - first
+        return across[r] * (1 - fy) + across[r + 1] * fy
+
+
+def is_grid(y: np.ndarray, x: np.ndarray) -> bool:
+    """True when ``y``, ``x`` are a non-empty 2-D grid (as ``np.mgrid`` makes): ``y`` constant along each row, ``x``
+    along each column."""
+    return (y.ndim == 2 and y.shape == x.shape and y.size > 0 and bool((y == y[:, :1]).all())
+            and bool((x == x[:1]).all()))
 
 
 class SmoothField:
