@@ -186,7 +186,10 @@ def test_aggregate_applies_the_same_comparison_as_resume(filter_jobs, trained, t
 
 
 def test_aggregate_never_writes_into_the_folders_it_merges(filter_jobs, trained, tmp_path):
-    _, env = trained
+    run_dir, env = trained
+    # the output is checked first: named even where the jobs given cannot be read
+    line = one_error_line(run("-m", "landslide.aggregate", str(tmp_path / "nothing"), "--out", str(run_dir), env=env))
+    assert f"{run_dir} already holds a run" in line
     sweep = tmp_path / "sweep"  # a sweep folder (Hydra's multirun.yaml) stands for the jobs in it
     for number, name in enumerate(("fold0", "fold1")):
         shutil.copytree(filter_jobs[name], sweep / f"{number}_{name}")

@@ -189,8 +189,7 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     from landslide.training.cv import folder_bytes, write_oof
     from landslide.training.summary import print_summary, summarise
 
-    jobs, owner = collect(job_folders([Path(f) for f in folders]))
-    if (out / MANIFEST).is_file():
+    if (out / MANIFEST).is_file():  # the output first: a wrong --out is named before any job is read
         raise RunError(f"{out / MANIFEST}: {out} already holds a run; choose another --out")
     target = out.resolve()
     for given in folders:
@@ -199,6 +198,7 @@ def aggregate(folders: list[Path], out: Path) -> dict:
             raise RunError(f"--out {out}: {'is' if target == source else 'lies in or holds'} the folder {given} it "
                            "merges (a later aggregate or report would take the merged run for a job); choose a "
                            "folder outside it")
+    jobs, owner = collect(job_folders([Path(f) for f in folders]))
     first = jobs[0]
     config = copy.deepcopy(first.config)
     config["data"]["fold"] = None
