@@ -37,10 +37,13 @@ class LatticeNoise:
                          for i in range(first, last + 1)])
 
     def at(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """Values at pixel coordinates ``y``, ``x`` (arrays of one shape; fractional allowed)."""
+        """Values at pixel coordinates ``y``, ``x`` (arrays of one shape; fractional allowed). On a grid (as
+        ``np.mgrid`` makes) each lattice row is interpolated along the columns once, then along the rows: the same
+        values, element by element, without gathering four corners per pixel."""
         y, x = np.asarray(y, np.float64), np.asarray(x, np.float64)
-        if is_grid(y, x):
-            return self._on_grid(y[:, 0], x[0])
+        on_grid = is_grid(y, x)
+        if on_grid:
+            y, x = y[:, 0], x[0]
         gy = (y + self.offset[0]) / self.spacing
         gx = (x + self.offset[1]) / self.spacing + _COLUMN_PAD
         iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
@@ -51,23 +54,13 @@ class LatticeNoise:
         grid = self._lattice(first, int(iy.max()) + 1)
         r = iy - first
         ix = ix.clip(0, self.columns - 2)
+        if on_grid:
+            across = grid[:, ix] * (1 - fx) + grid[:, ix + 1] * fx  # (lattice rows, columns)
+            fy = fy[:, None]
+            return across[r] * (1 - fy) + across[r + 1] * fy
         top = grid[r, ix] * (1 - fx) + grid[r, ix + 1] * fx
         bottom = grid[r + 1, ix] * (1 - fx) + grid[r + 1, ix + 1] * fx
         return top * (1 - fy) + bottom * fy
-
-    def _on_grid(self, y: np.ndarray, x: np.ndarray) -> np.ndarray:
-        """:meth:`at` on the grid of rows ``y`` and columns ``x``, interpolated along the columns once per lattice
-        row, then along the rows: the same values, element by element, without gathering four corners per pixel."""
-        gy = (y + self.offset[0]) / self.spacing
-        gx = (x + self.offset[1]) / self.spacing + _COLUMN_PAD
-        iy, ix = np.floor(gy).astype(np.int64), np.floor(gx).astype(np.int64)
-        fy, fx = (gy - iy)[:, None], gx - ix
-        first = int(iy.min())
-        grid = self._lattice(first, int(iy.max()) + 1)
-        ix = ix.clip(0, self.columns - 2)
-        across = grid[:, ix] * (1 - fx) + grid[:, ix + 1] * fx  # (lattice rows, columns)
-        r = iy - first
-        return across[r] * (1 - fy) + across[r + 1] * fy
 
 
 def is_grid(y: np.ndarray, x: np.ndarray) -> bool:
