@@ -102,7 +102,7 @@ def check_resumed_settings(cfg: DictConfig, index: SplitIndex | None = None, exc
     and energy into it. Where the data is not there yet (a release to be generated), the job compares its
     fingerprint."""
     from landslide.data.cache import cache_key
-    from landslide.run_record import EXCLUDE_LIST, FINGERPRINT, MANIFEST, RunManifest, defining_settings
+    from landslide.run_record import FINGERPRINT, MANIFEST, RunManifest, defining_settings
 
     run_dir = Path(cfg.hydra.run.dir)
     if not (run_dir / MANIFEST).is_file():
@@ -113,11 +113,9 @@ def check_resumed_settings(cfg: DictConfig, index: SplitIndex | None = None, exc
     try:
         fingerprint = recorded.get(FINGERPRINT) if index is None else \
             cache_key(index, cfg.data.cloud_threshold, str(cfg.data.nan_policy))
-        defining = defining_settings(job, fingerprint)
+        defining = defining_settings(job, fingerprint, None if exclusion is None else exclusion.record())
     except Exception:  # a setting only the job can resolve: its own comparison decides
         return
-    if exclusion is not None:
-        defining[EXCLUDE_LIST] = exclusion.record()
     record.check_continues(defining)
 
 

@@ -91,12 +91,15 @@ def _defining(node: DictConfig, prefix: str, out: dict[str, Any]) -> None:
             out[name] = _plain(node[key])
 
 
-def defining_settings(cfg: DictConfig, data_fingerprint: str) -> dict[str, Any]:
+def defining_settings(cfg: DictConfig, data_fingerprint: str, excluded: dict | None = None) -> dict[str, Any]:
     """The settings whose change makes another run: every key of the resolved config but :data:`HARMLESS`, as a
-    flat ``{dotted key: value}``, and the training split's fingerprint."""
+    flat ``{dotted key: value}``, the training split's fingerprint and, for a run trained without some images
+    (``data.exclude``), the excluded list's record (its content defines the run, not only the file's name)."""
     out: dict[str, Any] = {}
     _defining(cfg, "", out)
     out[FINGERPRINT] = data_fingerprint
+    if excluded is not None:
+        out[EXCLUDE_LIST] = excluded
     return json.loads(json.dumps(out))  # as run.json will hold them (tuples as lists)
 
 

@@ -31,7 +31,7 @@ from landslide.features.cached import split_features
 from landslide.files import atomic_output, write_json
 from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
-from landslide.run_record import EXCLUDE_LIST, RunManifest, defining_settings, prediction_settings
+from landslide.run_record import RunManifest, defining_settings, prediction_settings
 from landslide.timing import PhaseTimer, active_timer, add_phases, phase
 from landslide.training.fold import (
     LOGGERS,
@@ -180,9 +180,8 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
             check_initial_weights(str(cfg.init_weights), list(dm.channels))
         if lead:
             record = RunManifest(out)
-            defining = defining_settings(cfg, dm.split("train").meta["key"])
-            if dm.exclusion is not None:  # the list's content defines the run, not only the file's name
-                defining[EXCLUDE_LIST] = dm.exclusion.record()
+            defining = defining_settings(cfg, dm.split("train").meta["key"],
+                                         None if dm.exclusion is None else dm.exclusion.record())
             record.claim(defining, prediction_settings(cfg, dm.channels), OmegaConf.to_container(cfg, resolve=True))
             if dm.exclusion is not None:
                 record.data["excluded_ids"] = dm.exclusion.ids
