@@ -35,9 +35,11 @@ from landslide.training.stacked_module import StackedLandslideModule
 
 CONFIGS = str(REPO / "configs")
 SRC = REPO / "src" / "landslide"
-# a small network, so that a few real optimiser steps take a moment
+# a small network, so that a few real optimiser steps take a moment; weight decay on, so that the parameter groups
+# with and without it are told apart
 SMALL = ["model=mm_cnn", "model.net.branch_width=8", "model.net.fusion_channels=8", "model.net.stage_widths=[8,8,8]",
-         "model.net.head_units=8", "model.channels_last=false"]
+         "model.net.head_units=8", "model.channels_last=false", "model.optimizer.lr=0.002",
+         "model.optimizer.weight_decay=0.0001"]
 FOLD = SimpleNamespace(channels=CHANNEL_NAMES, norm_mean=[0.0] * 13, norm_std=[1.0] * 13)
 
 

@@ -15,7 +15,7 @@ CONFIGS = str(REPO / "configs")
 GROUP_CHOICES = [
     [], ["model=mm_cnn"], ["filter=none"], ["trainer=cpu"], ["trainer=gpu"], ["logger=tensorboard"],
     ["logger=wandb"], ["logger=many"], ["callbacks=none"], ["debug=tiny"], ["debug=fast"],
-    ["experiment=reference"], ["experiment=final"], ["experiment=fast"], ["experiment=no_fpn"],
+    ["experiment=reference"], ["experiment=final"], ["experiment=fpn"], ["experiment=fast"], ["experiment=no_fpn"],
     ["experiment=no_filter"], ["experiment=only_sar"], ["experiment=only_optical"],
     ["data.bands=sar", "data.fold=3", "seed=7"], ["model=seed_fpn", "experiment=reference"],
     ["data=realistic", "filter.max_positive_loss=0.05"], ["data=scenes"],
@@ -39,10 +39,24 @@ def test_experiment_presets_change_what_they_say():
         ref = compose("train", overrides=["experiment=reference"])
         no_fpn = compose("train", overrides=["experiment=no_fpn"])
         no_filter = compose("train", overrides=["experiment=no_filter"])
+        fpn = compose("train", overrides=["experiment=fpn"])
+        default = compose("train")
+        seed_reference = compose("train", overrides=["experiment=reference", "model=seed_fpn"])
     assert (ref.trainer.max_epochs, ref.data.batch_size, ref.data.num_folds) == (100, 32, 10)
     assert (ref.model.optimizer._target_, ref.model.optimizer.lr, ref.model.optimizer.weight_decay) == (
         "torch.optim.Adam", 1e-3, 1e-4)
-    assert no_fpn.model.net._target_.endswith("MultiModalCNN") and no_fpn.name == "no_fpn"
+    assert ref.model.net._target_.endswith("MultiModalFPN") and ref.data.augment.erase_p == 0.5
+    assert seed_reference.model.net._target_.endswith("SeedFPN")  # the command line's network takes the recipe
+    # the default: early fusion, lr 1e-3 without weight decay, the plain loss, no random erasing
+    assert default.model.net._target_.endswith("FusionCNN") and default.data.augment.erase_p == 0.0
+    assert (default.model.optimizer.lr, default.model.optimizer.weight_decay, default.model.pos_weight) == (
+        1e-3, 0.0, 1.0)
+    # the FPN and its own recipe, and the "no FPN" ablation on the same recipe with the top level pooled alone
+    assert fpn.model.net._target_.endswith("MultiModalFPN") and no_fpn.model.net._target_.endswith("MultiModalCNN")
+    for preset in (fpn, no_fpn):
+        assert (preset.model.optimizer.lr, preset.model.optimizer.weight_decay, preset.model.pos_weight,
+                preset.data.augment.erase_p) == (2e-3, 1e-4, 2.0, 0.5)
+    assert no_fpn.name == "no_fpn" and fpn.name == "fpn"
     assert no_filter.filter._target_.endswith("KeepAll")
 
 
@@ -65,7 +79,7 @@ def test_train_py_answers(args, bare_env):
     done = entry.run("train.py", *args, env=bare_env, check=False)
     assert done.returncode == 0, done.stderr
     if "--cfg" in args:
-        assert "num_folds: 10" in done.stdout and "MultiModalFPN" in done.stdout
+        assert "num_folds: 10" in done.stdout and "FusionCNN" in done.stdout
     else:
         assert "experiment" in done.stdout and "hparams_search" in done.stdout
 

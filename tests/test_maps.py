@@ -39,10 +39,10 @@ def _run(root: Path, script: str, *args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory, tiny_data) -> Path:
-    """One tiny run (2 folds, 2 epochs on 160 generated patches, 8 views) shared by this module's tests."""
+    """One tiny run (2 folds, 4 epochs on 160 generated patches, 8 views) shared by this module's tests."""
     root = tmp_path_factory.mktemp("maps")
     seed_tiny_data(tiny_data, root)
-    done = _run(root, "train.py", "debug=tiny", "trainer.max_epochs=2", "tta=true", f"hydra.run.dir={root / 'run'}")
+    done = _run(root, "train.py", "debug=tiny", "trainer.max_epochs=4", "tta=true", f"hydra.run.dir={root / 'run'}")
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return root / "run"
 
@@ -171,7 +171,7 @@ def test_cam_map_spreads_each_window_over_its_evidence(run_dir, scene, window_ma
     assert (p[valid] <= p_window[valid] + 0.011).all()  # uint8 rounding
     lit = valid & (p_window >= 0.1)
     assert lit.any() and p[lit].max() > 0.5 * p_window[lit].max()
-    # finer than the windows: below the window map where the evidence is below its peak (a 2-epoch run's maps
+    # finer than the windows: below the window map where the evidence is below its peak (a 4-epoch run's maps
     # are nearly flat, so the spread is small; a trained run's is not)
     assert (p[lit] < p_window[lit] - 0.02).any() and np.std(p[lit] / p_window[lit]) > 0.01
     assert len(polygons) == summary["polygons"]

@@ -269,7 +269,7 @@ def test_fusion_pooling_must_be_known():
         FusionCNN(band_set("all"), pooling="median")
 
 
-#: networks the sweep test already trains through train.py, as an experiment's model (final, no_fpn, small_data):
+#: networks the sweep test already trains through train.py, as an experiment's model (fpn, no_fpn, final):
 #: here under -m slow only
 TRAINED_BY_EXPERIMENTS = ("mm_fpn", "mm_cnn", "fusion_cnn")
 

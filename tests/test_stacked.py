@@ -41,7 +41,9 @@ def fold_module(k: int) -> LandslideModule:
     c = len(CHANNEL_NAMES)
     mean = (torch.randn(c) * 3).tolist()
     std = (torch.rand(c) * 2 + 0.5).tolist()
-    settings = model_settings(channels_last=False, optimizer=partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
+    # a weighted loss (pos_weight 2), so that the stacked step is seen to carry each fold's criterion
+    settings = model_settings(channels_last=False, pos_weight=2.0,
+                              optimizer=partial(torch.optim.Adam, lr=0.01, weight_decay=1e-4))
     return LandslideModule(net=NET, channels=list(CHANNEL_NAMES), norm_mean=mean, norm_std=std, **settings)
 
 

@@ -14,8 +14,7 @@ from landslide.module import LandslideModule
 from test_pipeline import run, train
 
 # a narrower network than the default keeps the three runs below short; the paths are the same
-SMALL = ["model.net.branch_width=8", "model.net.fusion_channels=16", "model.net.stage_widths=[16,24,32]",
-         "model.net.pyramid_channels=16", "model.net.head_units=32"]
+SMALL = ["model.net.stages=[[8],[16,16],[16]]", "model.net.head_units=32"]
 
 
 def fold_files(run_dir) -> set[str]:
@@ -58,7 +57,7 @@ def test_stacked_run_matches_the_sequential_run_and_resumes_after_a_kill(project
                                                              map_location="cpu") for d in (seq, stk))
         torch.testing.assert_close(m_stk.mean, m_seq.mean)
         torch.testing.assert_close(m_stk.std, m_seq.std)
-        assert not torch.equal(m_stk.net.encoder.fuse[0].weight, m_seq.net.encoder.fuse[0].weight)
+        assert not torch.equal(next(m_stk.net.parameters()), next(m_seq.net.parameters()))
         metrics = pd.read_csv(stk / "csv" / f"fold_{fold}" / "metrics.csv")
         assert {"val/f1", "val/f1_best", "train/loss"} <= set(metrics.columns) and len(metrics) == 2
     assert not torch.equal(*(LandslideModule.load_from_checkpoint(stk / "folds" / f"fold_{f}" / "model.ckpt").mean

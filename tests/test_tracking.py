@@ -106,8 +106,8 @@ def test_every_logger_leaves_its_files(project_env, tmp_path):
 
     # TensorBoard: the run as one HParams session, its settings beside its metrics
     params, tags, events = hparams_session(run_dir / "tensorboard" / "cv")
-    assert params["name"] == "final" and params["choice.model"] == "mm_fpn"
-    assert params["model.net.head_units"] == 256 and params["data.num_folds"] == 2
+    assert params["name"] == "final" and params["choice.model"] == "fusion_cnn"
+    assert params["model.net.head_units"] == 0 and params["data.num_folds"] == 2
     assert {"cv/oof_f1", "cv/energy_wh", "cv/f1_mean", "cv/wall_seconds"} <= set(tags)
     assert events.Scalars("cv/oof_f1")[0].value == pytest.approx(summary["oof_f1"], rel=1e-6)
     assert [s.step for s in events.Scalars("cv/val_f1")] == [1, 2]
