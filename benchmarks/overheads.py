@@ -122,7 +122,8 @@ def measure(device: torch.device, small: bool, repeats: int) -> dict[str, dict[s
 
     def fit(k: int) -> None:
         rows = np.concatenate([p for j, p in enumerate(parts) if j != k])
-        NegativeFilter(FILTER, calibration_folds=5, safety_margin=0.5, seed=42, max_positive_loss=0.0).fit(
+        NegativeFilter(FILTER, calibration_folds=5, safety_margin=0.5, seed=42, max_positive_loss=0.0,
+                       wrong_positive_rate="estimate", noise_quantile=0.4, max_noise_share=0.25).fit(
             feats[rows], labels[rows])
 
     workers = max(1, min(folds, (os.cpu_count() or 1) // FILTER["n_jobs"]))
