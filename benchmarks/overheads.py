@@ -32,6 +32,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
 from torchmetrics.functional.classification import (
     binary_auroc,
     binary_average_precision,
@@ -43,12 +45,13 @@ from torchmetrics.functional.classification import (
 
 from landslide.data.augment import BatchAugment
 from landslide.data.preprocess import channel_stats, resident_channel_stats
-from landslide.filter.negative import NegativeFilter
 from landslide.metrics import binary_scores
 
 AUGMENT = {"flip": True, "rotate": True, "erase_p": 0.5, "erase_scale": [0.02, 0.15], "erase_log_ratio": [-1.1, 1.1]}
-FILTER = {"max_depth": 3, "min_child_weight": 3, "n_estimators": 200, "learning_rate": 0.1, "tree_method": "hist",
-          "n_jobs": 2}
+#: the default filter, as train.py builds it (configs/filter/xgboost.yaml, seed 42)
+FILTER_CONFIG = OmegaConf.merge(OmegaConf.load(Path(__file__).resolve().parents[1] / "configs" / "filter" /
+                                               "xgboost.yaml"), {"seed": 42})
+FILTER = OmegaConf.to_container(FILTER_CONFIG.params)
 
 
 def timed(fn: Callable[[], object], device: torch.device, repeats: int) -> float:
@@ -122,9 +125,7 @@ def measure(device: torch.device, small: bool, repeats: int) -> dict[str, dict[s
 
     def fit(k: int) -> None:
         rows = np.concatenate([p for j, p in enumerate(parts) if j != k])
-        NegativeFilter(FILTER, calibration_folds=5, safety_margin=0.5, seed=42, max_positive_loss=0.0,
-                       wrong_positive_rate="estimate", noise_quantile=0.4, max_noise_share=0.25).fit(
-            feats[rows], labels[rows])
+        instantiate(FILTER_CONFIG).fit(feats[rows], labels[rows])
 
     workers = max(1, min(folds, (os.cpu_count() or 1) // FILTER["n_jobs"]))
 
