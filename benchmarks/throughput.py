@@ -262,11 +262,27 @@ def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     phases = {"launch": round(wall - summary["wall_seconds"], 3), **summary.get("phases", {})}
     training = phases.get("train_steps", 0.0)
+    images = trained_images(summary)
     return {"wall_s": round(wall, 2), "energy_wh": summary["energy_wh"], "oof_f1": summary["oof_f1"],
             "f1_mean": summary["f1_mean"], "parallel_folds": summary["folds"][0].get("parallel_folds", 1),
             "run_dir_mb": summary.get("run_dir_mb"), "overrides": overrides, **gpu.summary(),
             # the share of the wall spent in training steps after the first (compilation is the first step's)
-            "train_steps_share": round(training / wall, 3) if wall else None, "phases": phases}
+            "train_steps_share": round(training / wall, 3) if wall else None,
+            # images through the training steps over their seconds (the first step, compilation, left out)
+            "train_images": images, "train_steps_images_per_s": round(images / training, 1) if images and training
+            else None, "phases": phases}
+
+
+def trained_images(summary: dict) -> int | None:
+    """Images the run's networks trained on: each fold's training part left by its filter, times its epochs (None
+    when the summary does not say)."""
+    total = 0
+    for fold in summary["folds"]:
+        train = (fold.get("filter") or {}).get("train")
+        if not train or "n" not in train:
+            return None
+        total += round(train["n"] * (1 - train.get("filtered_fraction", 0.0))) * int(fold["epochs"])
+    return total
 
 
 def print_phases(phases: dict[str, float], wall: float) -> None:
@@ -293,6 +309,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "Trainer.fit on the stacked module")
     parser.add_argument("--full", action="store_true",
                         help="also run the full recipe through train.py (experiment=fast; on a CPU 2 folds x 1 epoch)")
+    parser.add_argument("--only-full", action="store_true",
+                        help="run the full recipe alone (implies --full; no loop timed): its wall, energy and phases")
     parser.add_argument("--full-overrides", nargs="*", default=None, help="train.py overrides for --full")
     parser.add_argument("--data-root", type=Path, default=None, help="an existing release to use")
     parser.add_argument("--out", type=Path, default=Path("logs/bench"), help="folder for bench.json")
@@ -328,14 +346,20 @@ def make_plan(args: argparse.Namespace) -> Plan:
                 path_overrides=[*recipe, f"model.compile={str(use_compile).lower()}"])
 
 
+def release_root(args: argparse.Namespace, plan: Plan, work: Path) -> Path:
+    """``--data-root``, or a release generated in ``work`` at the plan's size."""
+    if args.data_root is not None:
+        return args.data_root
+    generate_release(work / "release", plan.n_train, plan.n_test, seed=0)
+    return work / "release"
+
+
 def prepare_data(args: argparse.Namespace, plan: Plan, work: Path
                  ) -> tuple[Path, DictConfig, DictConfig, LandslideDataModule]:
     """The release (``--data-root``, or one generated in ``work``), the framework path's config, the reference
     loop's (``experiment=reference``: its network, batch and optimiser, eager, default layout) and the framework
     path's datamodule (cache in ``work``)."""
-    root = args.data_root or work / "release"
-    if args.data_root is None:
-        generate_release(root, plan.n_train, plan.n_test, seed=0)
+    root = release_root(args, plan, work)
     common = [f"data.root={root}", f"data.cache_dir={work / 'cache'}", "data.progress=false",
               f"paths.output_dir={args.out}"]
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
@@ -355,10 +379,8 @@ def measure_paths(cfg: DictConfig, reference_cfg: DictConfig, dm: LandslideDataM
     module = ours.pop("module")
     pred = prediction(module, dm.gather("test", device=plan.device), plan.device, models,
                       int(cfg.data.eval_batch_size))
-    machine = torch.cuda.get_device_name() if plan.cuda else (
-        f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)")
     return {
-        "machine": machine,
+        "machine": machine_name(plan),
         "n_train": len(images), "n_test": pred["n"],
         "reference_loop_images_per_s": round(ref["images_per_s"], 1),
         "framework_images_per_s": round(ours["images_per_s"], 1),
@@ -371,6 +393,12 @@ def measure_paths(cfg: DictConfig, reference_cfg: DictConfig, dm: LandslideDataM
         "overrides": plan.path_overrides,
         "precision": OmegaConf.select(cfg, "trainer.precision"),
     }, ref["images_per_s"]
+
+
+def machine_name(plan: Plan) -> str:
+    if plan.cuda:
+        return torch.cuda.get_device_name()
+    return f"CPU ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
 
 
 def _precision(cfg: DictConfig) -> str:
@@ -409,6 +437,10 @@ def full_overrides(args: argparse.Namespace, plan: Plan) -> list[str]:
 def benchmark(args: argparse.Namespace, work: Path, allocator: str) -> dict:
     """Every measurement ``args`` asks for, with data and cache in ``work``."""
     plan = make_plan(args)
+    if args.only_full:  # the full recipe alone: no loops timed, no datamodule built here
+        root = release_root(args, plan, work)
+        return {"machine": machine_name(plan), "host_allocator": allocator,
+                "full_recipe": full_recipe(root, full_overrides(args, plan), args.out)}
     root, cfg, reference_cfg, dm = prepare_data(args, plan, work)
     # the reference held its arrays in memory: give its loop a copy in RAM, not the cache's memory map
     images, labels = dm.gather("train").clone(), dm.labels_tensor
