@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pandas as pd
-
 from accuracy import filter_by_fold, score_predictions
+
 from landslide.synth.release import truth_dir
 
 
