@@ -2,10 +2,14 @@
 
 import importlib.util
 import json
+import os
 import runpy
 import subprocess
 import sys
+import tarfile
 import tempfile
+import time
+from pathlib import Path
 
 import pytest
 
@@ -108,15 +112,30 @@ def test_gpu_monitor_integrates_power_and_reports_nothing_without_a_gpu():
 
 @pytest.mark.slow
 def test_the_full_recipe_says_where_its_seconds_went(tmp_path, tiny_release, capsys):
-    """``--full``'s record of train.py: its phases and the launch before train() add up to the command's wall."""
+    """``--only-full``'s record of train.py: its phases and the launch before train() add up to the command's wall,
+    and the training steps' rate counts the images the folds' filters left, times the epochs."""
     bench = load_benchmark()
-    result = bench.full_recipe(tiny_release, ["debug=tiny", f"data.cache_dir={tmp_path / 'cache'}"], tmp_path)
+    out = tmp_path / "bench"
+    bench.main(["--only-full", "--data-root", str(tiny_release), "--out", str(out), "--full-overrides", "debug=tiny",
+                f"data.cache_dir={tmp_path / 'cache'}"])
+    result = json.loads((out / "bench.json").read_text())["full_recipe"]
     phases = result["phases"]
     assert phases["launch"] > 0 and {"startup", "filter", "first_step", "train_steps", "scoring"} <= set(phases)
     assert sum(phases.values()) == pytest.approx(result["wall_s"], rel=0.02)
     assert 0 < result["train_steps_share"] < 1 and result["run_dir_mb"] > 0
-    bench.print_phases(phases, result["wall_s"])
+    summary = json.loads((out / "full_recipe" / "cv_summary.json").read_text())
+    assert result["train_images"] == bench.trained_images(summary) > 0
+    assert result["train_steps_images_per_s"] == pytest.approx(result["train_images"] / phases["train_steps"],
+                                                               rel=1e-3)
     assert "where the" in capsys.readouterr().out
+
+
+def test_trained_images_counts_what_each_filter_left_times_the_epochs():
+    bench = load_benchmark()
+    fold = {"filter": {"train": {"n": 100, "filtered_fraction": 0.25}}, "epochs": 3}
+    other = {"filter": {"train": {"n": 80, "filtered_fraction": 0.0}}, "epochs": 2}
+    assert bench.trained_images({"folds": [fold, other]}) == 75 * 3 + 80 * 2
+    assert bench.trained_images({"folds": [fold, {"filter": None, "epochs": 3}]}) is None  # not said: not guessed
 
 
 @pytest.mark.slow
@@ -127,3 +146,21 @@ def test_the_overheads_benchmark_times_each_cut(tmp_path, capsys):
     result = overheads.main(["--device", "cpu", "--small", "--repeats", "1", "--out", str(tmp_path / "o.json")])
     assert len(result) == 5 and all(row["old_s"] > 0 and row["new_s"] > 0 for row in result.values())
     assert json.loads((tmp_path / "o.json").read_text())["device"] == "cpu" and "old/new" in capsys.readouterr().out
+
+
+@pytest.mark.slow  # the GPU suite at tiny sizes on the CPU, under a deadline that cuts its last steps
+def test_the_gpu_suite_keeps_what_it_measured_before_its_deadline(tmp_path):
+    out, deadline = tmp_path / "out", 100
+    env = {**os.environ, "N_TRAIN": "160", "N_TEST": "60", "WORK": str(tmp_path / "work"), "RECIPE": "debug=tiny"}
+    started = time.monotonic()
+    subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), str(deadline)], env=env, check=True,
+                   capture_output=True, text=True)
+    assert time.monotonic() - started < deadline + 30  # each step runs within what is left; none starts after
+    log = (out / "suite.log").read_text()
+    assert "== full: exit 0" in log and "== full_score: exit 0" in log
+    with tarfile.open(out / "figures.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert {"full.json", "full_cv_summary.json", "full_test.json"} <= names
+    with tarfile.open(out / "figures.tar.gz") as tar:
+        test = json.load(tar.extractfile("./full_test.json"))
+    assert 0 <= test["f1"] <= 1 and len(test["filter_by_fold"]) == 2
