@@ -262,27 +262,14 @@ def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     phases = {"launch": round(wall - summary["wall_seconds"], 3), **summary.get("phases", {})}
     training = phases.get("train_steps", 0.0)
-    images = trained_images(summary)
     return {"wall_s": round(wall, 2), "energy_wh": summary["energy_wh"], "oof_f1": summary["oof_f1"],
-            "f1_mean": summary["f1_mean"], "parallel_folds": summary["folds"][0].get("parallel_folds", 1),
+            "f1_mean": summary["f1_mean"], "parallel_folds": len(summary["folds"][0].get("parallel_folds") or [0]),
             "run_dir_mb": summary.get("run_dir_mb"), "overrides": overrides, **gpu.summary(),
             # the share of the wall spent in training steps after the first (compilation is the first step's)
             "train_steps_share": round(training / wall, 3) if wall else None,
-            # images through the training steps over their seconds (the first step, compilation, left out)
-            "train_images": images, "train_steps_images_per_s": round(images / training, 1) if images and training
-            else None, "phases": phases}
-
-
-def trained_images(summary: dict) -> int | None:
-    """Images the run's networks trained on: each fold's training part left by its filter, times its epochs (None
-    when the summary does not say)."""
-    total = 0
-    for fold in summary["folds"]:
-        train = (fold.get("filter") or {}).get("train")
-        if not train or "n" not in train:
-            return None
-        total += round(train["n"] * (1 - train.get("filtered_fraction", 0.0))) * int(fold["epochs"])
-    return total
+            # the training steps' own rate (train.py counts their batches' images; first steps left out)
+            "train_step_images": summary.get("train_step_images"),
+            "train_steps_images_per_s": summary.get("train_steps_images_per_s"), "phases": phases}
 
 
 def print_phases(phases: dict[str, float], wall: float) -> None:

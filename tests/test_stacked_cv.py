@@ -8,6 +8,7 @@ import os
 
 import pandas as pd
 import torch
+import yaml
 
 from conftest import REPO
 from landslide.module import LandslideModule
@@ -44,6 +45,11 @@ def test_stacked_run_matches_the_sequential_run_and_resumes_after_a_kill(project
     assert fold_files(stk) == fold_files(seq)
     s_seq, s_stk = (json.loads((d / "cv_summary.json").read_text()) for d in (seq, stk))
     assert set(s_stk) == set(s_seq) and s_stk["epochs"] == s_seq["epochs"] == [2, 2]
+    # the images of the training steps the rerun made (the killed invocation recorded nothing): its one epoch of
+    # round(n_max / b) steps of b images a fold, b the smallest fold's batch, its first step not counted
+    kept = [round(f["filter"]["train"]["n"] * (1 - f["filter"]["train"]["filtered_fraction"])) for f in s_stk["folds"]]
+    batch = min(yaml.safe_load((stk / ".hydra" / "config.yaml").read_text())["data"]["batch_size"], *kept)
+    assert s_stk["train_step_images"] == (round(max(kept) / batch) - 1) * 2 * batch
     for fold in (0, 1):
         r_seq, r_stk = (json.loads((d / "folds" / f"fold_{fold}" / "result.json").read_text()) for d in (seq, stk))
         assert set(r_stk) - set(r_seq) == {"parallel_folds"} and r_stk["parallel_folds"] == [0, 1]

@@ -188,9 +188,9 @@ class RunManifest:
         self.save()
 
     def add_invocation(self, started: float, wall_seconds: float, energy_wh: float, folds: list[int],
-                       phases: dict[str, float] | None = None) -> None:
-        """Record an invocation: when it started, its wall time, energy, the folds it finished and its seconds per
-        phase (:mod:`landslide.timing`)."""
+                       phases: dict[str, float] | None = None, counts: dict[str, int] | None = None) -> None:
+        """Record an invocation: when it started, its wall time, energy, the folds it finished, its seconds per
+        phase and what it counted (:mod:`landslide.timing`)."""
         entry = {
             "started": time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(started)),
             "wall_seconds": round(wall_seconds, 2),
@@ -199,6 +199,8 @@ class RunManifest:
         }
         if phases is not None:
             entry["phases"] = phases
+        if counts:
+            entry["counts"] = counts
         self.data.setdefault("invocations", []).append(entry)
         self.save()
 
@@ -212,6 +214,14 @@ class RunManifest:
         total: dict[str, float] = {}
         for invocation in self.invocations:
             total = add_phases(total, invocation.get("phases") or {OTHER: invocation["wall_seconds"]})
+        return total
+
+    def count_totals(self) -> dict[str, int]:
+        """What every recorded invocation counted (:meth:`landslide.timing.PhaseTimer.count`), summed."""
+        total: dict[str, int] = {}
+        for invocation in self.invocations:
+            for name, n in (invocation.get("counts") or {}).items():
+                total[name] = total.get(name, 0) + n
         return total
 
     def save(self) -> None:

@@ -30,6 +30,7 @@ class PhaseTimer:
     def __init__(self, sync: Callable[[], None] | None = None, clock: Callable[[], float] = time.perf_counter) -> None:
         self.sync, self.clock = sync, clock
         self.seconds: dict[str, float] = {}
+        self.counts: dict[str, int] = {}  # things counted beside the seconds (e.g. images through training steps)
         self._stack: list[str] = []
         self._owner = threading.get_ident()
         self._started = self._mark = clock()
@@ -59,6 +60,11 @@ class PhaseTimer:
         while self._stack and self._stack.pop() != name:
             pass
 
+    def count(self, name: str, n: int) -> None:
+        """Add ``n`` to the count ``name`` (reported beside the phases: a rate is a count over a phase's seconds)."""
+        if self._mine():
+            self.counts[name] = self.counts.get(name, 0) + int(n)
+
     @property
     def current(self) -> str:
         return self._stack[-1] if self._stack else OTHER
@@ -85,13 +91,13 @@ class PhaseTimer:
         return self.clock() - self._started
 
     def report(self) -> dict[str, Any]:
-        """``wall_seconds`` and ``phases`` (seconds per phase, in the order they first ran, ``other`` last);
-        the phases add up to the wall time."""
+        """``wall_seconds``, ``phases`` (seconds per phase, in the order they first ran, ``other`` last; they add up
+        to the wall time) and ``counts`` (:meth:`count`)."""
         if self._mine():
             self._switch()
         phases = {k: round(v, 3) for k, v in self.seconds.items() if k != OTHER}
         phases[OTHER] = round(self.seconds.get(OTHER, 0.0), 3)
-        return {"wall_seconds": round(self._mark - self._started, 3), "phases": phases}
+        return {"wall_seconds": round(self._mark - self._started, 3), "phases": phases, "counts": dict(self.counts)}
 
 
 _active: PhaseTimer | None = None

@@ -13,6 +13,16 @@ FIRST_STEP = "first_step"
 TRAIN_STEPS = "train_steps"
 VALIDATION = "validation"
 CHECKPOINTS = "checkpoints"
+# the images of the batches the ``train_steps`` phase trained on (the first step's left out, like its seconds)
+TRAIN_STEP_IMAGES = "train_step_images"
+
+
+def batch_images(batch: Any) -> int:
+    """Images in a training batch: ``x`` of (n, c, h, w), or of (folds, n, c, h, w) when folds are stacked."""
+    x = batch.get("x") if isinstance(batch, dict) else None
+    if x is None or x.dim() < 4:
+        return 0
+    return int(x.shape[0] * x.shape[1]) if x.dim() == 5 else int(x.shape[0])
 
 
 class FitPhases(Callback):
@@ -20,7 +30,8 @@ class FitPhases(Callback):
     ``train_steps`` (the other steps with their batches' gathering and augmentation, and the per-epoch bookkeeping),
     ``validation`` and ``checkpoints`` (every ``trainer.save_checkpoint``: state gathering and, unless an
     asynchronous checkpoint plugin writes it in a thread, the write). The fit's own set-up and tear-down stay in the
-    phase the caller opened around ``fit``. Does nothing without an active timer."""
+    phase the caller opened around ``fit``. Counts the images of the ``train_steps`` batches
+    (``train_step_images``). Does nothing without an active timer."""
 
     def __init__(self) -> None:
         self._save = None
@@ -56,9 +67,13 @@ class FitPhases(Callback):
     def on_train_batch_end(self, trainer: L.Trainer, pl_module: L.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
         timer = active_timer()
-        if timer is not None and timer.current == FIRST_STEP:
+        if timer is None:
+            return
+        if timer.current == FIRST_STEP:
             timer.stop(FIRST_STEP)
             timer.start(TRAIN_STEPS)
+        elif timer.current == TRAIN_STEPS:
+            timer.count(TRAIN_STEP_IMAGES, batch_images(batch))
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         timer = active_timer()

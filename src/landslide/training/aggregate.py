@@ -186,7 +186,7 @@ def _copy_fold(job: Job, fold: int, out: Path) -> None:
 
 def aggregate(folders: list[Path], out: Path) -> dict:
     """Write the merged run directory ``out``; return its CV summary."""
-    from landslide.training.cv import folder_bytes, write_oof
+    from landslide.training.cv import folder_bytes, training_rate, write_oof
     from landslide.training.summary import print_summary, summarise
 
     if (out / MANIFEST).is_file():  # the output first: a wrong --out is named before any job is read
@@ -222,6 +222,7 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     summary = summarise(OmegaConf.create(config), dm, results, wall, wh)
     summary["invocations"] = len(record.invocations)
     summary["phases"] = record.phase_totals()  # the jobs' seconds per phase, added up like their wall times
+    summary.update(training_rate(summary["phases"], record.count_totals()))
     if summary.get("oof_f1") is not None:
         write_oof(out / "oof_predictions.csv", dm, results)
     summary["run_dir_mb"] = round(folder_bytes(out) / 1e6, 1)

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, OmegaConf
 from landslide.bands import BAND_SETS
 from landslide.callbacks import EnergyTracker
 from landslide.callbacks.energy import ENERGY
+from landslide.callbacks.phases import TRAIN_STEP_IMAGES, TRAIN_STEPS
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError
 from landslide.features.cached import split_features
@@ -227,7 +228,8 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
             run_wh = tracker.stop()
         if manifest is not None and not finished:  # a failed or interrupted invocation still counts
             report = timer.report()
-            manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"])
+            manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
+                                    report.get("counts"))
     if not lead:
         return {}
     with phase(SUMMARY):
@@ -240,7 +242,8 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
         log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
     # the invocation recorded with every second up to here; the summary again, with its figures' seconds and size
     report = timer.report()
-    manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"])
+    manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
+                                    report.get("counts"))
     add_totals(summary, manifest, out)
     write_json(out / "cv_summary.json", summary)
     manifest.keep_hydra_files()
@@ -253,13 +256,24 @@ def add_totals(summary: dict, manifest: RunManifest, out: Path, pending: dict | 
     """The run's wall time, energy, invocations and seconds per phase (every recorded invocation, and ``pending``,
     a timer report of this one if it is not recorded yet) and the run folder's size, into ``summary``."""
     wall, wh = manifest.totals()
-    phases = manifest.phase_totals()
+    phases, counts = manifest.phase_totals(), manifest.count_totals()
     invocations = len(manifest.invocations)
     if pending is not None:
         wall, wh, invocations = wall + pending["wall_seconds"], wh + pending_wh, invocations + 1
         phases = add_phases(phases, pending["phases"])
+        for name, n in (pending.get("counts") or {}).items():
+            counts[name] = counts.get(name, 0) + n
     summary.update({"wall_seconds": round(wall, 2), "energy_wh": round(wh, 6), "invocations": invocations,
-                    "phases": phases, "run_dir_mb": round(folder_bytes(out) / 1e6, 1)})
+                    "phases": phases, "run_dir_mb": round(folder_bytes(out) / 1e6, 1),
+                    **training_rate(phases, counts)})
+
+
+def training_rate(phases: dict[str, float], counts: dict[str, int]) -> dict:
+    """The training steps' own rate: the images of their batches (``train_step_images``) over their seconds, each
+    fit's first step (compilation) left out of both; None where nothing was counted."""
+    steps_s, images = phases.get(TRAIN_STEPS, 0.0), counts.get(TRAIN_STEP_IMAGES, 0)
+    return {TRAIN_STEP_IMAGES: images,
+            "train_steps_images_per_s": round(images / steps_s, 1) if images and steps_s else None}
 
 
 def folder_bytes(folder: Path) -> int:
