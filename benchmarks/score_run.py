@@ -2,7 +2,8 @@
 ``python benchmarks/score_run.py RUN_DIR RELEASE PRED_DIR OUT.json``.
 
 Prints and writes test F1, AUC and the filter's figures (:func:`accuracy.score_predictions`) and each fold's filter on
-its held-out part against the clean training labels (:func:`accuracy.filter_by_fold`).
+its held-out part against the clean training labels (:func:`accuracy.filter_by_fold`); a run trained with
+``filter=none`` has no filter to score (the GPU suite does not score its unfiltered run).
 """
 
 from __future__ import annotations
