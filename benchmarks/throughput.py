@@ -43,6 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, stack_module_state
 from torch.utils.data import DataLoader, Dataset
 
+from landslide.callbacks.phases import batch_images
 from landslide.cli import _quiet_third_parties
 from landslide.data.datamodule import LandslideDataModule
 from landslide.gpu_monitor import GpuMonitor
@@ -195,8 +196,7 @@ class EpochTimer(Callback):
         self._start, self._n = time.perf_counter(), 0
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        x = batch["x"]
-        self._n += x.shape[0] * (x.shape[1] if x.dim() == 5 else 1)  # a stacked batch is (folds, n, c, h, w)
+        self._n += batch_images(batch)  # a stacked batch is (folds, n, c, h, w)
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if torch.cuda.is_available():

@@ -29,7 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from landslide.errors import ConfigError, RunError
 from landslide.files import read_json, write_json, write_text
-from landslide.timing import OTHER, add_phases
+from landslide.timing import OTHER, add_counts, add_phases
 
 log = logging.getLogger(__name__)
 
@@ -220,8 +220,7 @@ class RunManifest:
         """What every recorded invocation counted (:meth:`landslide.timing.PhaseTimer.count`), summed."""
         total: dict[str, int] = {}
         for invocation in self.invocations:
-            for name, n in (invocation.get("counts") or {}).items():
-                total[name] = total.get(name, 0) + n
+            total = add_counts(total, invocation.get("counts") or {})
         return total
 
     def save(self) -> None:

@@ -140,6 +140,14 @@ def add_phases(total: dict[str, float], more: dict[str, float]) -> dict[str, flo
     return out
 
 
+def add_counts(total: dict[str, int], more: dict[str, int]) -> dict[str, int]:
+    """Two timings' counts (:meth:`PhaseTimer.count`) summed."""
+    out = dict(total)
+    for name, n in more.items():
+        out[name] = out.get(name, 0) + n
+    return out
+
+
 def phase_table(phases: dict[str, float], wall: float) -> list[tuple[str, float, float]]:
     """(phase, seconds, share of the wall) rows, the largest first, ``other`` last."""
     rows = sorted(((k, v) for k, v in phases.items() if k != OTHER), key=lambda kv: -kv[1])

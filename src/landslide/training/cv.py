@@ -33,7 +33,7 @@ from landslide.files import atomic_output, write_json
 from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
-from landslide.timing import PhaseTimer, active_timer, add_phases, phase
+from landslide.timing import PhaseTimer, active_timer, add_counts, add_phases, phase
 from landslide.training.fold import (
     LOGGERS,
     build_datamodule,
@@ -229,7 +229,7 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
         if manifest is not None and not finished:  # a failed or interrupted invocation still counts
             report = timer.report()
             manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
-                                    report.get("counts"))
+                                    report["counts"])
     if not lead:
         return {}
     with phase(SUMMARY):
@@ -243,7 +243,7 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     # the invocation recorded with every second up to here; the summary again, with its figures' seconds and size
     report = timer.report()
     manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
-                                    report.get("counts"))
+                            report["counts"])
     add_totals(summary, manifest, out)
     write_json(out / "cv_summary.json", summary)
     manifest.keep_hydra_files()
@@ -260,9 +260,7 @@ def add_totals(summary: dict, manifest: RunManifest, out: Path, pending: dict | 
     invocations = len(manifest.invocations)
     if pending is not None:
         wall, wh, invocations = wall + pending["wall_seconds"], wh + pending_wh, invocations + 1
-        phases = add_phases(phases, pending["phases"])
-        for name, n in (pending.get("counts") or {}).items():
-            counts[name] = counts.get(name, 0) + n
+        phases, counts = add_phases(phases, pending["phases"]), add_counts(counts, pending["counts"])
     summary.update({"wall_seconds": round(wall, 2), "energy_wh": round(wh, 6), "invocations": invocations,
                     "phases": phases, "run_dir_mb": round(folder_bytes(out) / 1e6, 1),
                     **training_rate(phases, counts)})
