@@ -52,7 +52,7 @@ class FusionCNN(nn.Module):
     def __init__(
         self,
         channels: list[str] | tuple[str, ...],
-        stages: Sequence[Sequence[int]] = ((24,), (48, 48), (96,)),
+        stages: Sequence[Sequence[int]] = ((32, 32), (64, 64), (96,)),
         change: bool = True,
         optical_index: bool = True,
         centre: bool = True,
