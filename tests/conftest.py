@@ -44,9 +44,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 def data_settings(**overrides) -> dict:
     """LandslideDataModule's settings as ``configs/data/default.yaml`` gives them (all but its folders and the
-    synthetic set), with ``overrides``: the configs hold the defaults, the code none."""
-    cfg = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "data" / "default.yaml"))
-    settings = {k: v for k, v in cfg.items() if k not in ("_target_", "root", "cache_dir", "synthetic")}
+    synthetic set), with ``overrides``: the configs hold the defaults, the code none. Device-dependent values are
+    resolved for a CPU trainer, as the tests train."""
+    from landslide.cli import register_resolvers
+
+    register_resolvers()
+    raw = OmegaConf.to_container(OmegaConf.load(REPO / "configs" / "data" / "default.yaml"))
+    kept = {k: v for k, v in raw.items() if k not in ("_target_", "root", "cache_dir", "synthetic")}
+    settings = OmegaConf.to_container(OmegaConf.create({**kept, "trainer": {"accelerator": "cpu"}}), resolve=True)
+    settings.pop("trainer")
     return {**settings, **overrides}
 
 
@@ -56,7 +62,11 @@ def map_settings(**overrides) -> dict:
     keys = ("mode", "stride", "blend", "blend_by_mode", "dtype", "threshold", "min_valid", "min_area_m2", "smooth",
             "resolution_m", "resolution_tolerance", "windows_per_batch", "batch_size", "tta", "device", "progress",
             "gdal_cache_mb")
-    return {**{k: cfg[k] for k in keys}, **overrides}
+    from landslide.cli import register_resolvers
+
+    register_resolvers()
+    settings = OmegaConf.to_container(OmegaConf.create({k: cfg[k] for k in keys}), resolve=True)  # by the device
+    return {**settings, **overrides}
 
 
 def model_settings(**overrides) -> dict:

@@ -10,6 +10,9 @@ from hydra.utils import instantiate
 
 import entry
 from conftest import REPO
+from landslide.cli import register_resolvers
+
+register_resolvers()  # what train.py registers before Hydra composes: the configs' ${best_precision:..}, ${on_gpu:..}
 
 CONFIGS = str(REPO / "configs")
 GROUP_CHOICES = [
@@ -51,6 +54,7 @@ def test_experiment_presets_change_what_they_say():
     assert default.model.net._target_.endswith("FusionCNN") and default.data.augment.erase_p == 0.0
     assert (default.model.optimizer.lr, default.model.optimizer.weight_decay, default.model.pos_weight) == (
         1e-3, 0.0, 1.0)
+    assert default.model.net.stages == [[32, 32], [64, 64], [96]]  # the wide fusion the families chose
     # the FPN and its own recipe, and the "no FPN" ablation on the same recipe with the top level pooled alone
     assert fpn.model.net._target_.endswith("MultiModalFPN") and no_fpn.model.net._target_.endswith("MultiModalCNN")
     for preset in (fpn, no_fpn):
@@ -58,6 +62,23 @@ def test_experiment_presets_change_what_they_say():
                 preset.data.augment.erase_p) == (2e-3, 1e-4, 2.0, 0.5)
     assert no_fpn.name == "no_fpn" and fpn.name == "fpn"
     assert no_filter.filter._target_.endswith("KeepAll")
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_inference_batches_follow_the_device(gpu, monkeypatch):
+    """Large inference batches on a GPU, small ones on a CPU (activations in cache); an explicit device decides."""
+    monkeypatch.setattr("torch.cuda.is_available", lambda: gpu)
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        train = compose("train")
+        on_cpu = compose("train", overrides=["trainer.accelerator=cpu"])
+        predict = compose("predict", overrides=["run_dir=/r"])
+        predict_cpu = compose("predict", overrides=["run_dir=/r", "device=cpu"])
+        predict_cuda = compose("predict", overrides=["run_dir=/r", "device=cuda:0"])
+        scene_map = compose("map", overrides=["run_dir=/r", "scene=/s.tif", "out=/m.tif"])
+    assert train.data.eval_batch_size == (512 if gpu else 64) and on_cpu.data.eval_batch_size == 64
+    assert predict.batch_size == (1024 if gpu else 64) and predict_cpu.batch_size == 64
+    assert predict_cuda.batch_size == (1024 if gpu else 64)  # no GPU: cuda:0 fails later, with its own message
+    assert scene_map.batch_size == (1024 if gpu else 64)
 
 
 def test_predict_config_composes():
@@ -97,10 +118,8 @@ def test_console_script_is_installed(bare_env):
 def test_progress_bar_follows_the_trainer_switch(enabled, tmp_path):
     from lightning.pytorch.callbacks import ProgressBar
 
-    from landslide.cli import register_resolvers
     from landslide.training.fold import build_callbacks
 
-    register_resolvers()
     with initialize_config_dir(CONFIGS, version_base="1.3"):
         cfg = compose("train", overrides=[f"trainer.enable_progress_bar={enabled}", "trainer.accelerator=cpu"])
     callbacks = build_callbacks(cfg, tmp_path)

@@ -42,3 +42,14 @@ def test_tuned_allocator_keeps_freed_activations_in_the_process():
     # glibc's default maps the block and returns it to the system when freed; tuned, it stays for the next step
     assert free_heap_bytes("default") < 4 << 20
     assert free_heap_bytes("tuned") >= 24 << 20
+
+
+def test_on_gpu_picks_by_the_device_a_setting_runs_on(monkeypatch):
+    from landslide.hardware import device_type, on_gpu
+
+    assert on_gpu("cpu", 512, 64) == 64 and on_gpu("mps", 512, 64) == 64
+    monkeypatch.setattr("torch.cuda.is_available", lambda: False)
+    assert [device_type(a) for a in ("auto", "gpu", "cuda", "cuda:1", "cpu")] == ["cpu"] * 5
+    monkeypatch.setattr("torch.cuda.is_available", lambda: True)
+    assert [device_type(a) for a in ("auto", "gpu", "cuda", "cuda:1", "cpu")] == ["cuda"] * 4 + ["cpu"]
+    assert on_gpu("auto", 512, 64) == 512 and on_gpu("cpu", 512, 64) == 64

@@ -39,13 +39,16 @@ def _unique_id() -> str:
 
 
 def register_resolvers() -> None:
-    """``${ensure_dir:PATH}``, ``${best_precision:ACCELERATOR}`` and ``${unique_id:}`` for the configs."""
-    from landslide.hardware import best_precision
+    """``${ensure_dir:PATH}``, ``${best_precision:ACCELERATOR}``, ``${on_gpu:ACCELERATOR,GPU_VALUE,OTHER_VALUE}`` and
+    ``${unique_id:}`` for the configs."""
+    from landslide.hardware import best_precision, on_gpu
 
     if not OmegaConf.has_resolver("ensure_dir"):
         OmegaConf.register_new_resolver("ensure_dir", _ensure_dir)
     if not OmegaConf.has_resolver("best_precision"):
         OmegaConf.register_new_resolver("best_precision", best_precision)
+    if not OmegaConf.has_resolver("on_gpu"):
+        OmegaConf.register_new_resolver("on_gpu", on_gpu)
     if not OmegaConf.has_resolver("unique_id"):
         OmegaConf.register_new_resolver("unique_id", _unique_id, use_cache=True)
 

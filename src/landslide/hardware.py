@@ -6,6 +6,7 @@ import ctypes
 import logging
 import platform
 import sys
+from typing import Any
 
 import torch
 
@@ -27,13 +28,25 @@ def bf16_supported(device_type: str) -> bool:
     return False
 
 
+def device_type(accelerator: str) -> str:
+    """The torch device type a Lightning ``accelerator`` (or a ``device`` setting) runs on: ``auto``, ``gpu`` and
+    ``cuda`` (``cuda:1``) are ``cuda`` where a GPU is present, else ``cpu``; anything else is itself."""
+    accelerator = str(accelerator)
+    if accelerator in ("auto", "gpu") or accelerator.startswith("cuda"):
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return accelerator
+
+
 def best_precision(accelerator: str = "auto") -> str:
     """Lightning precision for ``accelerator``: ``bf16-mixed`` where :func:`bf16_supported`, else ``32-true``."""
-    if accelerator in ("auto", "gpu", "cuda"):
-        device_type = "cuda" if torch.cuda.is_available() else "cpu"
-    else:
-        device_type = accelerator
-    return "bf16-mixed" if bf16_supported(device_type) else "32-true"
+    return "bf16-mixed" if bf16_supported(device_type(accelerator)) else "32-true"
+
+
+def on_gpu(accelerator: str, gpu_value: Any, other_value: Any) -> Any:
+    """Config resolver ``${on_gpu:ACCELERATOR,GPU_VALUE,OTHER_VALUE}``: the first value where ``accelerator`` runs on a
+    CUDA GPU, else the second (e.g. inference batches: large ones keep a GPU busy, while on a CPU an image's
+    activations must stay in cache, so small ones run 2-3x faster)."""
+    return gpu_value if device_type(accelerator) == "cuda" else other_value
 
 
 def tune_host_allocator(keep_bytes: int = 1 << 30, mmap_threshold: int = 32 << 20) -> bool:

@@ -247,7 +247,7 @@ def hydra_files_kept(run_dir: Path | str) -> Iterator[None]:
 
 # ------------------------------------------------------------------ reading a run's config
 #: resolvers a config written before run.json held the config may use: they read, they do not act
-_READ_ONLY_RESOLVERS = {"oc.env", "oc.select", "now", "best_precision"}
+_READ_ONLY_RESOLVERS = {"oc.env", "oc.select", "now", "best_precision", "on_gpu"}
 _RESOLVER = re.compile(r"\$\{\s*([\w.]+)\s*:")
 #: keys of an older run's ``.hydra/config.yaml`` left out before resolving it: nothing reads them, and some point
 #: at the Hydra job that wrote them
