@@ -71,11 +71,13 @@ def test_inference_batches_follow_the_device(gpu, monkeypatch):
     with initialize_config_dir(CONFIGS, version_base="1.3"):
         train = compose("train")
         on_cpu = compose("train", overrides=["trainer.accelerator=cpu"])
+        fast = compose("train", overrides=["experiment=fast"])
         predict = compose("predict", overrides=["run_dir=/r"])
         predict_cpu = compose("predict", overrides=["run_dir=/r", "device=cpu"])
         predict_cuda = compose("predict", overrides=["run_dir=/r", "device=cuda:0"])
         scene_map = compose("map", overrides=["run_dir=/r", "scene=/s.tif", "out=/m.tif"])
     assert train.data.eval_batch_size == (512 if gpu else 64) and on_cpu.data.eval_batch_size == 64
+    assert fast.data.eval_batch_size == (4096 if gpu else 64)
     assert predict.batch_size == (1024 if gpu else 64) and predict_cpu.batch_size == 64
     assert predict_cuda.batch_size == (1024 if gpu else 64)  # no GPU: cuda:0 fails later, with its own message
     assert scene_map.batch_size == (1024 if gpu else 64)
