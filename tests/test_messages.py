@@ -230,6 +230,14 @@ def test_one_class_labels_say_so(bare_env, tmp_path):
 
 
 # ------------------------------------------------------------------ options
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_the_gpu_trainer_where_there_is_no_gpu_is_one_line_and_no_folder(tmp_path, bare_env):
+    line = one_error_line(run("train.py", "debug=tiny", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}",
+                              env=bare_env))
+    assert "trainer.accelerator=gpu: no CUDA GPU is available here; use trainer=cpu" in line
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.parametrize("override, message", [
     ("data.batch_size=2.5", "data.batch_size must be an integer >= 1, got 2.5"),
     ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1, got 0"),

@@ -67,6 +67,10 @@ def check_options(cfg: DictConfig) -> None:
             raise ConfigError(message)
 
     data, trainer = cfg.data, cfg.trainer
+    accelerator = trainer.get("accelerator", "auto")
+    if isinstance(accelerator, str) and accelerator.lower() in ("gpu", "cuda"):
+        need(torch.cuda.is_available(), f"trainer.accelerator={accelerator}: no CUDA GPU is available here; use "
+                                        "trainer=cpu or trainer.accelerator=auto")
     need(cfg.stage in ("all", "filter"), f"stage must be all or filter, got {cfg.stage!r}")
     need(cfg.epoch_selection in ("last", "best"),
          f"epoch_selection must be last or best, got {cfg.epoch_selection!r}")
