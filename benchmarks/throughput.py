@@ -245,7 +245,8 @@ def prediction(module, images, device, models: int, batch_size: int) -> dict:
     for _ in range(models):
         predict_probs(module, images, batch_size, True, device)
     elapsed = time.perf_counter() - started
-    return {"images_per_s": len(images) / elapsed, "seconds": elapsed, "models": models, "n": len(images)}
+    return {"images_per_s": len(images) / elapsed, "seconds": elapsed, "models": models, "n": len(images),
+            "batch_size": batch_size}
 
 
 def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:

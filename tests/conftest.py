@@ -65,8 +65,8 @@ def map_settings(**overrides) -> dict:
     from landslide.cli import register_resolvers
 
     register_resolvers()
-    settings = OmegaConf.to_container(OmegaConf.create({k: cfg[k] for k in keys}), resolve=True)  # by the device
-    return {**settings, **overrides}
+    merged = OmegaConf.create({**{k: cfg[k] for k in keys}, **overrides})
+    return OmegaConf.to_container(merged, resolve=True)  # the batch by the device, an overridden one included
 
 
 def model_settings(**overrides) -> dict:

@@ -426,3 +426,26 @@ def test_two_commands_started_together_get_their_own_run_folders(bare_env):
                                   stdout=subprocess.PIPE, text=True) for _ in range(2)]
     folders = [p.communicate(timeout=300)[0].strip() for p in processes]
     assert all(folders) and folders[0] != folders[1]
+
+
+# ------------------------------------------------------------------ older runs, read without the command line
+READ_OLD_RUN = """
+import sys
+from pathlib import Path
+from landslide.run_record import read_run_config  # landslide.cli never imported: no resolver registered by it
+run_dir = Path(sys.argv[1])
+(run_dir / ".hydra").mkdir(parents=True)
+(run_dir / ".hydra" / "config.yaml").write_text(
+    "trainer: {accelerator: cpu, precision: '${best_precision:cpu}'}\\n"
+    "data: {eval_batch_size: '${on_gpu:${trainer.accelerator},512,64}'}\\n")
+config = read_run_config(run_dir)
+print(config["data"]["eval_batch_size"], config["trainer"]["precision"] in ("bf16-mixed", "32-true"))
+"""
+
+
+def test_an_older_run_is_read_with_its_read_only_resolvers_in_a_bare_process(tmp_path, bare_env):
+    """aggregate and audit read a run recorded before run.json held its config without importing landslide.cli."""
+    done = subprocess.run([sys.executable, "-c", READ_OLD_RUN, str(tmp_path / "run")], env=bare_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split() == ["64", "True"]

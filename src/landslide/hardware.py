@@ -30,8 +30,9 @@ def bf16_supported(device_type: str) -> bool:
 
 def device_type(accelerator: str) -> str:
     """The torch device type a Lightning ``accelerator`` (or a ``device`` setting) runs on: ``auto``, ``gpu`` and
-    ``cuda`` (``cuda:1``) are ``cuda`` where a GPU is present, else ``cpu``; anything else is itself."""
-    accelerator = str(accelerator)
+    ``cuda`` (``cuda:1``) are ``cuda`` where a CUDA GPU is present, else ``cpu``; anything else is itself (``mps``).
+    Case does not matter."""
+    accelerator = str(accelerator).lower()
     if accelerator in ("auto", "gpu") or accelerator.startswith("cuda"):
         return "cuda" if torch.cuda.is_available() else "cpu"
     return accelerator
@@ -44,8 +45,8 @@ def best_precision(accelerator: str = "auto") -> str:
 
 def on_gpu(accelerator: str, gpu_value: Any, other_value: Any) -> Any:
     """Config resolver ``${on_gpu:ACCELERATOR,GPU_VALUE,OTHER_VALUE}``: the first value where ``accelerator`` runs on a
-    CUDA GPU, else the second (e.g. inference batches: large ones keep a GPU busy, while on a CPU an image's
-    activations must stay in cache, so small ones run 2-3x faster)."""
+    CUDA GPU, else the second (a CPU, MPS). E.g. inference batches: large ones keep a GPU busy, while on a CPU a
+    batch's activations must stay in cache, so small ones run faster."""
     return gpu_value if device_type(accelerator) == "cuda" else other_value
 
 

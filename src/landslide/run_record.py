@@ -281,6 +281,11 @@ def _hydra_config(run_dir: Path) -> dict[str, Any]:
     acting = sorted({name for text in _strings(raw) for name in _RESOLVER.findall(text)} - _READ_ONLY_RESOLVERS)
     if acting:
         raise RunError(f"{path}: uses resolver(s) {acting}; a run's config is read with plain values only")
+    from landslide.hardware import best_precision, on_gpu
+
+    for name, resolver in (("best_precision", best_precision), ("on_gpu", on_gpu)):  # without landslide.cli imported
+        if not OmegaConf.has_resolver(name):
+            OmegaConf.register_new_resolver(name, resolver)
     cfg = OmegaConf.create(raw)
     for key in _UNREAD:
         parent, _, leaf = key.rpartition(".")
