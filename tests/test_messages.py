@@ -230,6 +230,30 @@ def test_one_class_labels_say_so(bare_env, tmp_path):
 
 
 # ------------------------------------------------------------------ options
+@pytest.mark.parametrize("override, message", [
+    ({"n_train": 0}, "data.synthetic.n_train must be an integer >= 1 (patches to write), got 0"),
+    ({"n_test": -3}, "data.synthetic.n_test must be an integer >= 1 (patches to write), got -3"),
+    ({"n_train": "abc"}, "data.synthetic.n_train must be an integer, got 'abc'"),
+    ({"n_train": 2.5}, "data.synthetic.n_train must be an integer, got 2.5"),
+    ({"label_noise": 0.7}, "data.synthetic.label_noise must be in [0, 0.5) (a share of training labels), got 0.7"),
+    ({"difficulty": "nope"}, "data.synthetic.difficulty must be one of easy,"),
+])
+def test_embedded_settings_no_release_can_be_made_with_are_refused(override, message):
+    from landslide.synth.embedded import wanted_release
+
+    with pytest.raises(ConfigError) as err:
+        wanted_release({"n_train": 10, "n_test": 4, "seed": 0, **override})
+    assert str(err.value).startswith(message)
+
+
+def test_an_empty_embedded_release_is_one_line_and_no_folder(tmp_path, bare_env):
+    line = one_error_line(run("train.py", "debug=tiny", "data.synthetic.n_train=0",
+                              f"data.synthetic.root={tmp_path / 'synthetic'}", f"hydra.run.dir={tmp_path / 'run'}",
+                              env=bare_env))
+    assert "data.synthetic.n_train must be an integer >= 1 (patches to write), got 0" in line
+    assert not (tmp_path / "run").exists() and not (tmp_path / "synthetic").exists()
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_the_gpu_trainer_where_there_is_no_gpu_is_one_line_and_no_folder(tmp_path, bare_env):
     line = one_error_line(run("train.py", "debug=tiny", "trainer=gpu", f"hydra.run.dir={tmp_path / 'run'}",

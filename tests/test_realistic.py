@@ -60,3 +60,15 @@ def test_cli_difficulty_and_bad_noise(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["--out", str(tmp_path / "s"), "--n-train", "10", "--n-test", "4", "--label-noise", "0.7"])
     assert "label_noise must be in [0, 0.5)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("option, value, message", [
+    ("--n-train", "-5", "n_train must be an integer >= 1 (patches to write), got -5"),
+    ("--n-test", "0", "n_test must be an integer >= 1 (patches to write), got 0"),
+    ("--workers", "0", "workers must be >= 1, got 0"),
+])
+def test_cli_refuses_counts_that_write_nothing(option, value, message, tmp_path, capsys):
+    args = {"--out": str(tmp_path / "r"), "--n-train": "10", "--n-test": "4", "--workers": "1", option: value}
+    with pytest.raises(SystemExit) as done:
+        main([part for pair in args.items() for part in pair])
+    assert done.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "r").exists()

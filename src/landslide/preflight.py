@@ -71,13 +71,15 @@ def check_train(cfg: DictConfig) -> None:
     """The options in range, the release there (or the embedded set to be generated) with a sound training table,
     the run folder writable."""
     from landslide.files import check_writable
-    from landslide.synth.embedded import describes
+    from landslide.synth.embedded import describes, wanted_release
     from landslide.training.cv import check_options
 
     check_options(cfg)
     root = Path(cfg.data.root)
     synthetic = cfg.data.get("synthetic")
     generated = synthetic is not None and describes(root, OmegaConf.to_container(synthetic, resolve=True))
+    if generated:
+        wanted_release(OmegaConf.to_container(synthetic, resolve=True))  # settings no release can be made with
     if not generated and not (root / "Train.csv").is_file():
         where = "no folder" if not root.exists() else "no Train.csv"
         raise ReleaseError(f"data.root={root}: {where} there; data.root must be a release folder with Train.csv, "

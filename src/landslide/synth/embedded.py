@@ -9,9 +9,9 @@ from typing import Any
 
 from filelock import FileLock
 
-from landslide.errors import RunError
+from landslide.errors import ConfigError, RunError
 from landslide.files import read_json
-from landslide.synth.release import generate_release, settings_file
+from landslide.synth.release import check_release_settings, generate_release, settings_file
 
 log = logging.getLogger(__name__)
 
@@ -40,12 +40,10 @@ def ensure_embedded_release(root: Path | str, synthetic: Mapping[str, Any] | Non
     root = Path(root)
     if not describes(root, synthetic):
         return False
+    wanted = wanted_release(synthetic)
     lock_file = Path(lock_file) if lock_file is not None else root.parent / f".{root.name}.lock"
     lock_file.parent.mkdir(parents=True, exist_ok=True)
     with FileLock(lock_file):  # looked at under the lock: another job may be writing it right now
-        wanted = {"n_train": int(synthetic["n_train"]), "n_test": int(synthetic["n_test"]),
-                  "seed": int(synthetic.get("seed", 0)), "difficulty": synthetic.get("difficulty", "easy"),
-                  "label_noise": float(synthetic.get("label_noise", 0.0)), "masks": bool(synthetic.get("masks", False))}
         if (root / "Train.csv").is_file():
             check_generated_with(root, wanted)
             return False
@@ -53,6 +51,27 @@ def ensure_embedded_release(root: Path | str, synthetic: Mapping[str, Any] | Non
                  wanted["n_test"], root)
         generate_release(root, wanted.pop("n_train"), wanted.pop("n_test"), **wanted)
     return True
+
+
+def wanted_release(synthetic: Mapping[str, Any]) -> dict[str, Any]:
+    """The release settings that ``synthetic`` (the data config's ``synthetic`` group) asks for, checked: a
+    :class:`~landslide.errors.ConfigError` names the first one no release can be generated with."""
+    def number(key: str, kind: type, default: Any = None) -> Any:
+        value = synthetic.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float) or (kind is int and value != int(value)):
+            raise ConfigError(f"data.synthetic.{key} must be {'an integer' if kind is int else 'a number'}, "
+                              f"got {value!r}")
+        return kind(value)
+
+    wanted = {"n_train": number("n_train", int), "n_test": number("n_test", int), "seed": number("seed", int, 0),
+              "difficulty": synthetic.get("difficulty", "easy"), "label_noise": number("label_noise", float, 0.0),
+              "masks": bool(synthetic.get("masks", False))}
+    try:
+        check_release_settings(wanted["n_train"], wanted["n_test"], wanted["difficulty"], wanted["label_noise"],
+                               wanted["masks"])
+    except ValueError as err:
+        raise ConfigError(f"data.synthetic.{err}") from None
+    return wanted
 
 
 def check_generated_with(root: Path, wanted: dict[str, Any]) -> None:

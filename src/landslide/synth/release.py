@@ -104,10 +104,9 @@ def flip_labels(labels: np.ndarray, share: float, seed: int) -> np.ndarray:
     return labels
 
 
-def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None,
-                     difficulty: str = "easy", label_noise: float = 0.0, masks: bool = False) -> dict:
-    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` (and with ``masks`` ``train_masks/``)
-    under ``out`` and the true labels in ``truth_dir(out)``; return a summary."""
+def check_release_settings(n_train: int, n_test: int, difficulty: str, label_noise: float, masks: bool,
+                           workers: int | None = None) -> None:
+    """A ``ValueError`` naming the first setting :func:`generate_release` cannot write a release with."""
     if difficulty not in DIFFICULTIES:
         raise ValueError(f"difficulty must be one of {', '.join(DIFFICULTIES)}, got {difficulty!r}")
     if masks and not masked(difficulty):
@@ -115,6 +114,18 @@ def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, 
                          f"use one of {', '.join(d for d in DIFFICULTIES if masked(d))}")
     if not 0 <= label_noise < 0.5:
         raise ValueError(f"label_noise must be in [0, 0.5) (a share of training labels), got {label_noise}")
+    for name, count in (("n_train", n_train), ("n_test", n_test)):
+        if not isinstance(count, int) or count < 1:
+            raise ValueError(f"{name} must be an integer >= 1 (patches to write), got {count!r}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be >= 1, got {workers}")
+
+
+def generate_release(out: Path | str, n_train: int, n_test: int, seed: int = 0, workers: int | None = None,
+                     difficulty: str = "easy", label_noise: float = 0.0, masks: bool = False) -> dict:
+    """Write ``Train.csv``, ``Test.csv``, ``train_data/`` and ``test_data/`` (and with ``masks`` ``train_masks/``)
+    under ``out`` and the true labels in ``truth_dir(out)``; return a summary."""
+    check_release_settings(n_train, n_test, difficulty, label_noise, masks, workers)
     out = Path(out)
     kinds_named = kinds_of(difficulty)
     workers = workers or min(4, os.cpu_count() or 1)
