@@ -185,11 +185,15 @@ def test_audit_options_and_files_out_of_range_stop_with_one_message(tmp_path):
     run_dir.mkdir()
     oof = run_dir / "oof_predictions.csv"
     oof.write_text("ID,label,prob,filtered,fold,network_prob\nA,1,0.9,False,0,0.9\nB,0,0.1,False,1,0.1\n")
-    for options, message in [((0, 12), "top must be null or an integer >= 1, got 0"),
-                             ((True, 12), "top must be null or an integer >= 1, got True"),
-                             ((None, -1), "figure_top must be an integer >= 0, got -1")]:
+    cleanlab_choices = {"filter_by": "prune_by_noise_rate", "rank_by": "self_confidence"}
+    for options, choices, message in [
+            ((0, 12), {}, "top must be null or an integer >= 1, got 0"),
+            ((True, 12), {}, "top must be null or an integer >= 1, got True"),
+            ((None, -1), {}, "figure_top must be an integer >= 0, got -1"),
+            ((None, 12), {"rank_by": "x"}, "rank_by must be one of self_confidence, normalized_margin, "),
+            ((None, 12), {"filter_by": "x"}, "filter_by must be one of prune_by_noise_rate, prune_by_class, ")]:
         with pytest.raises(ConfigError, match=message):
-            check_options(run_dir, "both", *options, run_dir / "audit")
+            check_options(run_dir, "both", *options, run_dir / "audit", **{**cleanlab_choices, **choices})
     assert read_oof(run_dir, "network")["p"].tolist() == [0.9, 0.1]
     with pytest.raises(RunError, match=r"no features_score for every image \(the run has no features classifier"):
         read_oof(run_dir, "both")  # a run trained with filter=none

@@ -394,6 +394,11 @@ def test_outputs_that_cannot_be_written_are_one_line(trained, tmp_path):
         (tmp_path / "locked").mkdir(mode=0o500)
         line = one_error_line(run("predict.py", f"run_dir={run_dir}", f"out={tmp_path / 'locked' / 'p'}", env=env))
         assert "cannot be written to (permission denied)" in line
+    if Path("/proc/self").is_dir():  # a folder that exists and that even root cannot make folders in
+        line = one_error_line(run("predict.py", f"run_dir={run_dir}", "out=/proc/landslide-out", env=env))
+        assert line.endswith("out=/proc/landslide-out: /proc cannot be written to (No such file or directory)")
+        line = one_error_line(run("train.py", "debug=tiny", "hydra.run.dir=/proc/landslide-run", env=env))
+        assert "hydra.run.dir=/proc/landslide-run: /proc cannot be written to" in line
 
 
 def test_init_weights_of_another_band_set_is_one_line(trained, tmp_path):

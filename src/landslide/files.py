@@ -9,6 +9,7 @@ import logging
 import os
 import re
 import shutil
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -207,5 +208,9 @@ def check_writable(option: str, path: Path | str, folder: bool) -> None:
         raise ConfigError(f"{option}={path}: {base} is a file, not a folder")
     if not os.access(base, os.W_OK | os.X_OK):
         raise ConfigError(f"{option}={path}: {base} cannot be written to (permission denied)")
+    try:  # what os.access cannot tell: a read-only file system, a pseudo file system, root's "yes" to everything
+        os.rmdir(tempfile.mkdtemp(prefix=".landslide-write-check-", dir=base))
+    except OSError as err:
+        raise ConfigError(f"{option}={path}: {base} cannot be written to ({err.strerror or first_line(err)})") from None
     if path.exists() and not os.access(path, os.W_OK):
         raise ConfigError(f"{option}={path}: cannot be written to (read-only)")

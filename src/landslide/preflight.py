@@ -158,7 +158,8 @@ def check_map(cfg: DictConfig) -> None:
 def check_audit(cfg: DictConfig) -> None:
     from landslide.audit import check_options
 
-    check_options(cfg.run_dir, cfg.source, cfg.top, cfg.figure_top, cfg.out)
+    check_options(cfg.run_dir, cfg.source, cfg.top, cfg.figure_top, cfg.out, filter_by=cfg.filter_by,
+                  rank_by=cfg.rank_by)
     if cfg.get("truth") and not Path(cfg.truth).is_file():
         raise ConfigError(f"truth={cfg.truth}: not found")
 

@@ -35,14 +35,23 @@ log = logging.getLogger("landslide.audit")
 
 #: ``source`` -> the ``oof_predictions.csv`` columns it averages
 SOURCES = {"network": ("network_prob",), "features": ("features_score",), "both": ("network_prob", "features_score")}
+#: cleanlab's choices: which images ``find_label_issues`` flags, and how ``get_label_quality_scores`` ranks them
+FILTER_BY = ("prune_by_noise_rate", "prune_by_class", "both", "confident_learning", "predicted_neq_given",
+             "low_normalized_margin", "low_self_confidence")
+RANK_BY = ("self_confidence", "normalized_margin", "confidence_weighted_entropy")
 ISSUES_FILE, FIGURE_FILE, SUMMARY_FILE = "label_issues.csv", "label_issues.png", "audit_summary.json"
 
 
-def check_options(run_dir: Path | str, source: str, top: int | None, figure_top: int, out: Path | str) -> None:
+def check_options(run_dir: Path | str, source: str, top: int | None, figure_top: int, out: Path | str, *,
+                  filter_by: str, rank_by: str) -> None:
     """Stop with one line on an option out of range, a run directory without out-of-fold predictions or an ``out``
     among a training run's files (before any output folder is made: the command's preflight calls this too)."""
     if source not in SOURCES:
         raise ConfigError(f"source must be one of {', '.join(SOURCES)}, got {source!r}")
+    if filter_by not in FILTER_BY:
+        raise ConfigError(f"filter_by must be one of {', '.join(FILTER_BY)}, got {filter_by!r}")
+    if rank_by not in RANK_BY:
+        raise ConfigError(f"rank_by must be one of {', '.join(RANK_BY)}, got {rank_by!r}")
     if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
         raise ConfigError(f"top must be null or an integer >= 1, got {top!r}")
     if isinstance(figure_top, bool) or not isinstance(figure_top, int) or figure_top < 0:
@@ -185,7 +194,7 @@ def audit(run_dir: Path | str, out: Path | str, *, source: str, top: int | None,
           figure_top: int, truth: str | None, data_root: str | None) -> dict:
     """Rank the run's training images by label quality; write the list, the figure and a summary; return it."""
     run_dir, out = Path(run_dir), Path(out)
-    check_options(run_dir, source, top, figure_top, out)
+    check_options(run_dir, source, top, figure_top, out, filter_by=filter_by, rank_by=rank_by)
     oof = read_oof(run_dir, source)
     root, cloud = run_data(run_dir, data_root)
     labels = oof.label.to_numpy().astype(int)
