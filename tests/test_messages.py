@@ -364,6 +364,22 @@ def test_a_damaged_last_checkpoint_on_resume_is_one_line(trained, tmp_path):
     assert not (tmp_path / "pwned.txt").exists()
 
 
+def test_a_checkpoint_of_another_network_in_a_run_is_one_line(trained, tmp_path):
+    """A fold's model.ckpt copied in from another run (here: the same weights recorded without centring) is not
+    mixed into the ensemble."""
+    run_dir, env = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = sorted(copy.glob("folds/fold_*/model.ckpt"))[-1]
+    ckpt = torch.load(path, weights_only=True)
+    recorded = ckpt["hyper_parameters"]["net"]["centre"]
+    ckpt["hyper_parameters"]["net"]["centre"] = not recorded
+    torch.save(ckpt, path)
+    line = one_error_line(run("predict.py", f"run_dir={copy}", f"out={tmp_path / 'p'}", env=env))
+    said = f"centre={not recorded!r} (the run recorded {recorded!r})"
+    assert f"{path}: another network than the run recorded: {said}" in line
+
+
 def test_a_damaged_cv_summary_is_one_line(trained, tmp_path):
     run_dir, env = trained
     copy = tmp_path / "run"

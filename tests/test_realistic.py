@@ -72,3 +72,17 @@ def test_cli_refuses_counts_that_write_nothing(option, value, message, tmp_path,
     with pytest.raises(SystemExit) as done:
         main([part for pair in args.items() for part in pair])
     assert done.value.code == 2 and message in capsys.readouterr().err and not (tmp_path / "r").exists()
+
+
+def test_cli_writes_only_into_a_new_or_empty_folder(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "Train.csv").write_text("ID,label\nmine,1\n")
+    (tmp_path / "file").write_text("a file")
+    for out, message in [(tmp_path / "full", "not empty"), (tmp_path / "file", "a file; name a folder")]:
+        with pytest.raises(SystemExit) as done:
+            main(["--out", str(out), "--n-train", "10", "--n-test", "4", "--workers", "1"])
+        assert done.value.code == 2 and f"--out {out}: {message}" in capsys.readouterr().err
+    assert (tmp_path / "full" / "Train.csv").read_text() == "ID,label\nmine,1\n"
+    (tmp_path / "empty").mkdir()
+    main(["--out", str(tmp_path / "empty"), "--n-train", "10", "--n-test", "4", "--workers", "1"])
+    assert (tmp_path / "empty" / "Train.csv").is_file()

@@ -361,6 +361,16 @@ def test_a_map_stopped_while_moving_its_files_in_leaves_no_complete_set(trained,
     assert not [p.name for p in tmp_path.iterdir() if ".tmp-" in p.name]
 
 
+def test_a_scene_cut_short_is_one_line(trained, scene, tmp_path):
+    """A GeoTIFF whose header reads but whose pixels stop part way (an interrupted download)."""
+    run_dir, env = trained
+    cut = tmp_path / "cut.tif"
+    cut.write_bytes(scene.read_bytes()[: scene.stat().st_size // 3])
+    line = one_error_line(run("map.py", f"run_dir={run_dir}", f"scene={cut}", f"out={tmp_path / 'm.tif'}", env=env))
+    assert f"{cut}: rows " in line and "cannot be read; the file is truncated or damaged" in line
+    assert not (tmp_path / "m.tif").exists()
+
+
 @pytest.mark.parametrize("outputs, message", [
     (["out={scene}"], "out={scene} would overwrite the input scene={scene}"),
     (["out={tmp}/m.tif", "figure={scene}"], "figure={scene} would overwrite the input scene={scene}"),
@@ -368,6 +378,8 @@ def test_a_map_stopped_while_moving_its_files_in_leaves_no_complete_set(trained,
     (["out={tmp}/m.tif", "vector={tmp}/m.json"], "summary={tmp}/m.json and vector={tmp}/m.json name the same"),
     (["out={tmp}/m.tif", "vector={tmp}/m.tif"], "vector={tmp}/m.tif and out={tmp}/m.tif name the same file"),
     (["out={tmp}/m.tif", "summary={tmp}/s.json", "figure={tmp}/s.json"], "figure={tmp}/s.json and summary="),
+    (["out={tmp}/m.tif", "figure={tmp}/m.xyz"], "figure={tmp}/m.xyz: the map's figure is a PNG; name it <name>.png"),
+    (["out={tmp}/m.tif", "figure={tmp}/new/fig"], "figure={tmp}/new/fig: the map's figure is a PNG"),
 ])
 def test_map_outputs_never_overwrite_inputs_or_each_other(trained, scene, tmp_path, outputs, message):
     run_dir, env = trained

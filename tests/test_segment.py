@@ -258,9 +258,13 @@ def test_a_run_without_pixel_supervision_stops_segment_mode_with_one_line(segmen
     classifier = LandslideModule({"_target_": "landslide.models.plain.PlainCNN", "stages": [[4]]}, **kw, loss="bce",
                                  pos_weight=1.0, focal_gamma=2.0, focal_alpha=0.75, channels_last=False,
                                  compile=False, pixel_weight=0.0)
+    record_file = copy / "run.json"
+    record = json.loads(record_file.read_text())
     for module, why in ((classifier, "PlainCNN gives no pixel map"),
                         (trained, "SegmentUNet was trained without slide masks")):
         _save(module, checkpoint, **({"pixel_weight": 0.0} if module is trained else {}))
+        record["config"]["model"]["net"] = dict(module.hparams["net"])  # the run records the network it holds
+        record_file.write_text(json.dumps(record))
         out = tmp_path / "map.tif"
         done = entry.run("map.py", f"run_dir={copy}", f"scene={scene}", f"out={out}", "mode=segment",
                          "progress=false", f"hydra.run.dir={tmp_path / 'hydra'}", env=_env(root), check=False)

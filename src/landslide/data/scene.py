@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from landslide.bands import PATCH_SIZE, RAW_NAMES
-from landslide.errors import SceneError
+from landslide.errors import SceneError, first_line
 from landslide.geo import import_rasterio
 
 #: metres per degree of latitude (and of longitude at the equator), for scenes in geographic coordinates
@@ -106,11 +106,16 @@ class SceneReader:
 
     def read_rows(self, top: int, bottom: int) -> tuple[np.ndarray, np.ndarray]:
         """Rows ``[top, bottom)``: raw bands (rows, width, 12) float32 and valid (rows, width) bool."""
+        from rasterio.errors import RasterioIOError
         from rasterio.windows import Window
 
         window = Window(0, top, self.info.width, bottom - top)
-        data = self.dataset.read(self.indexes, window=window, out_dtype="float32")
-        valid = (self.dataset.read_masks(self.indexes, window=window) > 0).all(axis=0)
+        try:
+            data = self.dataset.read(self.indexes, window=window, out_dtype="float32")
+            valid = (self.dataset.read_masks(self.indexes, window=window) > 0).all(axis=0)
+        except RasterioIOError as err:  # a file cut short or damaged past its header
+            raise SceneError(f"{self.path}: rows {top}-{bottom} cannot be read; the file is truncated or damaged "
+                             f"({first_line(err)})") from None
         valid &= np.isfinite(data).all(axis=0)
         self.rows_read += bottom - top
         return np.ascontiguousarray(np.moveaxis(data, 0, -1)), valid

@@ -133,6 +133,18 @@ def write_submission(path: Path, ids: list[str], labels: np.ndarray, expected: l
     pd.DataFrame({"ID": ids, "label": np.asarray(labels).astype(int)}).to_csv(path, index=False)
 
 
+def check_recorded_network(path: Path, net: Any, config: dict) -> None:
+    """Stop when a fold's checkpoint holds another network than the run recorded (``model.net``): its class, or a
+    setting both name with different values (a checkpoint copied in from another run)."""
+    recorded = (config.get("model") or {}).get("net")
+    if not isinstance(recorded, dict) or not isinstance(net, dict):
+        return  # an older run without the record: nothing to compare
+    differ = [k for k in recorded if k in net and net[k] != recorded[k]]
+    if differ:
+        said = "; ".join(f"{k}={net[k]!r} (the run recorded {recorded[k]!r})" for k in differ)
+        raise RunError(f"{path}: another network than the run recorded: {said}")
+
+
 class FoldEnsemble:
     """A run's fold models, filters and thresholds, loaded once (safely: see :mod:`landslide.checkpoint`); predicts
     batches of 13-channel images as the run recorded (TTA, precision) unless ``tta``/``precision`` override it.
@@ -152,6 +164,8 @@ class FoldEnsemble:
         self.bf16 = str(self.settings["precision"]).startswith("bf16") and bf16_supported(self.device.type)
         self.batch_size = batch_size
         self.modules = [load_module(fold_dir / "model.ckpt", self.device) for fold_dir in self.fold_dirs]
+        for fold_dir, module in zip(self.fold_dirs, self.modules):
+            check_recorded_network(fold_dir / "model.ckpt", module.hparams.get("net"), self.config)
         channels = list(self.modules[0].channels)
         for fold_dir, module in zip(self.fold_dirs, self.modules):
             if list(module.channels) != channels:

@@ -153,5 +153,7 @@ def check_map_outputs(outputs: dict[str, Path], inputs: dict[str, Path | str | N
             raise ConfigError(f"{option}={path} and {other}={outputs[other]} name the same file; each output needs "
                               "its own")
         seen[resolved] = option
+        if option == "figure" and path.suffix.lower() != ".png":
+            raise ConfigError(f"figure={path}: the map's figure is a PNG; name it <name>.png")
         check_not_in_run_records(option, path, folder=False)
         check_writable(option, path, folder=False)

@@ -81,6 +81,6 @@ def plot_scene_map(scene: Path | str, prob_map: Path | str, path: Path | str | N
         axes[0].legend(loc="lower right", fontsize=8)
     if path is not None:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, dpi=110)
+        fig.savefig(path, dpi=110, format="png")  # by name, not by suffix: the path may be a staged temporary one
         plt.close(fig)
     return fig

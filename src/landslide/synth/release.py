@@ -185,6 +185,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--label-noise", type=float, default=0.0, help="share of wrong training labels")
     parser.add_argument("--masks", action="store_true", help="write the training patches' slide masks (scenes)")
     args = parser.parse_args(argv)
+    if args.out.exists() and not args.out.is_dir():
+        parser.error(f"--out {args.out}: a file; name a folder for the release")
+    if args.out.is_dir() and any(args.out.iterdir()):
+        parser.error(f"--out {args.out}: not empty; a release is written into a new (or empty) folder, so that no "
+                     "file of another one is replaced or left beside it")
     started = time.perf_counter()
     try:
         summary = generate_release(args.out, args.n_train, args.n_test, args.seed, args.workers, args.difficulty,
