@@ -7,7 +7,6 @@ import difflib
 import logging
 import os
 import re
-import secrets
 import sys
 import warnings
 from collections.abc import Callable
@@ -19,38 +18,12 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import first_line, print_error_line, user_errors
+from landslide.resolvers import register_resolvers
 from landslide.timing import PhaseTimer, phase
 
 STARTUP = "startup"  # a phase (landslide.timing): the imports and set-up before the command's work
 
 log = logging.getLogger(__name__)
-
-
-def _ensure_dir(path: str) -> str:
-    """Config resolver ``${ensure_dir:...}``: the folder, created if missing (e.g. for the Optuna storage)."""
-    Path(path).mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def _unique_id() -> str:
-    """Config resolver ``${unique_id:}``: this process's id and a random suffix, the same everywhere in one config
-    (cached): two commands started in the same second never share an output folder."""
-    return f"{os.getpid()}-{secrets.token_hex(2)}"
-
-
-def register_resolvers() -> None:
-    """``${ensure_dir:PATH}``, ``${best_precision:ACCELERATOR}``, ``${on_gpu:ACCELERATOR,GPU_VALUE,OTHER_VALUE}`` and
-    ``${unique_id:}`` for the configs."""
-    from landslide.hardware import best_precision, on_gpu
-
-    if not OmegaConf.has_resolver("ensure_dir"):
-        OmegaConf.register_new_resolver("ensure_dir", _ensure_dir)
-    if not OmegaConf.has_resolver("best_precision"):
-        OmegaConf.register_new_resolver("best_precision", best_precision)
-    if not OmegaConf.has_resolver("on_gpu"):
-        OmegaConf.register_new_resolver("on_gpu", on_gpu)
-    if not OmegaConf.has_resolver("unique_id"):
-        OmegaConf.register_new_resolver("unique_id", _unique_id, use_cache=True)
 
 
 register_resolvers()

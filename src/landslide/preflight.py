@@ -77,9 +77,10 @@ def check_train(cfg: DictConfig) -> None:
     check_options(cfg)
     root = Path(cfg.data.root)
     synthetic = cfg.data.get("synthetic")
-    generated = synthetic is not None and describes(root, OmegaConf.to_container(synthetic, resolve=True))
+    synthetic = None if synthetic is None else OmegaConf.to_container(synthetic, resolve=True)
+    generated = synthetic is not None and describes(root, synthetic)
     if generated:
-        wanted_release(OmegaConf.to_container(synthetic, resolve=True))  # settings no release can be made with
+        wanted_release(synthetic)  # settings no release can be made with
     if not generated and not (root / "Train.csv").is_file():
         where = "no folder" if not root.exists() else "no Train.csv"
         raise ReleaseError(f"data.root={root}: {where} there; data.root must be a release folder with Train.csv, "

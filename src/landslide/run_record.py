@@ -29,6 +29,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from landslide.errors import ConfigError, RunError
 from landslide.files import read_json, write_json, write_text
+from landslide.resolvers import register_resolvers
 from landslide.timing import OTHER, add_counts, add_phases
 
 log = logging.getLogger(__name__)
@@ -281,11 +282,7 @@ def _hydra_config(run_dir: Path) -> dict[str, Any]:
     acting = sorted({name for text in _strings(raw) for name in _RESOLVER.findall(text)} - _READ_ONLY_RESOLVERS)
     if acting:
         raise RunError(f"{path}: uses resolver(s) {acting}; a run's config is read with plain values only")
-    from landslide.hardware import best_precision, on_gpu
-
-    for name, resolver in (("best_precision", best_precision), ("on_gpu", on_gpu)):  # without landslide.cli imported
-        if not OmegaConf.has_resolver(name):
-            OmegaConf.register_new_resolver(name, resolver)
+    register_resolvers()  # also where no command registered them (aggregate, audit)
     cfg = OmegaConf.create(raw)
     for key in _UNREAD:
         parent, _, leaf = key.rpartition(".")

@@ -164,10 +164,9 @@ class FoldEnsemble:
         self.bf16 = str(self.settings["precision"]).startswith("bf16") and bf16_supported(self.device.type)
         self.batch_size = batch_size
         self.modules = [load_module(fold_dir / "model.ckpt", self.device) for fold_dir in self.fold_dirs]
-        for fold_dir, module in zip(self.fold_dirs, self.modules):
-            check_recorded_network(fold_dir / "model.ckpt", module.hparams.get("net"), self.config)
         channels = list(self.modules[0].channels)
         for fold_dir, module in zip(self.fold_dirs, self.modules):
+            check_recorded_network(fold_dir / "model.ckpt", module.hparams.get("net"), self.config)
             if list(module.channels) != channels:
                 raise RunError(f"{fold_dir / 'model.ckpt'}: trained on {module.channels}, fold 0 on {channels}")
         self.filters = [_fold_filter(fold_dir) for fold_dir in self.fold_dirs]
