@@ -12,13 +12,15 @@
 #      the training steps' images/s (full.json, full_cv_summary.json), and its test predictions (predict.py: the
 #      fold ensemble, 8 views, filter) scored on the clean labels (full_test.json, benchmarks/score_run.py)
 #   3. the same recipe without the filter (filter=none, as experiment=no_filter): no_filter*.json
-#   4. the default configuration (fusion_cnn and its settings) with the fast recipe's speed settings alone (batch 128,
-#      100 epochs, compiled, validation and last.ckpt every 10 epochs): fusion*.json
+#   4. the seed's network and recipe with the same speed settings (experiment=reference_fast, mm_fpn): reference*.json
 #   5. the training loops (benchmarks/throughput.py --bounds --stacked 10): loops.json
 # The recipe runs come one after another on one machine, so the first pays the cold caches (data, features,
 # Inductor's compiled graphs) and the later ones do not: compare energy between runs with that in mind.
 # Everything printed goes to OUT/suite.log; the figures to OUT/figures.tar.gz (replaced whole after each step, so a
 # run stopped from outside keeps what it measured). It exits 0 only if every step ran and succeeded.
+# RUNS replaces steps 2-4 with recipe runs of your own, one a line: NAME SCORE OVERRIDES... (SCORE 1: its test set
+# is predicted and scored; 0: not), e.g. RUNS=$'e100 1 experiment=fast trainer=gpu\ne40 1 experiment=fast trainer=gpu
+# trainer.max_epochs=40'; STATS=0 and LOOPS=0 leave steps 1 and 5 out.
 # N_TRAIN, N_TEST, EXTRA (overrides for every train.py run), RECIPE_MIN (seconds a recipe step needs, default 150)
 # and WORK (data, caches and runs; a new temporary folder by default) size it down for a try on a CPU, e.g.
 #   N_TRAIN=240 N_TEST=80 RECIPE="experiment=fast trainer=cpu" EXTRA="data.num_folds=2 trainer.max_epochs=1" \
@@ -93,20 +95,31 @@ root=$work/$family
 step generate 10 python benchmarks/accuracy.py --size gpu --families "$family" --models none --baselines none \
     --keep "$work" ${sizes[@]+"${sizes[@]}"}
 # 1. the statistics baseline on the same family, beside every score below
-step stats 10 python benchmarks/accuracy.py --size gpu --families "$family" --models none --baselines stats \
+[ "${STATS:-1}" = 0 ] || step stats 10 python benchmarks/accuracy.py --size gpu --families "$family" --models none --baselines stats \
     --keep "$work" ${sizes[@]+"${sizes[@]}"} --json "$figs/stats.json"
 save_figures
-# 2. the full recipe, with its phases, energy and GPU load, and its test set
-recipe_run full "${recipe[@]}"
-# 3. the same recipe without the filter (its energy against the filtered run's)
-SCORE=0 recipe_run no_filter "${recipe[@]}" filter=none
-# 4. the default configuration with the fast recipe's speed settings (the overrides undo the reference's others)
-recipe_run fusion "${recipe[@]}" model=fusion_cnn model.optimizer.lr=0.001 model.optimizer.weight_decay=0.0 \
-    model.pos_weight=1.0 data.augment.erase_p=0.0 model.net.head_units=0 model.net.head_dropout=0.0 \
-    filter.params.max_depth=3 filter.params.min_child_weight=3
+if [ -n "${RUNS:-}" ]; then  # the user's recipe runs instead of steps 2-4, read from descriptor 3 (not stdin)
+    while read -r -u 3 name score rest; do
+        [ -n "$name" ] || continue
+        read -ra overrides <<< "$rest"
+        SCORE=$score recipe_run "$name" ${overrides[@]+"${overrides[@]}"}
+    done 3<<< "$RUNS"
+else
+    # 2. the full recipe, with its phases, energy and GPU load, and its test set
+    recipe_run full "${recipe[@]}"
+    # 3. the same recipe without the filter (its energy against the filtered run's)
+    SCORE=0 recipe_run no_filter "${recipe[@]}" filter=none
+    # 4. the seed's network and recipe with the same speed settings (one experiment= a run: the recipe's others kept)
+    reference=()
+    for option in "${recipe[@]}"; do
+        [ "$option" = experiment=fast ] && option=experiment=reference_fast
+        reference+=("$option")
+    done
+    recipe_run reference "${reference[@]}"
+fi
 # 5. the training loops: reference, framework path, bare step, 10 folds stacked
 rm -rf "${work:?}/loops"
-step loops 60 python benchmarks/throughput.py --bounds --stacked 10 --data-root "$root" --out "$work/loops" \
+[ "${LOOPS:-1}" = 0 ] || step loops 60 python benchmarks/throughput.py --bounds --stacked 10 --data-root "$root" --out "$work/loops" \
     --seconds 6 --epochs 3
 cp "$work/loops/bench.json" "$figs/loops.json" 2>/dev/null
 save_figures

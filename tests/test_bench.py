@@ -168,3 +168,34 @@ def test_the_gpu_suite_refuses_a_deadline_that_is_not_a_number(tmp_path):
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "out"), "5.5"],
                           capture_output=True, text=True)
     assert done.returncode == 2 and "whole number" in done.stderr and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow  # two recipe runs of the user's own at tiny sizes on the CPU
+def test_the_gpu_suite_runs_the_recipes_it_is_given(tmp_path):
+    out = tmp_path / "out"
+    env = {**os.environ, "N_TRAIN": "160", "N_TEST": "60", "WORK": str(tmp_path / "work"), "RECIPE_MIN": "10",
+           "STATS": "0", "LOOPS": "0", "RUNS": "one 1 debug=tiny\n\nplain 0 debug=tiny filter=none"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(out), "400"], env=env,
+                          capture_output=True, text=True)
+    log = (out / "suite.log").read_text()
+    assert done.returncode == 0, log
+    for name in ("generate", "one", "one_predict", "one_score", "plain"):
+        assert f"== {name}: exit 0" in log
+    assert "== stats" not in log and "== loops" not in log and "== plain_predict" not in log
+    with tarfile.open(out / "figures.tar.gz") as tar:
+        names = {Path(n).name for n in tar.getnames()}
+    assert names == {"", "one.json", "one_cv_summary.json", "one_test.json", "plain.json", "plain_cv_summary.json"}
+
+
+def test_the_step_profile_times_each_variant(tmp_path, capsys):
+    """The stacked training step's variants, uncompiled, at tiny sizes: each gives images/s or its error."""
+    result = runpy.run_path(str(REPO / "benchmarks" / "step_profile.py"), run_name="step_profile")["main"](
+        ["--device", "cpu", "--networks", "fusion_cnn", "--variants", "stacked_eager,single,unknown", "--folds", "2",
+         "--batch", "4", "--seconds", "0.2", "--profile", "--json", str(tmp_path / "p.json")])
+    runs = result["runs"]
+    assert runs["fusion_cnn/stacked_eager"]["images_per_s"] > 0 and runs["fusion_cnn/single"]["images_per_s"] > 0
+    assert runs["fusion_cnn/unknown"]["error"] == "ValueError: unknown variant unknown"
+    profile = runs["fusion_cnn/stacked_eager"]["profile"]
+    assert profile["wall_per_step_ms"] > 0 and profile["top"]
+    assert json.loads((tmp_path / "p.json").read_text())["runs"].keys() == runs.keys()
+    assert "fusion_cnn/single" in capsys.readouterr().out

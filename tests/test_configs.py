@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 import entry
 from conftest import REPO
@@ -18,8 +19,9 @@ CONFIGS = str(REPO / "configs")
 GROUP_CHOICES = [
     [], ["model=mm_cnn"], ["filter=none"], ["trainer=cpu"], ["trainer=gpu"], ["logger=tensorboard"],
     ["logger=wandb"], ["logger=many"], ["callbacks=none"], ["debug=tiny"], ["debug=fast"],
-    ["experiment=reference"], ["experiment=final"], ["experiment=fpn"], ["experiment=fast"], ["experiment=no_fpn"],
-    ["experiment=no_filter"], ["experiment=only_sar"], ["experiment=only_optical"],
+    ["experiment=reference"], ["experiment=final"], ["experiment=fpn"], ["experiment=fast"],
+    ["experiment=reference_fast"], ["experiment=no_fpn"], ["experiment=no_filter"], ["experiment=only_sar"],
+    ["experiment=only_optical"],
     ["data.bands=sar", "data.fold=3", "seed=7"], ["model=seed_fpn", "experiment=reference"],
     ["data=realistic", "filter.max_positive_loss=0.05"], ["data=scenes"],
 ]
@@ -62,6 +64,26 @@ def test_experiment_presets_change_what_they_say():
                 preset.data.augment.erase_p) == (2e-3, 1e-4, 2.0, 0.5)
     assert no_fpn.name == "no_fpn" and fpn.name == "fpn"
     assert no_filter.filter._target_.endswith("KeepAll")
+
+
+def test_the_fast_recipe_is_the_default_at_release_scale():
+    """experiment=fast: the default network and recipe with 100 epochs and the speed settings alone;
+    experiment=reference_fast: the seed's network and recipe with the same speed settings."""
+    with initialize_config_dir(CONFIGS, version_base="1.3"):
+        default = compose("train")
+        fast = compose("train", overrides=["experiment=fast"])
+        reference = compose("train", overrides=["experiment=reference"])
+        reference_fast = compose("train", overrides=["experiment=reference_fast"])
+    speed = {"data.batch_size": 128, "model.compile": True, "model.channels_last": True,
+             "trainer.check_val_every_n_epoch": 10, "callbacks.last_checkpoint.every_n_epochs": 10}
+    for preset in (fast, reference_fast):
+        assert {key: OmegaConf.select(preset, key) for key in speed} == speed
+        assert (preset.trainer.max_epochs, preset.data.num_folds) == (100, 10)
+    assert fast.model.net == default.model.net and fast.model.optimizer == default.model.optimizer
+    assert (fast.model.pos_weight, fast.data.augment, fast.filter) == (
+        default.model.pos_weight, default.data.augment, default.filter)
+    assert reference_fast.model.net == reference.model.net and reference_fast.model.optimizer.lr == 2e-3
+    assert (reference_fast.data.augment.erase_p, reference_fast.filter) == (0.5, reference.filter)
 
 
 @pytest.mark.parametrize("gpu", [False, True])
