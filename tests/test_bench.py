@@ -112,8 +112,8 @@ def test_gpu_monitor_integrates_power_and_reports_nothing_without_a_gpu():
 
 @pytest.mark.slow
 def test_the_full_recipe_says_where_its_seconds_went(tmp_path, tiny_release, capsys):
-    """``--only-full``'s record of train.py: its phases and the launch before train() add up to the command's wall,
-    and the training steps' rate is train.py's own count of their images over their seconds."""
+    """``--only-full``'s record of train.py: its phases, the launch included, and the exit after it add up to the
+    command's wall, and the training steps' rate is train.py's own count of their images over their seconds."""
     bench = load_benchmark()
     out = tmp_path / "bench"
     bench.main(["--only-full", "--data-root", str(tiny_release), "--out", str(out), "--full-overrides", "debug=tiny",
@@ -122,6 +122,7 @@ def test_the_full_recipe_says_where_its_seconds_went(tmp_path, tiny_release, cap
     result = json.loads((out / "bench.json").read_text())["full_recipe"]
     phases = result["phases"]
     assert phases["launch"] > 0 and {"startup", "filter", "first_step", "train_steps", "scoring"} <= set(phases)
+    assert phases["exit"] >= 0  # after the run: Hydra's job end and the interpreter's exit
     assert sum(phases.values()) == pytest.approx(result["wall_s"], rel=0.02)
     assert 0 < result["train_steps_share"] < 1 and result["run_dir_mb"] > 0
     summary = json.loads((out / "full_recipe" / "cv_summary.json").read_text())

@@ -25,6 +25,7 @@ from torchmetrics.functional.classification import (
 
 import entry
 from conftest import REPO, data_settings, env_for, seed_tiny_data
+from landslide import cli
 from landslide.callbacks.phases import TRAIN_STEP_IMAGES, FitPhases, batch_images
 from landslide.checkpoint import load_module
 from landslide.data.augment import BatchAugment
@@ -33,7 +34,7 @@ from landslide.data.preprocess import channel_stats, resident_channel_stats, to_
 from landslide.features import compute_features
 from landslide.metrics import binary_scores
 from landslide.synth.easy import generate_batch
-from landslide.timing import OTHER, PhaseTimer, add_phases, phase, timed
+from landslide.timing import OTHER, PhaseTimer, add_phases, phase, process_age, timed
 from landslide.training.fold import build_callbacks, fit_filters
 from landslide.training.loggers import EARLIER_METRICS, _restore_metrics
 
@@ -88,6 +89,25 @@ def test_phases_are_exclusive_and_add_up_to_the_wall():
     with phase("nothing active"):  # a library call without a timer records nothing
         pass
     assert add_phases({"a": 1.0, OTHER: 2.0}, {"b": 0.5, "a": 1.0}) == {"a": 2.0, "b": 0.5, OTHER: 2.0}
+
+
+def test_the_launch_before_a_timer_counts_in_its_wall_and_phases(monkeypatch):
+    clock = Clock()
+    timer = PhaseTimer(clock=clock)
+    timer.add_before("launch", 4.5)
+    timer.add_before("ignored", None)  # the system could not tell
+    with timer.activate(), phase("work"):
+        clock.sleep(2)
+    assert timer.report()["wall_seconds"] == 6.5 and timer.report()["phases"] == {"launch": 4.5, "work": 2.0,
+                                                                                  OTHER: 0.0}
+    assert 0 < process_age() < 24 * 3600
+    # a command counts the launch only when run as one (run_command), once a process: not in a session that ran
+    # other things, not again in a multirun's later jobs
+    monkeypatch.setattr(cli, "_count_launch", False)
+    assert "launch" not in cli.command_timer().seconds
+    monkeypatch.setattr(cli, "_count_launch", True)
+    assert cli.command_timer().seconds["launch"] == pytest.approx(process_age(), abs=1.0)
+    assert "launch" not in cli.command_timer().seconds
 
 
 def test_fit_phases_count_the_images_of_the_training_steps_after_the_first():
@@ -223,12 +243,13 @@ def test_the_phases_of_a_run_add_up_to_its_wall_time(timed_run):
     run_dir, _ = timed_run
     summary = json.loads((run_dir / "cv_summary.json").read_text())
     phases, wall = summary["phases"], summary["wall_seconds"]
-    expected = {"startup", "energy", "data", "features", "filter", "statistics", "setup", "lightning", "first_step",
-                "train_steps", "validation", "checkpoints", "scoring", "loggers", "summary", OTHER}
+    expected = {"launch", "startup", "energy", "data", "features", "filter", "statistics", "setup", "lightning",
+                "first_step", "train_steps", "validation", "checkpoints", "scoring", "loggers", "summary", OTHER}
     assert expected <= set(phases), set(phases) ^ expected
     assert sum(phases.values()) == pytest.approx(wall, rel=0.02)
     assert phases[OTHER] <= max(0.02 * wall, 0.1)  # next to nothing outside a named phase (a tiny run: 0.1 s)
     assert all(v >= 0 for v in phases.values()) and phases["train_steps"] > 0
+    assert 0.5 < phases["launch"] < wall  # the interpreter, imports, Hydra and the preflight before the run
     record = json.loads((run_dir / "run.json").read_text())["invocations"][-1]
     assert record["phases"] == phases and record["wall_seconds"] == pytest.approx(wall, abs=0.01)
     # the training steps' images: each fold's epochs of round(kept / batch) batches of min(batch, kept) images (the

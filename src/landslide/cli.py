@@ -19,7 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import first_line, print_error_line, user_errors
 from landslide.resolvers import register_resolvers
-from landslide.timing import PhaseTimer, phase
+from landslide.timing import LAUNCH, PhaseTimer, phase, process_age
 
 STARTUP = "startup"  # a phase (landslide.timing): the imports and set-up before the command's work
 
@@ -85,9 +85,25 @@ def _trust(cfg: DictConfig) -> None:
         raise ConfigError(f"trusted_networks: {err}") from None
 
 
+#: whether the next command's timer counts the launch (set by :func:`run_command`; a command called in a process
+#: that ran other things, e.g. a test session, does not)
+_count_launch = False
+
+
+def command_timer() -> PhaseTimer:
+    """The command's phase timer; the first command of a process run by :func:`run_command` (a multirun's first
+    job) starts it with the launch: the interpreter, imports, Hydra and the preflight."""
+    global _count_launch
+    timer = PhaseTimer()
+    if _count_launch:
+        timer.add_before(LAUNCH, process_age())
+        _count_launch = False
+    return timer
+
+
 def train(cfg: DictConfig) -> float | None:
     """Train the two-stage pipeline over the folds; return the out-of-fold F1 (the value sweepers optimise)."""
-    with PhaseTimer().activate() as timer:
+    with command_timer().activate() as timer:
         with phase(STARTUP):  # the heavy imports, the config printed, the seeds
             import lightning as L
 
@@ -114,7 +130,7 @@ def train(cfg: DictConfig) -> float | None:
 
 def predict(cfg: DictConfig) -> dict:
     """Predict a test set with a training run's fold ensemble."""
-    with PhaseTimer().activate() as timer:
+    with command_timer().activate() as timer:
         with phase(STARTUP):
             from landslide.hardware import cuda_sync
             from landslide.inference.ensemble import predict_run
@@ -136,7 +152,7 @@ def predict(cfg: DictConfig) -> dict:
 
 def make_map(cfg: DictConfig) -> dict:
     """Map a scene with a training run's fold ensemble: probability COG, optional polygons and figure, summary."""
-    with PhaseTimer().activate() as timer:
+    with command_timer().activate() as timer:
         with phase(STARTUP):
             from landslide.hardware import cuda_sync
 
@@ -227,6 +243,8 @@ def run_command(main: Callable[[], Any], config_name: str) -> None:
     group lacks, stops with one line that names what was meant (exit 2) instead of Hydra's report."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
+    global _count_launch
+    _count_launch = True  # the first command's timer counts the seconds since the process started
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     if full_error == "1":  # the user asked for Hydra's own report
         main()

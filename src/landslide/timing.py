@@ -19,6 +19,8 @@ from contextlib import contextmanager, nullcontext
 from typing import Any, TypeVar
 
 OTHER = "other"
+#: the interpreter, the imports, Hydra's composition and the preflight: from the process's start to the command
+LAUNCH = "launch"
 T = TypeVar("T")
 
 
@@ -87,6 +89,13 @@ class PhaseTimer:
         finally:
             _active = previous
 
+    def add_before(self, name: str, seconds: float | None) -> None:
+        """Count ``seconds`` that passed before this timer started (e.g. the process's launch) as phase ``name``,
+        and in the wall time."""
+        if seconds is not None and seconds > 0:
+            self.seconds[name] = self.seconds.get(name, 0.0) + seconds
+            self._started -= seconds
+
     def wall(self) -> float:
         return self.clock() - self._started
 
@@ -101,6 +110,16 @@ class PhaseTimer:
 
 
 _active: PhaseTimer | None = None
+
+
+def process_age() -> float | None:
+    """Seconds since this process started (None where the system does not say)."""
+    try:
+        import psutil
+
+        return max(0.0, time.time() - psutil.Process().create_time())
+    except Exception:  # psutil missing or refused: the launch is not counted
+        return None
 
 
 def active_timer() -> PhaseTimer | None:
