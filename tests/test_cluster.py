@@ -13,6 +13,7 @@ import pytest
 
 import entry
 from conftest import seed_tiny_data
+from landslide.training.aggregate import aggregate as merge
 from wandb_records import read_runs
 
 pytest.importorskip("hydra_plugins.hydra_joblib_launcher")
@@ -41,7 +42,7 @@ def refusal(done: subprocess.CompletedProcess) -> str:
 # Hydra's basic launcher runs the jobs one after another in this process; joblib's run together in processes of
 # their own, both starting on no data (one makes it and its cache, the other waits for them): under -m slow
 @pytest.mark.parametrize("launcher", ["basic", pytest.param("joblib", marks=pytest.mark.slow)])
-def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_path):
+def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_path, monkeypatch):
     env = {**bare_env, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     if launcher == "basic":
         seed_tiny_data(tiny_data, tmp_path)
@@ -95,7 +96,37 @@ def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_p
     (broken / "folds" / "fold_1" / "result.json").write_text("{}")
     line = refusal(aggregate(jobs[0], broken, "--out", tmp_path / "m4", env=env, check=False))
     assert str(broken) in line and "seed 42 -> 7" in line
-    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 5))
+    # a fold result that lacks what the summary reads, or points outside the training images: the job's own file
+    # named, before anything is written
+    damaged = tmp_path / "damaged"
+    shutil.copytree(jobs[1], damaged)
+    result_path = damaged / "folds" / "fold_1" / "result.json"
+    result = json.loads(result_path.read_text())
+    for change, expected in ((lambda r: r["filter"]["val"].pop("n"), "filter figures"),
+                             (lambda r: r["oof"]["index"].append(10**6), "oof.index"),
+                             (lambda r: r["oof"]["prob"].pop(), "oof.prob is not a list as long as oof.index")):
+        broken_result = json.loads(json.dumps(result))
+        change(broken_result)
+        result_path.write_text(json.dumps(broken_result))
+        line = refusal(aggregate(jobs[0], damaged, "--out", tmp_path / "m5", env=env, check=False))
+        assert f"] {result_path}: " in line and expected in line, line
+    # an --out that holds other files is not written into
+    (tmp_path / "m6").mkdir()
+    (tmp_path / "m6" / "notes.txt").write_text("mine")
+    assert "is not empty" in refusal(aggregate(*jobs, "--out", tmp_path / "m6", env=env, check=False))
+    assert [p.name for p in (tmp_path / "m6").iterdir()] == ["notes.txt"]
+    assert not any((tmp_path / f"m{i}").exists() for i in range(1, 6))
+    assert not list(tmp_path.glob(".m*.tmp-*"))  # no half-merged folder left beside them
+
+    # a failure while the merged run is written leaves neither --out nor its temporary folder
+    def failing(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("landslide.training.cv.write_oof", failing)
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError, match="disk full"):
+        merge(jobs, tmp_path / "m7")
+    assert not (tmp_path / "m7").exists() and not list(tmp_path.glob(".m7.tmp-*"))
 
 
 def test_slurm_launcher_composes_with_overrides(bare_env):

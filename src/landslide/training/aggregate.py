@@ -18,6 +18,7 @@ import argparse
 import copy
 import inspect
 import logging
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,7 +28,7 @@ from omegaconf import OmegaConf
 
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import RunError, first_line, print_error_line, user_errors
-from landslide.files import read_json, write_json, write_text
+from landslide.files import read_json, temporary_path, write_json, write_text
 from landslide.run_record import (
     MANIFEST,
     RunManifest,
@@ -186,8 +187,7 @@ def _copy_fold(job: Job, fold: int, out: Path) -> None:
 
 def aggregate(folders: list[Path], out: Path) -> dict:
     """Write the merged run directory ``out``; return its CV summary."""
-    from landslide.training.cv import folder_bytes, training_rate, write_oof
-    from landslide.training.summary import print_summary, summarise
+    from landslide.training.summary import check_result, print_summary
 
     if (out / MANIFEST).is_file():  # the output first: a wrong --out is named before any job is read
         raise RunError(f"{out / MANIFEST}: {out} already holds a run; choose another --out")
@@ -198,17 +198,50 @@ def aggregate(folders: list[Path], out: Path) -> dict:
             raise RunError(f"--out {out}: {'is' if target == source else 'lies in or holds'} the folder {given} it "
                            "merges (a later aggregate or report would take the merged run for a job); choose a "
                            "folder outside it")
+    if out.exists() and not (out.is_dir() and not any(out.iterdir())):
+        raise RunError(f"--out {out}: {'is not a folder' if not out.is_dir() else 'is not empty'}; the merged run "
+                       "is written into a new or empty folder")
     jobs, owner = collect(job_folders([Path(f) for f in folders]))
     first = jobs[0]
     config = copy.deepcopy(first.config)
     config["data"]["fold"] = None
     dm = labelled_data(config, recorded_fingerprint(first.folder), first.folder / MANIFEST)
+    results = []  # read and checked in the jobs' folders, before anything is written
+    for fold, job in sorted(owner.items()):
+        path = job.folder / "folds" / f"fold_{fold}" / "result.json"
+        results.append(check_result(read_json(path), fold, len(dm.labels), path))
 
+    # written into a temporary folder beside --out and renamed to it whole: a failure leaves no half-merged run
+    out.parent.mkdir(parents=True, exist_ok=True)
+    building = temporary_path(out)
+    shutil.rmtree(building, ignore_errors=True)
+    try:
+        summary = _write_merged(jobs, owner, config, dm, results, building)
+        if out.exists():
+            out.rmdir()  # empty (checked above)
+        os.replace(building, out)
+    finally:
+        shutil.rmtree(building, ignore_errors=True)
+    loggers = run_loggers(config, out, first.folder / MANIFEST)
+    if loggers or config.get("log_figures"):  # figures, the merged run's W&B run and TensorBoard session
+        log_run(OmegaConf.create({**config, "logger": loggers}), out, dm)
+    print_summary(summary)
+    log.info("merged %d fold(s) from %d job(s) into %s", len(owner), len(jobs), out)
+    return summary
+
+
+def _write_merged(jobs: list[Job], owner: dict[int, Job], config: dict, dm: LandslideDataModule,
+                  results: list[dict], out: Path) -> dict:
+    """The merged run directory's files in ``out``: the folds copied, the config, ``run.json``, the summary and the
+    out-of-fold predictions; return the summary."""
+    from landslide.training.cv import folder_bytes, training_rate, write_oof
+    from landslide.training.summary import summarise
+
+    first = jobs[0]
     for fold, job in sorted(owner.items()):
         _copy_fold(job, fold, out)
     config_text = OmegaConf.to_yaml(config)  # plain values (no interpolation is left in a recorded config)
     write_text(out / ".hydra" / "config.yaml", config_text)
-    results = [read_json(out / "folds" / f"fold_{fold}" / "result.json") for fold in sorted(owner)]
 
     record = RunManifest(out)
     record.data = {
@@ -228,11 +261,6 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     summary["run_dir_mb"] = round(folder_bytes(out) / 1e6, 1)
     write_json(out / "cv_summary.json", summary)
     record.save()  # last: a folder with run.json is a finished merge
-    loggers = run_loggers(config, out, first.folder / MANIFEST)
-    if loggers or config.get("log_figures"):  # figures, the merged run's W&B run and TensorBoard session
-        log_run(OmegaConf.create({**config, "logger": loggers}), out, dm)
-    print_summary(summary)
-    log.info("merged %d fold(s) from %d job(s) into %s", len(owner), len(jobs), out)
     return summary
 
 

@@ -17,6 +17,49 @@ from landslide.timing import phase_table
 log = logging.getLogger(__name__)
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_result(result: Any, fold: int, n_images: int, path: Any) -> dict:
+    """``result`` (a fold's ``result.json``, read from ``path``) if it holds what :func:`summarise` and the
+    out-of-fold file read: this fold's number, the filter's figures and, for a trained fold, out-of-fold indices into
+    the ``n_images`` training images with a probability and a keep flag each; else one :class:`RunError` line."""
+    from landslide.errors import RunError
+
+    def bad(what: str) -> RunError:
+        return RunError(f"{path}: {what}; is it a fold result written by train.py?")
+
+    if not isinstance(result, dict):
+        raise bad("holds no fold result")
+    if result.get("fold") != fold:
+        raise bad(f"is the result of fold {result.get('fold')!r}, not of fold {fold}")
+    filt = result.get("filter")
+    val = filt.get("val") if isinstance(filt, dict) else None
+    train = filt.get("train") if isinstance(filt, dict) else None
+    wanted = ("filtered_fraction", "negatives_filtered", "positives_lost", "positive_share_before", "n")
+    if not (isinstance(filt, dict) and isinstance(filt.get("kind"), str) and isinstance(val, dict)
+            and isinstance(train, dict) and all(_number(val.get(k)) for k in wanted)
+            and _number(train.get("filtered_fraction"))):
+        raise bad("its filter figures (filter.kind, filter.val, filter.train) are missing or not numbers")
+    oof = result.get("oof")
+    if oof is None:
+        return result
+    index = oof.get("index") if isinstance(oof, dict) else None
+    if not (isinstance(index, list) and index and all(isinstance(i, int) and 0 <= i < n_images for i in index)):
+        raise bad(f"oof.index is not a list of training image numbers (0 to {n_images - 1})")
+    for key in ("prob", "keep") + (("network_prob",) if "network_prob" in oof else ()):
+        values = oof.get(key)
+        if not (isinstance(values, list) and len(values) == len(index)):
+            raise bad(f"oof.{key} is not a list as long as oof.index ({len(index)})")
+    if not all(_number(p) for p in oof["prob"]):
+        raise bad("oof.prob holds values that are not numbers")
+    if not (all(_number(result.get(k)) for k in ("f1_at_threshold", "f1_at_0.5", "epochs"))
+            and (result.get("energy_wh") is None or _number(result.get("energy_wh")))):
+        raise bad("its scores (f1_at_threshold, f1_at_0.5), epochs or energy_wh are missing or not numbers")
+    return result
+
+
 def summarise(cfg: DictConfig, dm, results: list[dict], wall: float, run_wh: float) -> dict:
     labels = dm.labels
     filt_val = [r["filter"]["val"] for r in results]
