@@ -3,6 +3,7 @@ folder is made; never a traceback, a hang or a misleading message."""
 
 from __future__ import annotations
 
+import json
 import os
 import pickle
 import shutil
@@ -393,6 +394,27 @@ def test_a_damaged_cv_summary_is_one_line(trained, tmp_path):
     done = run("-m", "landslide.report", str(tmp_path), "--out", str(tmp_path / "report"), env=env)
     assert done.returncode == 2 and "Traceback" not in done.stdout + done.stderr
     assert "cv_summary.json: cannot be read as JSON" in done.stdout + done.stderr
+
+
+def test_the_report_leaves_out_what_it_cannot_read_and_says_so(trained, tmp_path):
+    run_dir, env = trained
+    sweep = tmp_path / "sweep"
+    for name in ("good", "text", "filter_only"):
+        shutil.copytree(run_dir, sweep / name)
+    summary = json.loads((run_dir / "cv_summary.json").read_text())
+    (sweep / "text" / "cv_summary.json").write_text(json.dumps({**summary, "oof_f1": "high"}))
+    (sweep / "filter_only" / "cv_summary.json").write_text(json.dumps({**summary, "oof_f1": None,
+                                                                       "stage": "filter"}))
+    done = run("-m", "landslide.report", str(sweep), "--out", str(tmp_path / "report"), env=env)
+    output = done.stdout + done.stderr
+    assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
+    assert f"{sweep / 'text' / 'cv_summary.json'}: oof_f1 is 'high', not a number; left out of the report" in output
+    assert f"{sweep / 'filter_only' / 'cv_summary.json'}: no network trained (stage=filter)" in output
+    table = (tmp_path / "report" / "table.md").read_text()
+    assert table.count("\n| ") == 1  # one row: the readable run
+    (tmp_path / "file").write_text("not a folder")
+    line = one_error_line(run("-m", "landslide.report", str(sweep), "--out", str(tmp_path / "file"), env=env))
+    assert f"--out={tmp_path / 'file'}: a file, not a folder" in line
 
 
 def test_outputs_that_cannot_be_written_are_one_line(trained, tmp_path):

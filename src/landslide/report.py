@@ -18,7 +18,7 @@ from omegaconf import ListConfig, OmegaConf
 
 from landslide.cv_results import epoch_curve
 from landslide.errors import RunError, first_line, user_errors
-from landslide.files import read_json
+from landslide.files import check_writable, read_json, write_text
 from landslide.plots.curves import approach_curves_figure, save_figure, table_figure
 
 log = logging.getLogger("landslide.report")
@@ -48,6 +48,11 @@ def _summary(path: Path) -> dict | None:
     if not isinstance(summary, dict) or not isinstance(summary.get("folds", []), list):
         log.warning("%s: not a CV summary; left out of the report", path)
         return None
+    for key in COLUMNS:
+        value = summary.get(key)
+        if key != "name" and value is not None and not (isinstance(value, int | float) and not isinstance(value, bool)):
+            log.warning("%s: %s is %r, not a number; left out of the report", path, key, value)
+            return None
     return summary
 
 
@@ -69,7 +74,9 @@ def collect(folder: Path | str) -> list[dict]:
     summaries = []
     for path in sorted(Path(folder).rglob("cv_summary.json")):
         summary = _summary(path)
-        if summary is not None and summary.get("oof_f1") is not None:
+        if summary is not None and summary.get("oof_f1") is None:
+            log.info("%s: no network trained (stage=%s); left out of the report", path, summary.get("stage"))
+        elif summary is not None:
             summary["path"] = str(path.parent)
             summaries.append(summary)
     if not summaries:
@@ -216,8 +223,9 @@ def log_to_wandb(settings: dict, folder: Path, out: Path, frame: pd.DataFrame, c
 def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]:
     """Write ``f1_curves.png``, ``table.md`` and ``table.png`` and return their paths; log them to W&B (the id as
     ``wandb_run``) when the jobs did."""
-    summaries = collect(folder)
     out = Path(out) if out else Path(folder) / "report"
+    check_writable("--out", out, folder=True)  # named before any work
+    summaries = collect(folder)
     out.mkdir(parents=True, exist_ok=True)
 
     labels = approach_labels(summaries)
@@ -229,7 +237,7 @@ def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]
     missing = missing_jobs(folder)
     markdown = out / "table.md"
     note = "".join(f"\n**Missing (failed or not run): {job}**\n" for job in missing)
-    markdown.write_text(frame.to_markdown(index=False, floatfmt=".4f") + "\n" + note)
+    write_text(markdown, frame.to_markdown(index=False, floatfmt=".4f") + "\n" + note)
     table_png = out / "table.png"
     save_figure(table_figure(frame), table_png)
     paths = {"curves": curves_png, "table_md": markdown, "table_png": table_png, "missing": missing}
