@@ -123,9 +123,17 @@ def test_predict_names_a_missing_filter_file(trained, tmp_path):
     run_dir, env = trained
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
-    (copy / "folds" / "fold_0" / "filter.ubj").unlink()
-    assert "fold_0/filter.json: the fold's filter cannot be loaded" in one_error_line(
-        run("predict.py", f"run_dir={copy}", env=env))
+    model = copy / "folds" / "fold_0" / "filter.ubj"
+    model.unlink()
+    line = one_error_line(run("predict.py", f"run_dir={copy}", env=env))
+    assert f"{model}: not a saved XGBoost model" in line and "the fold's filter cannot be loaded" in line
+    model.write_bytes(b"{not xgboost")  # damaged: the model file is named, not filter.json
+    line = one_error_line(run("predict.py", f"run_dir={copy}", env=env))
+    assert f"{model}: not a saved XGBoost model" in line
+    meta = copy / "folds" / "fold_0" / "filter.json"
+    meta.write_text("{cut")
+    line = one_error_line(run("predict.py", f"run_dir={copy}", env=env))
+    assert f"{meta}: " in line and "the fold's filter cannot be loaded" in line
 
 
 # ------------------------------------------------------------------ a run directory holds one run

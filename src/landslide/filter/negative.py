@@ -225,7 +225,12 @@ class NegativeFilter:
                    wrong_positive_rate=meta.get("wrong_positive_rate", 0.0),
                    noise_quantile=meta.get("noise_quantile", 0.5), max_noise_share=meta.get("max_noise_share", 1.0))
         self.model = xgb.XGBClassifier()
-        self.model.load_model(folder / MODEL_FILE)
+        try:
+            self.model.load_model(folder / MODEL_FILE)
+        except Exception as err:  # missing, cut short, or not XGBoost's format
+            raise ValueError(f"{folder / MODEL_FILE}: not a saved XGBoost model "
+                             f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
+                             ) from None
         self.threshold = meta["threshold"]
         self.calibration = meta["calibration"]
         self.fitted_on = None if meta["fitted_on"] is None else np.asarray(meta["fitted_on"])

@@ -96,8 +96,9 @@ def _fold_filter(fold_dir: Path):
     try:
         return load_filter(fold_dir)
     except Exception as err:  # a missing or foreign model file, a broken JSON
-        raise RunError(f"{fold_dir / 'filter.json'}: the fold's filter cannot be loaded "
-                       f"({first_line(err)})") from None
+        text = first_line(err)
+        said = text if text.startswith(str(fold_dir)) else f"{fold_dir / 'filter.json'}: {text}"  # the file named
+        raise RunError(f"{said} (the fold's filter cannot be loaded)") from None
 
 
 def _settings(config: dict, run_dir: Path, overrides: dict) -> dict:
