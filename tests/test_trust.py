@@ -136,6 +136,16 @@ def test_predict_names_a_missing_filter_file(trained, tmp_path):
     assert f"{meta}: " in line and "the fold's filter cannot be loaded" in line
 
 
+def test_predict_names_a_removed_run_record(trained, tmp_path):
+    run_dir, env = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    (copy / "run.json").unlink()  # today's .hydra/config.yaml uses Hydra's resolvers: it cannot stand in
+    line = one_error_line(run("predict.py", f"run_dir={copy}", f"out={tmp_path / 'p'}", env=env))
+    assert f"{copy / 'run.json'}: not found, and {copy / '.hydra' / 'config.yaml'} cannot stand in for it" in line
+    assert not (tmp_path / "p").exists()
+
+
 # ------------------------------------------------------------------ a run directory holds one run
 def test_resuming_with_other_settings_stops_and_keeps_the_run(trained, tmp_path):
     run_dir, env = trained

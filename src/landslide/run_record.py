@@ -280,6 +280,9 @@ def _hydra_config(run_dir: Path) -> dict[str, Any]:
     if not isinstance(raw, dict):
         raise RunError(f"{path}: not a config (a mapping)")
     acting = sorted({name for text in _strings(raw) for name in _RESOLVER.findall(text)} - _READ_ONLY_RESOLVERS)
+    if acting and not (run_dir / MANIFEST).is_file():  # a run of today's kind whose record is gone
+        raise RunError(f"{run_dir / MANIFEST}: not found, and {path} cannot stand in for it (it uses resolver(s) "
+                       f"{acting}); is {run_dir} a finished training run, or was its run.json removed?")
     if acting:
         raise RunError(f"{path}: uses resolver(s) {acting}; a run's config is read with plain values only")
     register_resolvers()  # also where no command registered them (aggregate, audit)
