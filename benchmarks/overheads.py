@@ -139,7 +139,7 @@ def measure(device: torch.device, small: bool, repeats: int) -> dict[str, dict[s
         "old_s": timed(lambda: [fit(k) for k in range(folds)], device, max(1, repeats // 3)),
         "new_s": timed(parallel, device, max(1, repeats // 3))}
 
-    params = 721_000 * folds  # experiment=fast's network (mm_fpn) parameters, stacked
+    params = 721_000 * folds  # the seed's network (mm_fpn, experiment=reference_fast): the largest checkpoint, stacked
     state = {"state_dict": {"w": torch.randn(params, generator=g).to(device)},
              "optimizer": {"exp_avg": torch.randn(params, generator=g).to(device),
                            "exp_avg_sq": torch.rand(params, generator=g).to(device)}}

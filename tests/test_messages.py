@@ -439,6 +439,28 @@ def test_outputs_that_cannot_be_written_are_one_line(trained, tmp_path):
         assert "hydra.run.dir=/proc/landslide-run: /proc cannot be written to" in line
 
 
+def test_a_failure_after_the_checks_leaves_no_stub_folder(trained, tmp_path):
+    """A new run or prediction that fails on something only the job can find (a patch's content, a checkpoint)
+    removes the folder it made; a folder that was there before keeps what it held."""
+    run_dir, env = trained
+    release = tmp_path / "release"
+    write_release(release)
+    np.save(release / "train_data" / "T000.npy", np.zeros((3, 3)))
+    args = (*TINY, f"data.root={release}", f"data.cache_dir={tmp_path / 'cache'}")
+    line = one_error_line(run("train.py", *args, f"hydra.run.dir={tmp_path / 'run'}", env=env))
+    assert "T000.npy: shape (3, 3)" in line and not (tmp_path / "run").exists()
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    one_error_line(run("train.py", *args, f"hydra.run.dir={mine}", env=env))
+    assert (mine / "notes.txt").read_text() == "mine" and (mine / ".hydra").is_dir()
+    copy = tmp_path / "copy"
+    shutil.copytree(run_dir, copy)
+    (copy / "folds" / "fold_0" / "model.ckpt").write_bytes(b"not a checkpoint")
+    line = one_error_line(run("predict.py", f"run_dir={copy}", f"out={tmp_path / 'pred'}", env=env))
+    assert "model.ckpt" in line and not (tmp_path / "pred").exists()
+
+
 def test_init_weights_of_another_band_set_is_one_line(trained, tmp_path):
     run_dir, env = trained
     weights = run_dir / "folds" / "fold_0" / "model.ckpt"

@@ -18,6 +18,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from landslide.errors import first_line, print_error_line, user_errors
+from landslide.preflight import stub_removed_on_failure
 from landslide.resolvers import register_resolvers
 from landslide.timing import LAUNCH, PhaseTimer, phase, process_age
 
@@ -122,7 +123,8 @@ def train(cfg: DictConfig) -> float | None:
             L.seed_everything(int(cfg.seed), workers=True)
         # Hydra wrote this invocation's .hydra/ into the run directory: a failed or refused one puts the run's back
         kept = hydra_files_kept(cfg.paths.output_dir) if is_rank_zero() else nullcontext()
-        with kept, user_errors():
+        stub = stub_removed_on_failure(cfg.paths.output_dir) if is_rank_zero() else nullcontext()
+        with stub, kept, user_errors():
             summary = run_cv(cfg)
     value = summary.get(cfg.optimized_metric)
     return None if value is None else float(value)
@@ -140,7 +142,7 @@ def predict(cfg: DictConfig) -> dict:
             _quiet_third_parties()
             _tune_host(cfg)
         try:
-            with user_errors():
+            with stub_removed_on_failure(cfg.out), user_errors():
                 _trust(cfg)
                 return predict_run(
                     cfg.run_dir, cfg.out, cfg.data.get("root"), cfg.data.get("cache_dir"), cfg.batch_size,
@@ -185,7 +187,7 @@ def audit(cfg: DictConfig) -> dict:
     from landslide.audit import audit as run_audit
 
     _quiet_third_parties()
-    with user_errors():
+    with stub_removed_on_failure(cfg.out), user_errors():
         return run_audit(cfg.run_dir, cfg.out, source=str(cfg.source), top=cfg.top, filter_by=str(cfg.filter_by),
                          rank_by=str(cfg.rank_by), figure_top=cfg.figure_top, truth=cfg.truth,
                          data_root=cfg.data_root)

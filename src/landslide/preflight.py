@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +33,31 @@ MANDATORY = {
 }
 #: output folders locked by this process (an exclusive lock on the folder itself: no file is left behind)
 _LOCKS: dict[str, int] = {}
+#: the single run's output folder when the preflight found it absent (Hydra creates it next): this process's own
+_NEW_OUTPUT: list[Path] = []
+#: what a command's output folder holds before the command writes anything: Hydra's files, the log, CodeCarbon's
+#: record of the whole run
+_STUB_NAMES = frozenset({".hydra", "emissions.csv"})
+
+
+def _is_stub(entry: Path) -> bool:
+    return entry.name in _STUB_NAMES or (entry.is_file() and entry.suffix == ".log")
+
+
+@contextmanager
+def stub_removed_on_failure(folder: Path | str) -> Iterator[None]:
+    """If the body fails (an error, a refusal, an interrupt) and ``folder`` is the output folder this process's
+    single run created, holding nothing but what Hydra and the energy tracker write at the start, remove it: a failed
+    new run leaves no stub behind. A folder that existed before, or that holds anything else (a fold's result or
+    checkpoint, for a resume), is kept."""
+    try:
+        yield
+    except BaseException:
+        folder = Path(folder)
+        if _NEW_OUTPUT and folder.resolve() == _NEW_OUTPUT[0] and folder.is_dir() and all(
+                _is_stub(entry) for entry in folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
 
 
 @contextmanager
@@ -195,6 +221,8 @@ class Preflight(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         with preflight_errors():
             check_mandatory(config)
+            output = Path(str(config.hydra.run.dir))  # before the checks: predict's lock makes the folder
+            _NEW_OUTPUT[:] = [] if output.exists() else [output.resolve()]
             check = CHECKS.get(str(config.get("task_name")))
             if check is not None:
                 check(config)
