@@ -6,6 +6,8 @@ fed one resident random batch (no data path, no Lightning), and timed in variant
 
 - ``stacked``: the step as ``train.py`` runs it (compiled ``vmap`` over the stacked weights), per network;
 - ``stacked_eager``: the same uncompiled (what compilation is worth);
+- ``stacked_nchw``: the same with ``model.channels_last=false`` (cuDNN's grouped convolutions in the other layout:
+  the channels-last ones slice the channels of every group apart);
 - ``stacked_cudagraphs``: compiled with ``mode="reduce-overhead"`` (CUDA graphs: what kernel launches cost);
 - ``dense``: one network on a batch of K x 128 images (the same work without per-fold weights: what stacking
   costs; its accuracy is not the recipe's);
@@ -43,11 +45,11 @@ def sync(device: torch.device) -> float:
     return time.perf_counter()
 
 
-def modules_for(network: str, folds: int, accelerator: str):
+def modules_for(network: str, folds: int, accelerator: str, overrides: tuple[str, ...] = ()):
     """``folds`` fold modules of the fast recipe with ``model=network`` (plain statistics: 0 mean, 1 std)."""
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=["experiment=fast", f"model={network}",
-                                          f"trainer.accelerator={accelerator}"])
+                                          f"trainer.accelerator={accelerator}", *overrides])
     channels = list(CHANNELS)
     dm = SimpleNamespace(channels=channels, norm_mean=[0.0] * len(channels), norm_std=[1.0] * len(channels))
     return [build_module(cfg, dm) for _ in range(folds)]
@@ -122,7 +124,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", default="auto")
     parser.add_argument("--networks", default="mm_fpn,fusion_cnn")
-    parser.add_argument("--variants", default="stacked,stacked_eager,stacked_cudagraphs,dense,single")
+    parser.add_argument("--variants", default="stacked,stacked_nchw,stacked_eager,stacked_cudagraphs,dense,single")
     parser.add_argument("--folds", type=int, default=10)
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--seconds", type=float, default=3.0)
@@ -146,8 +148,9 @@ def main(argv: list[str] | None = None) -> dict:
         for variant in args.variants.split(","):
             name = f"{network}/{variant}"
             try:
-                modules = modules_for(network, k if variant.startswith("stacked") else 1, accelerator)
-                if variant == "stacked":
+                layout = ("model.channels_last=false",) if variant == "stacked_nchw" else ()
+                modules = modules_for(network, k if variant.startswith("stacked") else 1, accelerator, layout)
+                if variant in ("stacked", "stacked_nchw"):
                     step, images = stacked_variant(modules, x, y, device, bf16, "default"), k * b
                 elif variant == "stacked_eager":
                     step, images = stacked_variant(modules, x, y, device, bf16, None), k * b
