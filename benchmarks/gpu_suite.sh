@@ -18,9 +18,10 @@
 # Inductor's compiled graphs) and the later ones do not: compare energy between runs with that in mind.
 # Everything printed goes to OUT/suite.log; the figures to OUT/figures.tar.gz (replaced whole after each step, so a
 # run stopped from outside keeps what it measured). It exits 0 only if every step ran and succeeded.
-# RUNS replaces steps 2-4 with recipe runs of your own, one a line: NAME SCORE OVERRIDES... (SCORE 1: its test set
-# is predicted and scored; 0: not), e.g. RUNS=$'e100 1 experiment=fast trainer=gpu\ne40 1 experiment=fast trainer=gpu
-# trainer.max_epochs=40'; STATS=0 and LOOPS=0 leave steps 1 and 5 out.
+# RUNS replaces steps 2-4 with recipe runs of your own, one a line: NAME SCORE OVERRIDES... (NAME: letters, digits,
+# _ and -; SCORE 1: its test set is predicted and scored, 0: not; lines starting with # are skipped), e.g.
+#   RUNS=$'e100 1 experiment=fast trainer=gpu\ne40 1 experiment=fast trainer=gpu trainer.max_epochs=40'
+# STATS=0 and LOOPS=0 leave steps 1 and 5 out.
 # N_TRAIN, N_TEST, EXTRA (overrides for every train.py run), RECIPE_MIN (seconds a recipe step needs, default 150)
 # and WORK (data, caches and runs; a new temporary folder by default) size it down for a try on a CPU, e.g.
 #   N_TRAIN=240 N_TEST=80 RECIPE="experiment=fast trainer=cpu" EXTRA="data.num_folds=2 trainer.max_epochs=1" \
@@ -28,9 +29,22 @@
 set -u
 seconds=${2:-540}
 if ! [[ $seconds =~ ^[0-9]+$ ]]; then echo "gpu_suite.sh: SECONDS must be a whole number, got '$seconds'" >&2; exit 2; fi
+family=${FAMILY:-realistic}
+runs_names=" "
+while read -r name score rest; do  # RUNS checked whole before anything runs
+    [[ -z $name || $name == \#* ]] && continue
+    if ! [[ $name =~ ^[A-Za-z0-9][A-Za-z0-9_-]*$ && $score =~ ^[01]$ ]] || [[ -z $rest ]]; then
+        echo "gpu_suite.sh: RUNS line '$name $score $rest': want NAME SCORE OVERRIDES... (NAME of letters, digits," \
+            "_ and -; SCORE 0 or 1)" >&2
+        exit 2
+    fi
+    case " figures cache loops stats generate $family $runs_names " in
+        *" $name "*) echo "gpu_suite.sh: RUNS name '$name' is taken (by the suite or another line)" >&2; exit 2 ;;
+    esac
+    runs_names+="$name "
+done <<< "${RUNS:-}"
 out=$(realpath -m "${1:-logs/gpu_suite}")
 work=$(realpath -m "${WORK:-$(mktemp -d /tmp/landslide-suite-XXXXXX)}")
-family=${FAMILY:-realistic}
 recipe_min=${RECIPE_MIN:-150}
 read -ra recipe <<< "${RECIPE:-experiment=fast trainer=gpu}"  # split on spaces, never globbed
 read -ra extra <<< "${EXTRA:-}"
@@ -100,7 +114,7 @@ step generate 10 python benchmarks/accuracy.py --size gpu --families "$family" -
 save_figures
 if [ -n "${RUNS:-}" ]; then  # the user's recipe runs instead of steps 2-4, read from descriptor 3 (not stdin)
     while read -r -u 3 name score rest; do
-        [ -n "$name" ] || continue
+        [[ -z $name || $name == \#* ]] && continue
         read -ra overrides <<< "$rest"
         SCORE=$score recipe_run "$name" ${overrides[@]+"${overrides[@]}"}
     done 3<<< "$RUNS"

@@ -55,16 +55,18 @@ def modules_for(network: str, folds: int, accelerator: str, overrides: tuple[str
     return [build_module(cfg, dm) for _ in range(folds)]
 
 
-def timed_steps(step, device: torch.device, seconds: float, warmup: int = 3) -> dict:
-    """Warm-up seconds (compilation) and steps/s of ``step()`` over ``seconds``."""
+def timed_steps(step, device: torch.device, seconds: float, warmup: int = 3, chunk: int = 10) -> dict:
+    """Warm-up seconds (compilation) and steps/s of ``step()`` over about ``seconds``: the device is waited for
+    every ``chunk`` steps only, so that queued work overlaps as in training."""
     started = sync(device)
     for _ in range(warmup):
         step()
     warm = sync(device) - started
     steps, started = 0, sync(device)
     while sync(device) - started < seconds:
-        step()
-        steps += 1
+        for _ in range(chunk):
+            step()
+        steps += chunk
     return {"warmup_s": round(warm, 2), "steps_per_s": steps / (sync(device) - started)}
 
 
@@ -133,14 +135,14 @@ def main(argv: list[str] | None = None) -> dict:
     args = parser.parse_args(argv)
     register_resolvers()
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device.startswith("cuda")
-    device = torch.device("cuda" if cuda else "cpu")
+    device = torch.device(args.device if args.device != "auto" else "cuda" if cuda else "cpu")
     torch.set_float32_matmul_precision("high")
     bf16 = cuda and torch.cuda.is_bf16_supported()
     k, b = args.folds, args.batch
     g = torch.Generator().manual_seed(0)
     x = torch.randn(k, b, len(CHANNELS), 64, 64, generator=g).to(device)
     y = (torch.rand(k, b, generator=g) < 0.2).float().to(device)
-    results: dict = {"device": torch.cuda.get_device_name() if cuda else "cpu", "folds": k, "batch": b,
+    results: dict = {"device": torch.cuda.get_device_name(device) if cuda else "cpu", "folds": k, "batch": b,
                      "torch": torch.__version__, "bf16": bf16, "runs": {}}
     for network in args.networks.split(","):
         accelerator = "gpu" if cuda else "cpu"

@@ -7,8 +7,8 @@ In one run, on the same data and model, it measures
 (a) a reference-style training loop: batch 32, per-sample augmentation in Python, fp32, deterministic kernels and a
     host copy of the predictions every step;
 (b) the framework's own training path: ``lightning.Trainer.fit`` with ``LandslideDataModule`` and
-    ``LandslideModule`` as ``train.py experiment=fast`` builds them (device-resident data, whole-batch augmentation,
-    bf16 autocast, channels-last, ``torch.compile``);
+    ``LandslideModule`` as ``train.py experiment=reference_fast`` builds them (the reference's network with the fast
+    recipe's device-resident data, whole-batch augmentation, bf16 autocast, channels-last, ``torch.compile``);
 (c) ensemble prediction: K models x 8 test-time views;
 with ``--bounds`` (d) the framework's bare model step (no data path, no Lightning), the ceiling of (b);
 with ``--stacked K`` K fold models trained at once (stacked weights, ``vmap``): their bare step, the bound, and
@@ -318,8 +318,8 @@ class Plan:
     seconds: float  # the reference loop's time budget (the bare steps get half)
     epochs: int  # of each Trainer.fit path, the first a warm-up
     compile: bool
-    recipe_overrides: list[str]  # the fast recipe on this device (the framework path and --full)
-    path_overrides: list[str]  # the framework path's: the recipe and model.compile
+    recipe_overrides: list[str]  # the fast recipe on this device (--full)
+    path_overrides: list[str]  # the framework path's: the reference's network with the fast recipe's speed settings
 
     @property
     def cuda(self) -> bool:
@@ -329,12 +329,15 @@ class Plan:
 def make_plan(args: argparse.Namespace) -> Plan:
     cuda = torch.cuda.is_available() if args.device == "auto" else args.device == "cuda"
     use_compile = args.compile is not False
-    # the framework path trains with the fast recipe's settings (experiment=fast: batch, precision, compile)
-    recipe = ["experiment=fast", "trainer=gpu" if cuda else "trainer=cpu"]
+    trainer = "trainer=gpu" if cuda else "trainer=cpu"
+    # the loops compare ways of training one network: the reference loop's (experiment=reference) with the fast
+    # recipe's speed settings (experiment=reference_fast: batch, precision, layout, compile); --full runs the fast
+    # recipe itself (experiment=fast, the default network)
     return Plan(device=torch.device("cuda" if cuda else "cpu"), n_train=args.n_train or (7147 if cuda else 600),
                 n_test=args.n_test or (5398 if cuda else 300), seconds=args.seconds or (20.0 if cuda else 15.0),
-                epochs=args.epochs or (6 if cuda else 3), compile=use_compile, recipe_overrides=recipe,
-                path_overrides=[*recipe, f"model.compile={str(use_compile).lower()}"])
+                epochs=args.epochs or (6 if cuda else 3), compile=use_compile,
+                recipe_overrides=["experiment=fast", trainer],
+                path_overrides=["experiment=reference_fast", trainer, f"model.compile={str(use_compile).lower()}"])
 
 
 def release_root(args: argparse.Namespace, plan: Plan, work: Path) -> Path:

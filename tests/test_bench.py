@@ -165,6 +165,20 @@ def test_the_gpu_suite_keeps_what_it_measured_before_its_deadline(tmp_path):
     assert any((tmp_path / "work" / "cache").iterdir())  # caches in WORK, not in the checkout
 
 
+@pytest.mark.parametrize("runs, said", [
+    ("e100 experiment=fast trainer=gpu", "want NAME SCORE OVERRIDES"),  # the SCORE column forgotten
+    ("../up 1 debug=tiny", "want NAME SCORE OVERRIDES"),
+    ("cache 1 debug=tiny", "RUNS name 'cache' is taken"),  # the suite's own folder
+    ("a 1 debug=tiny\na 0 debug=tiny", "RUNS name 'a' is taken"),
+])
+def test_the_gpu_suite_refuses_runs_it_cannot_keep_apart(tmp_path, runs, said):
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "out"), "60"],
+                          env={**os.environ, "RUNS": runs, "WORK": str(tmp_path / "work")}, capture_output=True,
+                          text=True)
+    assert done.returncode == 2 and said in done.stderr
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
 def test_the_gpu_suite_refuses_a_deadline_that_is_not_a_number(tmp_path):
     done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_suite.sh"), str(tmp_path / "out"), "5.5"],
                           capture_output=True, text=True)

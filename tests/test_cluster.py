@@ -102,9 +102,16 @@ def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_p
     shutil.copytree(jobs[1], damaged)
     result_path = damaged / "folds" / "fold_1" / "result.json"
     result = json.loads(result_path.read_text())
+    fold0 = json.loads((jobs[0] / "folds" / "fold_0" / "result.json").read_text())
     for change, expected in ((lambda r: r["filter"]["val"].pop("n"), "filter figures"),
                              (lambda r: r["oof"]["index"].append(10**6), "oof.index"),
-                             (lambda r: r["oof"]["prob"].pop(), "oof.prob is not a list as long as oof.index")):
+                             (lambda r: r["oof"]["prob"].pop(), "oof.prob is not a list of probabilities as long"),
+                             (lambda r: r["oof"]["prob"].__setitem__(0, float("nan")), "oof.prob"),
+                             (lambda r: r["oof"]["keep"].__setitem__(0, "no"), "oof.keep"),
+                             (lambda r: r.__setitem__("epochs", 1.5), "epochs (a whole number)"),
+                             (lambda r: r.pop("wall_seconds"), "wall_seconds"),
+                             (lambda r: r["oof"].__setitem__("index", fold0["oof"]["index"][:len(r["oof"]["index"])]),
+                              "that " + str(jobs[0] / "folds" / "fold_0" / "result.json") + " validates too")):
         broken_result = json.loads(json.dumps(result))
         change(broken_result)
         result_path.write_text(json.dumps(broken_result))
@@ -117,6 +124,20 @@ def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_p
     assert [p.name for p in (tmp_path / "m6").iterdir()] == ["notes.txt"]
     assert not any((tmp_path / f"m{i}").exists() for i in range(1, 6))
     assert not list(tmp_path.glob(".m*.tmp-*"))  # no half-merged folder left beside them
+    # an --out that is a symlink to an empty folder, or "." in an empty folder: the merged run lands in that folder
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "empty")
+    aggregate(*jobs, "--out", tmp_path / "link", env=env)
+    assert (tmp_path / "empty" / "run.json").is_file() and (tmp_path / "link").is_symlink()
+    (tmp_path / "here").mkdir()
+    entry.run("-m", "landslide.aggregate", *map(str, jobs), "--out", ".", env=env, cwd=tmp_path / "here")
+    assert (tmp_path / "here" / "cv_summary.json").is_file()
+    # what an interrupted merge left: not taken for a job in a sweep folder, removed beside a new --out
+    stale, beside = sweep / ".m8.tmp-999999", tmp_path / ".m8.tmp-999999"
+    shutil.copytree(jobs[0], stale)
+    shutil.copytree(jobs[0], beside)
+    aggregate(sweep, "--out", tmp_path / "m8", env=env)
+    assert (tmp_path / "m8" / "run.json").is_file() and stale.exists() and not beside.exists()
 
     # a failure while the merged run is written leaves neither --out nor its temporary folder
     def failing(*args, **kwargs):

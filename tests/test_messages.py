@@ -409,7 +409,9 @@ def test_the_report_leaves_out_what_it_cannot_read_and_says_so(trained, tmp_path
     output = done.stdout + done.stderr
     assert done.returncode == 0 and "Traceback" not in output, output[-3000:]
     assert f"{sweep / 'text' / 'cv_summary.json'}: oof_f1 is 'high', not a number; left out of the report" in output
-    assert f"{sweep / 'filter_only' / 'cv_summary.json'}: no network trained (stage=filter)" in output
+    assert output.count("oof_f1 is 'high', not a number") == 1  # said once
+    said = "no out-of-fold F1 (no network trained: stage=filter)"
+    assert f"{sweep / 'filter_only' / 'cv_summary.json'}: {said}" in output
     table = (tmp_path / "report" / "table.md").read_text()
     assert table.count("\n| ") == 1  # one row: the readable run
     (tmp_path / "file").write_text("not a folder")
@@ -459,6 +461,19 @@ def test_a_failure_after_the_checks_leaves_no_stub_folder(trained, tmp_path):
     (copy / "folds" / "fold_0" / "model.ckpt").write_bytes(b"not a checkpoint")
     line = one_error_line(run("predict.py", f"run_dir={copy}", f"out={tmp_path / 'pred'}", env=env))
     assert "model.ckpt" in line and not (tmp_path / "pred").exists()
+
+
+def test_a_crash_keeps_its_new_run_folder(trained, tmp_path, monkeypatch):
+    """Only a refusal removes a new run's folder: a crash (a bug, out of memory) keeps its log and .hydra."""
+    _, env = trained
+
+    def crash(cfg):
+        raise RuntimeError("CUDA out of memory")
+
+    monkeypatch.setattr("landslide.training.cv.run_cv", crash)
+    with pytest.raises(RuntimeError, match="out of memory"):
+        run("train.py", *TINY, f"hydra.run.dir={tmp_path / 'run'}", env=env)
+    assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file() and (tmp_path / "run" / "train.log").is_file()
 
 
 def test_init_weights_of_another_band_set_is_one_line(trained, tmp_path):

@@ -126,7 +126,7 @@ def test_predict_names_a_missing_filter_file(trained, tmp_path):
     model = copy / "folds" / "fold_0" / "filter.ubj"
     model.unlink()
     line = one_error_line(run("predict.py", f"run_dir={copy}", env=env))
-    assert f"{model}: not a saved XGBoost model" in line and "the fold's filter cannot be loaded" in line
+    assert f"{model}: missing (the fold's filter cannot be loaded)" in line
     model.write_bytes(b"{not xgboost")  # damaged: the model file is named, not filter.json
     line = one_error_line(run("predict.py", f"run_dir={copy}", env=env))
     assert f"{model}: not a saved XGBoost model" in line

@@ -86,9 +86,24 @@ def _trust(cfg: DictConfig) -> None:
         raise ConfigError(f"trusted_networks: {err}") from None
 
 
-#: whether the next command's timer counts the launch (set by :func:`run_command`; a command called in a process
-#: that ran other things, e.g. a test session, does not)
+#: whether the next command's timer counts the launch (set by :func:`run_command` for the first command of a process
+#: started to run it)
 _count_launch = False
+#: whether this process may still count a launch: once, for its first command
+_launch_pending = True
+#: the scripts and modules a process is started with to run one command
+_COMMAND_SCRIPTS = frozenset({"train.py", "predict.py", "map.py"})
+
+
+def _started_for_a_command() -> bool:
+    """Whether this interpreter was started to run a command (``python train.py``, ``landslide-train``, ``python -m
+    landslide.audit``), not a session that calls commands among other work (a test session, a notebook)."""
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    if spec is not None and str(spec.name).startswith("landslide"):
+        return True
+    name = Path(str(getattr(main, "__file__", "") or "")).name
+    return name in _COMMAND_SCRIPTS or name.startswith("landslide-")
 
 
 def command_timer() -> PhaseTimer:
@@ -245,8 +260,10 @@ def run_command(main: Callable[[], Any], config_name: str) -> None:
     group lacks, stops with one line that names what was meant (exit 2) instead of Hydra's report."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
-    global _count_launch
-    _count_launch = True  # the first command's timer counts the seconds since the process started
+    global _count_launch, _launch_pending
+    # the first command of a process started to run it counts the seconds since the process started
+    _count_launch = _launch_pending and _started_for_a_command()
+    _launch_pending = False
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     if full_error == "1":  # the user asked for Hydra's own report
         main()

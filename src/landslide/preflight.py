@@ -44,20 +44,28 @@ def _is_stub(entry: Path) -> bool:
     return entry.name in _STUB_NAMES or (entry.is_file() and entry.suffix == ".log")
 
 
+def _refused(err: BaseException) -> bool:
+    """A user's mistake the command stopped on (one line, exit 2), not a crash or an interrupt."""
+    return isinstance(err, USER_ERRORS) or (isinstance(err, SystemExit) and err.code == 2)
+
+
 @contextmanager
 def stub_removed_on_failure(folder: Path | str) -> Iterator[None]:
-    """If the body fails (an error, a refusal, an interrupt) and ``folder`` is the output folder this process's
-    single run created, holding nothing but what Hydra and the energy tracker write at the start, remove it: a failed
-    new run leaves no stub behind. A folder that existed before, or that holds anything else (a fold's result or
-    checkpoint, for a resume), is kept."""
+    """If the body stops on a user's mistake (bad input found by the job: one line, exit 2) and ``folder`` is the
+    output folder this process's single run created, holding nothing but what Hydra and the energy tracker write at
+    the start, remove it: a refused new run leaves no stub behind. A crash or an interrupt keeps its log and
+    ``.hydra``; a folder that existed before, or that holds anything else (a fold's result or checkpoint, for a
+    resume), is kept."""
     try:
         yield
-    except BaseException:
+    except BaseException as err:
         folder = Path(folder)
-        if _NEW_OUTPUT and folder.resolve() == _NEW_OUTPUT[0] and folder.is_dir() and all(
+        if _refused(err) and _NEW_OUTPUT and folder.resolve() == _NEW_OUTPUT[0] and folder.is_dir() and all(
                 _is_stub(entry) for entry in folder.iterdir()):
             shutil.rmtree(folder, ignore_errors=True)
         raise
+    finally:
+        _NEW_OUTPUT.clear()  # one command's: never a later command's in the same process
 
 
 @contextmanager

@@ -75,7 +75,8 @@ def collect(folder: Path | str) -> list[dict]:
     for path in sorted(Path(folder).rglob("cv_summary.json")):
         summary = _summary(path)
         if summary is not None and summary.get("oof_f1") is None:
-            log.info("%s: no network trained (stage=%s); left out of the report", path, summary.get("stage"))
+            log.info("%s: no out-of-fold F1 (no network trained: stage=%s); left out of the report", path,
+                     summary.get("stage", "?"))
         elif summary is not None:
             summary["path"] = str(path.parent)
             summaries.append(summary)
@@ -105,16 +106,15 @@ def expected_jobs(folder: Path) -> list[list[str]]:
     return BasicSweeper.split_arguments(overrides, None)[0]
 
 
-def missing_jobs(folder: Path | str) -> list[str]:
-    """The expected jobs of a multirun that left no finished ``cv_summary.json`` (failed or never started)."""
-    folder = Path(folder)
+def missing_jobs(folder: Path | str, summaries: list[dict]) -> list[str]:
+    """The expected jobs of a multirun that left no finished ``cv_summary.json`` among ``summaries`` (what
+    :func:`collect` found: failed or never started)."""
     finished = []
-    for path in folder.rglob("cv_summary.json"):
-        overrides = path.parent / ".hydra" / "overrides.yaml"
-        summary = _summary(path) if overrides.is_file() else None
-        if summary is not None and summary.get("oof_f1") is not None:
+    for summary in summaries:
+        overrides = Path(summary["path"]) / ".hydra" / "overrides.yaml"
+        if overrides.is_file():
             finished.append(sorted(str(o) for o in _plain_yaml(overrides) or []))
-    return [" ".join(job) for job in expected_jobs(folder) if sorted(job) not in finished]
+    return [" ".join(job) for job in expected_jobs(Path(folder)) if sorted(job) not in finished]
 
 
 def f1_curve(summary: dict, key: str = "val/f1") -> np.ndarray:
@@ -234,7 +234,7 @@ def render(folder: Path | str, out: Path | str | None = None) -> dict[str, Path]
     save_figure(approach_curves_figure(curves), curves_png)
 
     frame = table(summaries, labels)
-    missing = missing_jobs(folder)
+    missing = missing_jobs(folder, summaries)
     markdown = out / "table.md"
     note = "".join(f"\n**Missing (failed or not run): {job}**\n" for job in missing)
     write_text(markdown, frame.to_markdown(index=False, floatfmt=".4f") + "\n" + note)

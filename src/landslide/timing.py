@@ -12,6 +12,7 @@ matters.
 
 from __future__ import annotations
 
+import os
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -113,7 +114,15 @@ _active: PhaseTimer | None = None
 
 
 def process_age() -> float | None:
-    """Seconds since this process started (None where the system does not say)."""
+    """Seconds since this process started (None where the system does not say). On Linux from ``/proc`` to the
+    clock tick (the start time and the uptime both count from the boot); elsewhere from psutil, whose start time
+    counts from a boot time rounded to the second."""
+    try:
+        with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
+            started = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
+            return max(0.0, float(uptime.read().split()[0]) - started / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        pass
     try:
         import psutil
 

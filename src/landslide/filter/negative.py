@@ -225,6 +225,8 @@ class NegativeFilter:
                    wrong_positive_rate=meta.get("wrong_positive_rate", 0.0),
                    noise_quantile=meta.get("noise_quantile", 0.5), max_noise_share=meta.get("max_noise_share", 1.0))
         self.model = xgb.XGBClassifier()
+        if not (folder / MODEL_FILE).is_file():
+            raise FileNotFoundError(f"{folder / MODEL_FILE}: missing")
         try:
             self.model.load_model(folder / MODEL_FILE)
         except Exception as err:  # missing, cut short, or not XGBoost's format

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import RunError, first_line, print_error_line, user_errors
-from landslide.files import read_json, temporary_path, write_json, write_text
+from landslide.files import read_json, remove_stale_temporaries, temporary_path, write_json, write_text
 from landslide.run_record import (
     MANIFEST,
     RunManifest,
@@ -93,7 +93,8 @@ def job_folders(paths: list[Path]) -> list[Path]:
     out: list[Path] = []
     for path in paths:
         if not (path / MANIFEST).is_file() and (path / "multirun.yaml").is_file():
-            jobs = [p for p in path.iterdir() if (p / MANIFEST).is_file()]
+            # hidden folders are not Hydra's jobs (a merge interrupted there left its temporary folder)
+            jobs = [p for p in path.iterdir() if (p / MANIFEST).is_file() and not p.name.startswith(".")]
             out.extend(sorted(jobs, key=_job_number))
         else:
             out.append(path)
@@ -187,7 +188,7 @@ def _copy_fold(job: Job, fold: int, out: Path) -> None:
 
 def aggregate(folders: list[Path], out: Path) -> dict:
     """Write the merged run directory ``out``; return its CV summary."""
-    from landslide.training.summary import check_result, print_summary
+    from landslide.training.summary import check_result, fold_table, print_summary, render
 
     if (out / MANIFEST).is_file():  # the output first: a wrong --out is named before any job is read
         raise RunError(f"{out / MANIFEST}: {out} already holds a run; choose another --out")
@@ -201,32 +202,47 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     if out.exists() and not (out.is_dir() and not any(out.iterdir())):
         raise RunError(f"--out {out}: {'is not a folder' if not out.is_dir() else 'is not empty'}; the merged run "
                        "is written into a new or empty folder")
+    # the folder itself (a symlink's target, "." by its name): renamed into place, then written to by its full name
+    named, out = out, target
     jobs, owner = collect(job_folders([Path(f) for f in folders]))
     first = jobs[0]
     config = copy.deepcopy(first.config)
     config["data"]["fold"] = None
     dm = labelled_data(config, recorded_fingerprint(first.folder), first.folder / MANIFEST)
-    results = []  # read and checked in the jobs' folders, before anything is written
+    results, seen = [], {}  # read and checked in the jobs' folders, before anything is written
     for fold, job in sorted(owner.items()):
         path = job.folder / "folds" / f"fold_{fold}" / "result.json"
         results.append(check_result(read_json(path), fold, len(dm.labels), path))
+        for i in (results[-1].get("oof") or {}).get("index", []):
+            if seen.setdefault(i, path) != path:
+                raise RunError(f"{path}: validates training image {dm.train_ids[i]} that {seen[i]} validates too; "
+                               "each image belongs to one fold")
 
     # written into a temporary folder beside --out and renamed to it whole: a failure leaves no half-merged run
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temporaries(out.parent)  # what an interrupted merge left there
     building = temporary_path(out)
     shutil.rmtree(building, ignore_errors=True)
     try:
-        summary = _write_merged(jobs, owner, config, dm, results, building)
+        try:
+            summary = _write_merged(jobs, owner, config, dm, results, building)
+            render(fold_table(summary))  # the table printed below: every value it shows is checked before the rename
+        except (KeyError, TypeError, ValueError, IndexError) as err:  # a result the checks above let through
+            raise RunError(f"the jobs' fold results cannot be merged ({type(err).__name__}: {first_line(err)}); "
+                           f"were they all written by train.py?") from None
+        inside = Path.cwd().resolve() == out  # --out . : the process moves into the new folder with it
         if out.exists():
             out.rmdir()  # empty (checked above)
         os.replace(building, out)
+        if inside:
+            os.chdir(out)
     finally:
         shutil.rmtree(building, ignore_errors=True)
     loggers = run_loggers(config, out, first.folder / MANIFEST)
     if loggers or config.get("log_figures"):  # figures, the merged run's W&B run and TensorBoard session
         log_run(OmegaConf.create({**config, "logger": loggers}), out, dm)
     print_summary(summary)
-    log.info("merged %d fold(s) from %d job(s) into %s", len(owner), len(jobs), out)
+    log.info("merged %d fold(s) from %d job(s) into %s", len(owner), len(jobs), named)
     return summary
 
 

@@ -18,13 +18,25 @@ log = logging.getLogger(__name__)
 
 
 def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
+    """A finite int or float (not a bool)."""
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and bool(np.isfinite(value))
+
+
+def _indices(values: Any, n_images: int) -> bool:
+    """A non-empty list of distinct training image numbers."""
+    return (isinstance(values, list) and bool(values) and len(set(values)) == len(values)
+            and all(isinstance(i, int) and not isinstance(i, bool) and 0 <= i < n_images for i in values))
+
+
+def _probabilities(values: Any, n: int) -> bool:
+    return isinstance(values, list) and len(values) == n and all(_number(p) and 0 <= p <= 1 for p in values)
 
 
 def check_result(result: Any, fold: int, n_images: int, path: Any) -> dict:
-    """``result`` (a fold's ``result.json``, read from ``path``) if it holds what :func:`summarise` and the
-    out-of-fold file read: this fold's number, the filter's figures and, for a trained fold, out-of-fold indices into
-    the ``n_images`` training images with a probability and a keep flag each; else one :class:`RunError` line."""
+    """``result`` (a fold's ``result.json``, read from ``path``) if it holds what :func:`summarise`, the per-fold
+    table and the out-of-fold file read: this fold's number, its seconds, the filter's figures and, for a trained
+    fold, distinct out-of-fold indices into the ``n_images`` training images with a probability and a keep flag each,
+    its scores and epochs; else one :class:`RunError` line naming ``path``."""
     from landslide.errors import RunError
 
     def bad(what: str) -> RunError:
@@ -32,31 +44,48 @@ def check_result(result: Any, fold: int, n_images: int, path: Any) -> dict:
 
     if not isinstance(result, dict):
         raise bad("holds no fold result")
-    if result.get("fold") != fold:
+    if result.get("fold") != fold or isinstance(result.get("fold"), bool):
         raise bad(f"is the result of fold {result.get('fold')!r}, not of fold {fold}")
+    if not _number(result.get("wall_seconds")):
+        raise bad("wall_seconds is missing or not a number")
     filt = result.get("filter")
     val = filt.get("val") if isinstance(filt, dict) else None
     train = filt.get("train") if isinstance(filt, dict) else None
     wanted = ("filtered_fraction", "negatives_filtered", "positives_lost", "positive_share_before", "n")
+    calibration = filt.get("calibration") if isinstance(filt, dict) else None
     if not (isinstance(filt, dict) and isinstance(filt.get("kind"), str) and isinstance(val, dict)
             and isinstance(train, dict) and all(_number(val.get(k)) for k in wanted)
-            and _number(train.get("filtered_fraction"))):
-        raise bad("its filter figures (filter.kind, filter.val, filter.train) are missing or not numbers")
+            and _number(train.get("filtered_fraction"))
+            and (calibration is None or (isinstance(calibration, dict) and all(
+                _number(calibration[k]) for k in ("oof_positives_lost", "estimated_noise_share", "max_positive_loss")
+                if k in calibration)))):
+        raise bad("its filter figures (filter.kind, filter.val, filter.train, filter.calibration) are missing or "
+                  "not numbers")
     oof = result.get("oof")
     if oof is None:
         return result
     index = oof.get("index") if isinstance(oof, dict) else None
-    if not (isinstance(index, list) and index and all(isinstance(i, int) and 0 <= i < n_images for i in index)):
-        raise bad(f"oof.index is not a list of training image numbers (0 to {n_images - 1})")
-    for key in ("prob", "keep") + (("network_prob",) if "network_prob" in oof else ()):
-        values = oof.get(key)
-        if not (isinstance(values, list) and len(values) == len(index)):
-            raise bad(f"oof.{key} is not a list as long as oof.index ({len(index)})")
-    if not all(_number(p) for p in oof["prob"]):
-        raise bad("oof.prob holds values that are not numbers")
-    if not (all(_number(result.get(k)) for k in ("f1_at_threshold", "f1_at_0.5", "epochs"))
-            and (result.get("energy_wh") is None or _number(result.get("energy_wh")))):
-        raise bad("its scores (f1_at_threshold, f1_at_0.5), epochs or energy_wh are missing or not numbers")
+    if not _indices(index, n_images):
+        raise bad(f"oof.index is not a list of distinct training image numbers (0 to {n_images - 1})")
+    for key in ("prob",) + (("network_prob",) if "network_prob" in oof else ()):
+        if not _probabilities(oof.get(key), len(index)):
+            raise bad(f"oof.{key} is not a list of probabilities as long as oof.index ({len(index)})")
+    keep = oof.get("keep")
+    if not (isinstance(keep, list) and len(keep) == len(index) and all(isinstance(k, bool) for k in keep)):
+        raise bad(f"oof.keep is not a list of true/false as long as oof.index ({len(index)})")
+    if not (all(_number(result.get(k)) for k in ("f1_at_threshold", "f1_at_0.5"))
+            and all(result.get(k) is None or _number(result.get(k)) for k in ("threshold", "energy_wh"))
+            and isinstance(result.get("epochs"), int) and not isinstance(result.get("epochs"), bool)):
+        raise bad("its scores (f1_at_threshold, f1_at_0.5, threshold), epochs (a whole number) or energy_wh are "
+                  "missing or not numbers")
+    for key, values in (("features_oof", "score"), ("holdout", "prob")):
+        part = result.get(key)
+        if part is None:
+            continue
+        if not (isinstance(part, dict) and _indices(part.get("index"), n_images)
+                and isinstance(part.get(values), list) and len(part[values]) == len(part["index"])
+                and all(_number(v) for v in part[values])):
+            raise bad(f"{key} is not training image numbers with a {values} each")
     return result
 
 
