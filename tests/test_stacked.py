@@ -200,6 +200,32 @@ def test_one_stacked_scoring_pass_gives_each_fold_its_own_probabilities(tiny_rel
         np.testing.assert_allclose(got[k, : len(r)], alone, atol=2e-5)
 
 
+def test_stacked_validation_batches_have_one_shape(tiny_release, tmp_path):
+    """Validation (and scoring) batches of stacked folds all have one shape, so that a compiled graph is never
+    recompiled for a shorter last batch: the columns are balanced and the last batch padded with the fold's own rows,
+    each fold's part first and whole."""
+    from landslide.data.datamodule import LandslideDataModule
+    from landslide.training.stacked import FoldPart, StackedFoldsData, StackedValBatches
+
+    dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=3, progress=False,
+                                                                               eval_batch_size=40))
+    dm.prepare_data()
+    dm.setup()
+    parts = []
+    for fold in range(3):
+        train, val = dm.folds()[fold]
+        val = val[: len(val) - 3 * fold]  # parts of different lengths
+        parts.append(FoldPart(fold, tmp_path, train, val, np.ones(len(val), bool), 0, [0.0] * 13, None, {}))
+    data = StackedFoldsData(dm, parts)
+    longest = max(len(p.val_index) for p in parts)
+    batches = list(StackedValBatches(data.val_index, data.val_chunk))
+    assert {tuple(b["index"].shape) for b in batches} == {(3, data.val_chunk)} and len(batches) > 1
+    assert data.val_chunk <= 40 // 3 and 0 <= data.val_index.shape[1] - longest < len(batches)
+    for k, part in enumerate(parts):
+        assert data.val_index[k, : len(part.val_index)].tolist() == part.val_index.tolist()
+        assert set(data.val_index[k].tolist()) == set(part.val_index.tolist())  # padding: the fold's own rows
+
+
 def test_stacked_validation_logs_each_folds_own_scores():
     templates = [fold_module(k) for k in range(2)]
     stacked = StackedLandslideModule(templates, [5, 3], [4, 9])

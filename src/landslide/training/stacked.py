@@ -131,7 +131,13 @@ class StackedFoldsData(L.LightningDataModule):
         b = min(dm.batch_size, *(len(p.train_index) for p in parts))
         self.streams = [IndexBatches("train", p.train_index, b, True, p.epoch_seed) for p in parts]
         longest = max(len(p.val_index) for p in parts)
-        pad = [np.resize(p.val_index, longest) for p in parts]  # padding repeats the fold's own rows; never scored
+        # columns per validation (and scoring) batch: as many as the evaluation batch allows, balanced so that the
+        # padded matrix wastes least; every batch then has one shape (one compiled graph, no recompilation)
+        widest = max(1, dm.eval_batch_size // len(parts))
+        batches = -(-longest // widest)
+        self.val_chunk = -(-longest // batches)
+        # padding repeats the fold's own rows up to whole batches; it is never scored
+        pad = [np.resize(p.val_index, batches * self.val_chunk) for p in parts]
         self.val_index = torch.as_tensor(np.stack(pad), dtype=torch.long)
         keep = np.ones(self.val_index.shape, bool)
         for k, p in enumerate(parts):
@@ -148,11 +154,6 @@ class StackedFoldsData(L.LightningDataModule):
         # private generators: making an iterator draws nothing from the global random state, so how often
         # validation runs (or whether a fit was resumed) does not change the augmentations
         return DataLoader(dataset, batch_size=None, num_workers=0, generator=torch.Generator())
-
-    @property
-    def val_chunk(self) -> int:
-        """Columns of the (K, longest) validation matrix per validation (and scoring) batch."""
-        return max(1, self.dm.eval_batch_size // len(self.parts))
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(StackedValBatches(self.val_index, self.val_chunk), batch_size=None, num_workers=0,
@@ -259,8 +260,11 @@ def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModu
     stacked = stacked.to(device).eval()
     views = TTA_VIEWS if tta else 1
     k, n = index.shape
-    out = torch.zeros(views, k, n, device=device)
-    for start in range(0, n, chunk):
+    chunk = min(chunk, n)
+    # whole chunks only (the last padded with the first columns, never returned): one shape, one compiled graph
+    index = index[:, torch.arange(-(-n // chunk) * chunk) % n]
+    out = torch.zeros(views, k, index.shape[1], device=device)
+    for start in range(0, index.shape[1], chunk):
         rows = index[:, start : start + chunk].to(device)
         flat = dm.gather("train", rows.reshape(-1), device)
         x = flat.view(k, rows.shape[1], *flat.shape[1:])
@@ -268,7 +272,7 @@ def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModu
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
                 logits = stacked(dihedral_view(x, view) if tta else x)[0]
             out[view, :, start : start + rows.shape[1]] = torch.sigmoid(logits.float())
-    return out.cpu().numpy().mean(0)
+    return out[:, :, :n].cpu().numpy().mean(0)
 
 
 def stacked_scoring(cfg: DictConfig, device: torch.device) -> bool:

@@ -134,12 +134,14 @@ class StackedLandslideModule(L.LightningModule):
         self._val_y = torch.zeros_like(self._val_logits)
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
-        logits = self(batch["x"])[0].float()
-        start, m = batch["start"], logits.shape[1]
+        start = batch["start"]
+        # the last batch may run past the longest fold (padding to whole batches): those columns are dropped
+        m = min(batch["x"].shape[1], self._val_logits.shape[1] - start)
+        logits = self(batch["x"])[0].float()[:, :m]
         self._val_logits[:, start : start + m] = logits
         # the whole pipeline's prediction: images the negative filter removed count as predicted negative
-        self._val_prob[:, start : start + m] = torch.sigmoid(logits) * batch["keep"]
-        self._val_y[:, start : start + m] = batch["y"]
+        self._val_prob[:, start : start + m] = torch.sigmoid(logits) * batch["keep"][:, :m]
+        self._val_y[:, start : start + m] = batch["y"][:, :m]
 
     def on_validation_epoch_end(self) -> None:
         """Every fold's scores at once on the device (:func:`landslide.metrics.binary_scores` over the padded
