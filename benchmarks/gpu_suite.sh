@@ -19,7 +19,7 @@
 # Everything printed goes to OUT/suite.log; the figures to OUT/figures.tar.gz (replaced whole after each step, so a
 # run stopped from outside keeps what it measured). It exits 0 only if every step ran and succeeded.
 # RUNS replaces steps 2-4 with recipe runs of your own, one a line: NAME SCORE OVERRIDES... (NAME: letters, digits,
-# _ and -; SCORE 1: its test set is predicted and scored, 0: not; lines starting with # are skipped), e.g.
+# _ and -, not the family's name or a name ending in _pred, _test or _cv_summary; SCORE 1: its test set is predicted and scored, 0: not; lines starting with # are skipped), e.g.
 #   RUNS=$'e100 1 experiment=fast trainer=gpu\ne40 1 experiment=fast trainer=gpu trainer.max_epochs=40'
 # STATS=0 and LOOPS=0 leave steps 1 and 5 out.
 # N_TRAIN, N_TEST, EXTRA (overrides for every train.py run), RECIPE_MIN (seconds a recipe step needs, default 150)
@@ -38,9 +38,14 @@ while read -r name score rest; do  # RUNS checked whole before anything runs
             "_ and -; SCORE 0 or 1)" >&2
         exit 2
     fi
-    case " figures cache loops stats generate $family $runs_names " in
+    # the suite's own folders and files (the release, its truth, figures, caches, each run's predictions and JSON)
+    case " figures cache loops stats generate $runs_names " in
         *" $name "*) echo "gpu_suite.sh: RUNS name '$name' is taken (by the suite or another line)" >&2; exit 2 ;;
     esac
+    if [[ $name == "$family"* || $name == *_pred || $name == *_test || $name == *_cv_summary ]]; then
+        echo "gpu_suite.sh: RUNS name '$name' is taken (by the suite or another line)" >&2
+        exit 2
+    fi
     runs_names+="$name "
 done <<< "${RUNS:-}"
 out=$(realpath -m "${1:-logs/gpu_suite}")

@@ -169,6 +169,8 @@ def test_the_gpu_suite_keeps_what_it_measured_before_its_deadline(tmp_path):
     ("e100 experiment=fast trainer=gpu", "want NAME SCORE OVERRIDES"),  # the SCORE column forgotten
     ("../up 1 debug=tiny", "want NAME SCORE OVERRIDES"),
     ("cache 1 debug=tiny", "RUNS name 'cache' is taken"),  # the suite's own folder
+    ("realistic_truth 0 debug=tiny", "RUNS name 'realistic_truth' is taken"),  # the release's clean labels
+    ("b 0 debug=tiny\nb_pred 0 debug=tiny", "RUNS name 'b_pred' is taken"),  # b's predictions
     ("a 1 debug=tiny\na 0 debug=tiny", "RUNS name 'a' is taken"),
 ])
 def test_the_gpu_suite_refuses_runs_it_cannot_keep_apart(tmp_path, runs, said):

@@ -133,11 +133,12 @@ def test_folds_as_jobs_equal_the_single_run(launcher, bare_env, tiny_data, tmp_p
     entry.run("-m", "landslide.aggregate", *map(str, jobs), "--out", ".", env=env, cwd=tmp_path / "here")
     assert (tmp_path / "here" / "cv_summary.json").is_file()
     # what an interrupted merge left: not taken for a job in a sweep folder, removed beside a new --out
-    stale, beside = sweep / ".m8.tmp-999999", tmp_path / ".m8.tmp-999999"
-    shutil.copytree(jobs[0], stale)
-    shutil.copytree(jobs[0], beside)
+    stale, beside, other = sweep / ".m8.tmp-999999", tmp_path / ".m8.tmp-999999", tmp_path / ".m9.tmp-999999"
+    for folder in (stale, beside, other):
+        shutil.copytree(jobs[0], folder)
     aggregate(sweep, "--out", tmp_path / "m8", env=env)
     assert (tmp_path / "m8" / "run.json").is_file() and stale.exists() and not beside.exists()
+    assert other.exists()  # another output's (perhaps being written from another node): not this merge's to remove
 
     # a failure while the merged run is written leaves neither --out nor its temporary folder
     def failing(*args, **kwargs):

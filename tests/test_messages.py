@@ -476,6 +476,16 @@ def test_a_crash_keeps_its_new_run_folder(trained, tmp_path, monkeypatch):
     assert (tmp_path / "run" / ".hydra" / "config.yaml").is_file() and (tmp_path / "run" / "train.log").is_file()
 
 
+def test_a_diverged_network_is_one_line_and_its_fold_is_not_finished(trained, tmp_path):
+    """A learning rate that makes the network's outputs NaN: one line saying so, and no result.json (so a rerun
+    trains the fold again instead of stopping on the NaN forever)."""
+    _, env = trained
+    run_dir = tmp_path / "run"
+    line = one_error_line(run("train.py", *TINY, "model.optimizer.lr=1e30", f"hydra.run.dir={run_dir}", env=env))
+    assert "out-of-fold probabilities are not numbers (NaN): its training diverged; lower model.optimizer.lr" in line
+    assert not (run_dir / "folds" / "fold_0" / "result.json").exists()
+
+
 def test_init_weights_of_another_band_set_is_one_line(trained, tmp_path):
     run_dir, env = trained
     weights = run_dir / "folds" / "fold_0" / "model.ckpt"

@@ -198,6 +198,13 @@ def test_one_stacked_scoring_pass_gives_each_fold_its_own_probabilities(tiny_rel
     for k, (template, r) in enumerate(zip(templates, rows)):
         alone = predict_probs(template, dm.gather("train", r), 56, True, "cpu", bf16=False).mean(0)
         np.testing.assert_allclose(got[k, : len(r)], alone, atol=2e-5)
+    # fewer rows than a chunk (a small holdout): padded to the chunk's shape, only the rows returned
+    few = torch.as_tensor(np.stack([r[:3] for r in rows]))
+    got = stacked_network_probs(stacked, dm, few, chunk=7, tta=False, device=torch.device("cpu"), bf16=False)
+    assert got.shape == (2, 3)
+    for k, template in enumerate(templates):
+        alone = predict_probs(template, dm.gather("train", rows[k][:3]), 56, False, "cpu", bf16=False).mean(0)
+        np.testing.assert_allclose(got[k], alone, atol=2e-5)
 
 
 def test_stacked_validation_batches_have_one_shape(tiny_release, tmp_path):

@@ -120,7 +120,9 @@ def process_age() -> float | None:
     try:
         with open("/proc/self/stat") as stat, open("/proc/uptime") as uptime:
             started = int(stat.read().rsplit(")", 1)[1].split()[19])  # field 22, starttime, in clock ticks
-            return max(0.0, float(uptime.read().split()[0]) - started / os.sysconf("SC_CLK_TCK"))
+            age = float(uptime.read().split()[0]) - started / os.sysconf("SC_CLK_TCK")
+        if age >= 0:  # a container's own uptime (LXCFS) does not count from the host's boot: psutil then
+            return age
     except (OSError, ValueError, IndexError):
         pass
     try:

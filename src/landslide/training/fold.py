@@ -380,6 +380,9 @@ def score_probs(dm: LandslideDataModule, filt: Any, feats: np.ndarray, val_part:
     """:func:`score_fold` from the network's probabilities (mean over the test-time views) of the validation part
     and of the held-out rows (``dm.holdout_index``; None when there are none)."""
     labels = dm.labels
+    if not (np.isfinite(val_net).all() and (hold_net is None or np.isfinite(hold_net).all())):
+        raise RunError("the network's out-of-fold probabilities are not numbers (NaN): its training diverged; lower "
+                       "model.optimizer.lr, or train in full precision (trainer.precision=32-true)")
     prob = val_net * keep_val
     threshold, best_f1 = f1_optimal_threshold(prob, labels[val_part])
     result: dict[str, Any] = {}

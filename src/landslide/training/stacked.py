@@ -134,8 +134,8 @@ class StackedFoldsData(L.LightningDataModule):
         # columns per validation (and scoring) batch: as many as the evaluation batch allows, balanced so that the
         # padded matrix wastes least; every batch then has one shape (one compiled graph, no recompilation)
         widest = max(1, dm.eval_batch_size // len(parts))
-        batches = -(-longest // widest)
-        self.val_chunk = -(-longest // batches)
+        batches = max(1, -(-longest // widest))
+        self.val_chunk = max(1, -(-longest // batches))
         # padding repeats the fold's own rows up to whole batches; it is never scored
         pad = [np.resize(p.val_index, batches * self.val_chunk) for p in parts]
         self.val_index = torch.as_tensor(np.stack(pad), dtype=torch.long)
@@ -260,9 +260,9 @@ def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModu
     stacked = stacked.to(device).eval()
     views = TTA_VIEWS if tta else 1
     k, n = index.shape
-    chunk = min(chunk, n)
-    # whole chunks only (the last padded with the first columns, never returned): one shape, one compiled graph
-    index = index[:, torch.arange(-(-n // chunk) * chunk) % n]
+    # whole chunks only, even for fewer rows than a chunk (the last padded with the first columns, never returned):
+    # one shape, one compiled graph
+    index = index[:, torch.arange(max(1, -(-n // chunk)) * chunk) % max(n, 1)]
     out = torch.zeros(views, k, index.shape[1], device=device)
     for start in range(0, index.shape[1], chunk):
         rows = index[:, start : start + chunk].to(device)
