@@ -486,6 +486,20 @@ def test_a_diverged_network_is_one_line_and_its_fold_is_not_finished(trained, tm
     assert not (run_dir / "folds" / "fold_0" / "result.json").exists()
 
 
+def test_a_damaged_finished_fold_is_named_on_resume(trained, tmp_path):
+    """A finished fold's result.json that the summary cannot use (here a NaN probability, as a diverged network wrote
+    before that was refused) is named with what to do, not a traceback at the end of every rerun."""
+    run_dir, env = trained
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy)
+    path = copy / "folds" / "fold_0" / "result.json"
+    result = json.loads(path.read_text())
+    result["oof"]["prob"][0] = float("nan")
+    path.write_text(json.dumps(result))
+    line = one_error_line(run("train.py", *TINY, f"hydra.run.dir={copy}", env=env))
+    assert f"{path}: oof.prob is not a list of probabilities" in line and "Delete it to train fold 0 again." in line
+
+
 def test_init_weights_of_another_band_set_is_one_line(trained, tmp_path):
     run_dir, env = trained
     weights = run_dir / "folds" / "fold_0" / "model.ckpt"

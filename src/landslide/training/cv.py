@@ -8,7 +8,6 @@ skipped when the same run directory is used again, and an interrupted fold resum
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import time
@@ -27,9 +26,9 @@ from landslide.callbacks import EnergyTracker
 from landslide.callbacks.energy import ENERGY
 from landslide.callbacks.phases import TRAIN_STEP_IMAGES, TRAIN_STEPS
 from landslide.data.datamodule import LandslideDataModule
-from landslide.errors import ConfigError
+from landslide.errors import ConfigError, RunError
 from landslide.features.cached import split_features
-from landslide.files import atomic_output, write_json
+from landslide.files import atomic_output, read_json, write_json
 from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
@@ -47,7 +46,7 @@ from landslide.training.fold import (
 from landslide.training.ranks import is_rank_zero, planned_processes
 from landslide.training.run_logging import log_run
 from landslide.training.stacked import train_stacked
-from landslide.training.summary import print_summary, summarise
+from landslide.training.summary import check_result, print_summary, summarise
 
 log = logging.getLogger(__name__)
 #: the largest share of Train.csv that data.holdout_fraction may keep out of the folds
@@ -200,7 +199,10 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
             done = out / "folds" / f"fold_{fold}" / "result.json"
             if done.is_file():
                 log.info("fold %d already finished; skipping it", fold)
-                results[fold] = json.loads(done.read_text())
+                try:  # what the summary reads, checked: a damaged result is named, not a traceback at the end
+                    results[fold] = check_result(read_json(done), fold, len(dm.labels), done)
+                except RunError as err:
+                    raise RunError(f"{err} Delete it to train fold {fold} again.") from None
         pending = [f for f in folds if f not in results]
         with phase(FILTER):
             fitted = fit_filters(cfg, feats, dm.labels, {f: dm.folds()[f] for f in pending}, out)
