@@ -134,8 +134,10 @@ def polygons(mask_path: Path, map_path: Path, info: SceneInfo, out: Path, min_ar
 
     support.freeze()
     min_pixels = min_area_m2 / info.pixel_area_m2
-    features = []
-    with rasterio.open(mask_path) as mask, rasterio.open(map_path) as prob_map:
+    count = 0
+    # streamed: one feature a line as it is made, so memory does not grow with the number of polygons
+    with rasterio.open(mask_path) as mask, rasterio.open(map_path) as prob_map, open(out, "w") as stream:
+        stream.write('{"type": "FeatureCollection", "features": [')
         scale = ENCODINGS[prob_map.dtypes[0]][1]
         band = rasterio.band(mask, 1)
         for geom, _ in shapes(band, mask=band, connectivity=8, transform=mask.transform):
@@ -151,11 +153,11 @@ def polygons(mask_path: Path, map_path: Path, info: SceneInfo, out: Path, min_ar
             picked = values.data[inside].astype(np.float64) / scale
             windows = support.covering(int(window.row_off), int(window.col_off), inside)
             shape = {"type": "Polygon", "coordinates": [chaikin(r, smooth) for r in rings]} if smooth else filled
-            features.append({
+            feature = {
                 "type": "Feature",
                 "geometry": transform_geom(info.crs, "EPSG:4326", shape),
                 "properties": {
-                    "id": len(features),
+                    "id": count,
                     "mean_prob": round(float(picked.mean()), 4) if picked.size else None,
                     "max_prob": round(float(picked.max()), 4) if picked.size else None,
                     "pixels": int(inside.sum()),
@@ -164,6 +166,8 @@ def polygons(mask_path: Path, map_path: Path, info: SceneInfo, out: Path, min_ar
                     "window_max_prob": round(float(support.probs[windows].max()), 4) if len(windows) else None,
                     "window_origins": [[int(support.rows[i]), int(support.cols[i])] for i in windows],
                 },
-            })
-    out.write_text(json.dumps({"type": "FeatureCollection", "features": features}, indent=2))
-    return len(features)
+            }
+            stream.write(("\n" if count == 0 else ",\n") + json.dumps(feature))
+            count += 1
+        stream.write("\n]}\n")
+    return count
