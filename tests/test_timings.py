@@ -104,9 +104,10 @@ def test_the_launch_before_a_timer_counts_in_its_wall_and_phases(monkeypatch):
     # a command counts the launch only when run as one (run_command), once a process: not in a session that ran
     # other things (this test session is not a command's process), not again in a multirun's later jobs
     assert not cli._started_for_a_command()
-    monkeypatch.setattr(cli, "_count_launch", False)
-    assert "launch" not in cli.command_timer().seconds
-    monkeypatch.setattr(cli, "_count_launch", True)
+    monkeypatch.setattr(cli, "_launch_pending", True)
+    assert "launch" not in cli.command_timer().seconds and not cli._launch_pending
+    monkeypatch.setattr(cli, "_launch_pending", True)
+    monkeypatch.setattr(cli, "_started_for_a_command", lambda: True)  # as in `python train.py`
     assert cli.command_timer().seconds["launch"] == pytest.approx(process_age(), abs=1.0)
     assert "launch" not in cli.command_timer().seconds
 

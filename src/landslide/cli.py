@@ -86,10 +86,7 @@ def _trust(cfg: DictConfig) -> None:
         raise ConfigError(f"trusted_networks: {err}") from None
 
 
-#: whether the next command's timer counts the launch (set by :func:`run_command` for the first command of a process
-#: started to run it)
-_count_launch = False
-#: whether this process may still count a launch: once, for its first command
+#: whether this process may still count a launch: once, for its first command's timer
 _launch_pending = True
 #: the scripts and modules a process is started with to run one command
 _COMMAND_SCRIPTS = frozenset({"train.py", "predict.py", "map.py"})
@@ -107,13 +104,13 @@ def _started_for_a_command() -> bool:
 
 
 def command_timer() -> PhaseTimer:
-    """The command's phase timer; the first command of a process run by :func:`run_command` (a multirun's first
-    job) starts it with the launch: the interpreter, imports, Hydra and the preflight."""
-    global _count_launch
+    """The command's phase timer; the first command of a process started to run it (a multirun's first job) starts
+    it with the launch: the interpreter, imports, Hydra and the preflight."""
+    global _launch_pending
     timer = PhaseTimer()
-    if _count_launch:
+    if _launch_pending and _started_for_a_command():
         timer.add_before(LAUNCH, process_age())
-        _count_launch = False
+    _launch_pending = False
     return timer
 
 
@@ -260,10 +257,6 @@ def run_command(main: Callable[[], Any], config_name: str) -> None:
     group lacks, stops with one line that names what was meant (exit 2) instead of Hydra's report."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
-    global _count_launch, _launch_pending
-    # the first command of a process started to run it counts the seconds since the process started
-    _count_launch = _launch_pending and _started_for_a_command()
-    _launch_pending = False
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     if full_error == "1":  # the user asked for Hydra's own report
         main()

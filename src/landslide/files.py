@@ -43,15 +43,17 @@ def pid_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(folder: Path | str) -> list[Path]:
-    """Remove the temporaries (:func:`temporary_path`) in ``folder`` whose process is gone (killed while writing);
-    return what was removed."""
+def remove_stale_temporaries(folder: Path | str, of: Path | None = None) -> list[Path]:
+    """Remove the temporaries (:func:`temporary_path`) in ``folder`` whose process is gone (killed while writing),
+    only those of the path ``of`` when given; return what was removed."""
     folder = Path(folder)
     removed: list[Path] = []
     if not folder.is_dir():
         return removed
     for path in folder.iterdir():
         match = TEMPORARY.match(path.name)
+        if of is not None and not (match and match["stem"] == of.stem and (match["suffix"] or "") == of.suffix):
+            continue
         if match and int(match["pid"]) != os.getpid() and not pid_alive(int(match["pid"])):
             if path.is_dir() and not path.is_symlink():
                 shutil.rmtree(path, ignore_errors=True)

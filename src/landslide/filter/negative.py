@@ -26,6 +26,7 @@ import numpy as np
 import xgboost as xgb
 from sklearn.model_selection import StratifiedKFold
 
+from landslide.errors import first_line
 from landslide.features import FEATURE_NAMES
 
 MODEL_FILE = "filter.ubj"
@@ -230,9 +231,7 @@ class NegativeFilter:
         try:
             self.model.load_model(folder / MODEL_FILE)
         except Exception as err:  # missing, cut short, or not XGBoost's format
-            raise ValueError(f"{folder / MODEL_FILE}: not a saved XGBoost model "
-                             f"({str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__})"
-                             ) from None
+            raise ValueError(f"{folder / MODEL_FILE}: not a saved XGBoost model ({first_line(err)})") from None
         self.threshold = meta["threshold"]
         self.calibration = meta["calibration"]
         self.fitted_on = None if meta["fitted_on"] is None else np.asarray(meta["fitted_on"])

@@ -28,7 +28,7 @@ from omegaconf import OmegaConf
 
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import RunError, first_line, print_error_line, user_errors
-from landslide.files import TEMPORARY, pid_alive, read_json, temporary_path, write_json, write_text
+from landslide.files import read_json, remove_stale_temporaries, temporary_path, write_json, write_text
 from landslide.run_record import (
     MANIFEST,
     RunManifest,
@@ -221,11 +221,7 @@ def aggregate(folders: list[Path], out: Path) -> dict:
     # written into a temporary folder beside --out and renamed to it whole: a failure leaves no half-merged run
     out.parent.mkdir(parents=True, exist_ok=True)
     building = temporary_path(out)
-    for stale in out.parent.glob(f".{out.stem}.tmp-*"):  # what an interrupted merge into this --out left
-        found = TEMPORARY.match(stale.name)
-        if (found and found["stem"] == out.stem and (found["suffix"] or "") == out.suffix and stale.is_dir()
-                and not pid_alive(int(found["pid"]))):
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temporaries(out.parent, of=out)  # what an interrupted merge into this --out left
     shutil.rmtree(building, ignore_errors=True)
     try:
         try:
