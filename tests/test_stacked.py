@@ -262,3 +262,39 @@ def test_stacked_scoring_setting():
     assert stacked_scoring(cfg(True), torch.device("cpu")) and not stacked_scoring(cfg(False), torch.device("cuda"))
     with pytest.raises(ValueError, match="cv.stacked_scoring must be auto, true or false"):
         stacked_scoring(cfg("sometimes"), torch.device("cpu"))
+
+
+def test_stacked_scoring_reuses_the_graph_compiled_for_validation(tiny_release, tmp_path):
+    """Out-of-fold scoring (8 test-time views) runs the graph compiled for validation inside fit: nothing is compiled
+    again after training (each recompilation costs seconds on a GPU)."""
+    import torch._dynamo
+
+    from landslide.data.datamodule import LandslideDataModule
+    from landslide.training.stacked import FoldPart, StackedFoldsData, stacked_network_probs
+
+    dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=2, progress=False,
+                                                                               batch_size=8, eval_batch_size=16))
+    dm.prepare_data()
+    dm.setup()
+    net = {"_target_": "landslide.models.plain.PlainCNN", "stages": [[4], [8]], "batch_norm": True}
+    templates, parts = [], []
+    for fold in range(2):
+        train, val = dm.folds()[fold]
+        parts.append(FoldPart(fold, tmp_path, train, val[: len(val) - fold], np.ones(len(val) - fold, bool), 0,
+                              [0.0] * len(CHANNEL_NAMES), None, {}))
+        templates.append(LandslideModule(net=net, channels=list(CHANNEL_NAMES), norm_mean=[0.0] * len(CHANNEL_NAMES),
+                                         norm_std=[1.0] * len(CHANNEL_NAMES),
+                                         **model_settings(channels_last=False, compile=True)))
+    data = StackedFoldsData(dm, parts)
+    stacked = StackedLandslideModule(templates, [len(p.val_index) for p in parts], [0, 1])
+    torch._dynamo.reset()
+    trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(stacked, datamodule=data)
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            probs = stacked_network_probs(stacked, dm, data.val_index, data.val_chunk, True, torch.device("cpu"),
+                                          bf16=False)
+    finally:
+        torch._dynamo.reset()
+    assert probs.shape == tuple(data.val_index.shape) and np.isfinite(probs).all()

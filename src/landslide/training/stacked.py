@@ -28,6 +28,7 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -249,7 +250,7 @@ def _prepare(cfg: DictConfig, dm: LandslideDataModule, fold: int, out: Path, fit
     return part, module
 
 
-@torch.inference_mode()
+@torch.no_grad()  # as Lightning validates inside fit: the compiled validation graph's guards hold
 def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModule, index: Tensor, chunk: int,
                           tta: bool, device: torch.device, bf16: bool | None = None) -> np.ndarray:
     """(K, n) probabilities of training rows ``index`` (K, n) (row k for fold k), the mean over the test-time views:
@@ -267,10 +268,13 @@ def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModu
     for start in range(0, index.shape[1], chunk):
         rows = index[:, start : start + chunk].to(device)
         flat = dm.gather("train", rows.reshape(-1), device)
-        x = flat.view(k, rows.shape[1], *flat.shape[1:])
         for view in range(views):
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-                logits = stacked(dihedral_view(x, view) if tta else x)[0]
+            # built as the validation batches are (a view of the gathered images, contiguous, Lightning's autocast
+            # without a weight cache, no_grad): the graph compiled for validation is reused, nothing recompiles
+            viewed = dihedral_view(flat, view).contiguous() if tta else flat
+            autocast = torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
+            with autocast:
+                logits = stacked(viewed.view(k, rows.shape[1], *flat.shape[1:]))[0]
             out[view, :, start : start + rows.shape[1]] = torch.sigmoid(logits.float())
     return out[:, :, :n].cpu().numpy().mean(0)
 

@@ -77,7 +77,9 @@ class StackedLandslideModule(L.LightningModule):
             return logits, criterion(logits.float(), y)
 
         fn = torch.vmap(one_fold, in_dims=(0, 0, None, 0, 0, 0, 0), randomness="different")
-        return torch.compile(fn) if compile_ else fn
+        # static shapes: the stacked batches have one training and one evaluation shape (padded), so each graph is
+        # specialised to its shape instead of recompiled shape-generic when the second shape arrives
+        return torch.compile(fn, dynamic=False) if compile_ else fn
 
     def _state(self) -> tuple[dict, dict, dict]:
         params = {n: self.stacked_params[_slot(n)] for n in self.param_names}
