@@ -9,6 +9,7 @@ import lightning as L
 import numpy as np
 import pytest
 import torch
+import torch._dynamo
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 from torch.utils.data import DataLoader
@@ -264,11 +265,56 @@ def test_stacked_scoring_setting():
         stacked_scoring(cfg("sometimes"), torch.device("cpu"))
 
 
-def test_stacked_scoring_reuses_the_graph_compiled_for_validation(tiny_release, tmp_path):
-    """Out-of-fold scoring (8 test-time views) runs the graph compiled for validation inside fit: nothing is compiled
-    again after training (each recompilation costs seconds on a GPU)."""
-    import torch._dynamo
+TINY_NET = {"_target_": "landslide.models.plain.PlainCNN", "stages": [[4], [8]], "batch_norm": True}
 
+
+def compiled_fold_module(compile: bool = True) -> LandslideModule:
+    """A tiny fold module, compiled and channels-last as the fast recipe's."""
+    torch.manual_seed(0)
+    zeros, ones = [0.0] * len(CHANNEL_NAMES), [1.0] * len(CHANNEL_NAMES)
+    return LandslideModule(net=TINY_NET, channels=list(CHANNEL_NAMES), norm_mean=zeros, norm_std=ones,
+                           **model_settings(channels_last=True, compile=compile))
+
+
+def fit_one_epoch(module: L.LightningModule, data: L.LightningDataModule) -> None:
+    """Two training steps and a validation, through Lightning (validation inside fit, as train.py runs it)."""
+    torch._dynamo.reset()
+    trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=1, limit_train_batches=2, logger=False,
+                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
+    trainer.fit(module, datamodule=data)
+
+
+def test_fold_scoring_reuses_the_graph_compiled_for_validation(tiny_release, tmp_path):
+    """A fold's out-of-fold scoring (8 test-time views, the last chunk shorter) runs the graph compiled for its
+    validation batches inside fit: nothing is compiled again after training."""
+    from landslide.data.datamodule import LandslideDataModule
+    from landslide.prediction import predict_probs
+
+    dm = LandslideDataModule(tiny_release, tmp_path / "cache", **data_settings(num_folds=2, progress=False,
+                                                                               batch_size=8, eval_batch_size=16))
+    dm.prepare_data()
+    dm.setup()
+    dm.set_fold(0)
+    module = compiled_fold_module()
+    fit_one_epoch(module, dm)
+    images = dm.gather("train", dm.val_index)
+    images = images[: len(images) // 2 * 2 - 1]  # chunks of 2 images (16 views): the last shorter, padded
+    try:
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            probs = predict_probs(module, images, 16, True, "cpu", bf16=False)
+    finally:
+        torch._dynamo.reset()
+    eager = compiled_fold_module(compile=False)
+    eager.load_state_dict(module.state_dict())
+    # the padded chunk's rows are the images' own: the same probabilities as the uncompiled network's, image by image
+    alone = np.concatenate([predict_probs(eager, images[i : i + 1], 8, True, "cpu", bf16=False)
+                            for i in range(len(images))], 1)
+    np.testing.assert_allclose(probs, alone, atol=1e-5)
+
+
+def test_stacked_scoring_reuses_the_graph_compiled_for_validation(tiny_release, tmp_path):
+    """Out-of-fold scoring of stacked folds (8 test-time views) runs the graph compiled for validation inside fit:
+    nothing is compiled again after training (each recompilation costs seconds on a GPU)."""
     from landslide.data.datamodule import LandslideDataModule
     from landslide.training.stacked import FoldPart, StackedFoldsData, stacked_network_probs
 
@@ -276,21 +322,16 @@ def test_stacked_scoring_reuses_the_graph_compiled_for_validation(tiny_release, 
                                                                                batch_size=8, eval_batch_size=16))
     dm.prepare_data()
     dm.setup()
-    net = {"_target_": "landslide.models.plain.PlainCNN", "stages": [[4], [8]], "batch_norm": True}
-    templates, parts = [], []
+    parts = []
     for fold in range(2):
         train, val = dm.folds()[fold]
-        parts.append(FoldPart(fold, tmp_path, train, val[: len(val) - fold], np.ones(len(val) - fold, bool), 0,
-                              [0.0] * len(CHANNEL_NAMES), None, {}))
-        templates.append(LandslideModule(net=net, channels=list(CHANNEL_NAMES), norm_mean=[0.0] * len(CHANNEL_NAMES),
-                                         norm_std=[1.0] * len(CHANNEL_NAMES),
-                                         **model_settings(channels_last=False, compile=True)))
+        val = val[: len(val) - fold]
+        parts.append(FoldPart(fold, tmp_path, train, val, np.ones(len(val), bool), 0, [0.0] * len(CHANNEL_NAMES),
+                              None, {}))
     data = StackedFoldsData(dm, parts)
-    stacked = StackedLandslideModule(templates, [len(p.val_index) for p in parts], [0, 1])
-    torch._dynamo.reset()
-    trainer = L.Trainer(accelerator="cpu", precision="32-true", max_epochs=1, limit_train_batches=2, logger=False,
-                        enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False)
-    trainer.fit(stacked, datamodule=data)
+    stacked = StackedLandslideModule([compiled_fold_module() for _ in parts], [len(p.val_index) for p in parts],
+                                     [0, 1])
+    fit_one_epoch(stacked, data)
     try:
         with torch._dynamo.config.patch(error_on_recompile=True):
             probs = stacked_network_probs(stacked, dm, data.val_index, data.val_chunk, True, torch.device("cpu"),

@@ -16,7 +16,7 @@ from torchmetrics import MetricCollection
 from torchmetrics.classification import BinaryF1Score
 
 from landslide.bands import CHANNEL_NAMES
-from landslide.data.augment import TTA_VIEWS, tta_views
+from landslide.data.augment import TTA_VIEWS, dihedral_view
 from landslide.losses import build_loss, pixel_loss
 from landslide.metrics import ValidationOutputs, binary_scores
 from landslide.models import build_network
@@ -135,13 +135,13 @@ class LandslideModule(L.LightningModule):
             x = x.contiguous(memory_format=torch.channels_last)
         return self.net(x)
 
-    @torch.inference_mode()
+    @torch.no_grad()  # as Lightning validates inside fit: a graph compiled for validation batches is reused
     def predict_proba(self, x: Tensor, tta: bool = True) -> Tensor:
         """Probabilities (n,), or (8, n) over the dihedral test-time views when ``tta``."""
         if not tta:
             return torch.sigmoid(self(x).float())
-        views = tta_views(x)
-        logits = self(views.flatten(0, 1)).float()
+        # the views concatenated (a tensor of its own, as a validation batch is, not a view of a stacked one)
+        logits = self(torch.cat([dihedral_view(x, k) for k in range(TTA_VIEWS)])).float()
         return torch.sigmoid(logits).view(TTA_VIEWS, x.shape[0])
 
     # ------------------------------------------------------------------ steps

@@ -5,6 +5,8 @@ imports neither."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import numpy as np
 import torch
 from torch import Tensor
@@ -21,14 +23,16 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-@torch.inference_mode()
+@torch.no_grad()  # as Lightning validates inside fit: a graph compiled for validation batches is reused
 def predict_probs(module: LandslideModule, images: Tensor, batch_size: int, tta: bool, device: torch.device | str,
                   bf16: bool | None = None) -> np.ndarray:
     """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units.
 
     ``batch_size`` bounds the images that pass through the network at once, views included (with ``tta`` each
-    chunk holds ``batch_size // 8`` images). ``bf16=None`` uses bf16 autocast where the device runs it fast
-    (see :func:`bf16_supported`)."""
+    chunk holds ``batch_size // 8`` images). Every chunk has one shape (the last of several padded with copies of its
+    first image, never returned), and bf16 autocast is entered as Lightning enters it, so a compiled network runs
+    one graph, the one compiled for validation batches of that size. ``bf16=None`` uses bf16 autocast where the
+    device runs it fast (see :func:`bf16_supported`)."""
     device = torch.device(device)
     bf16 = bf16_supported(device.type) if bf16 is None else bf16
     module = module.to(device).eval()
@@ -37,9 +41,13 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int, tta:
     out = []
     for start in range(0, images.shape[0], chunk):
         x = images[start : start + chunk].to(device, non_blocking=True)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+        rows = x.shape[0]
+        if rows < chunk and start:  # the last of several chunks: the others' shape (a lone short chunk keeps its own)
+            x = torch.cat([x, x[:1].expand(chunk - rows, *x.shape[1:])])
+        autocast = torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
+        with autocast:
             probs = module.predict_proba(x, tta=tta)
-        out.append(probs.view(-1, x.shape[0]).float())
+        out.append(probs.view(-1, x.shape[0])[:, :rows].float())
     if not out:
         return np.zeros((views, 0), np.float32)
     return torch.cat(out, 1).cpu().numpy()
