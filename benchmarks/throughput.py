@@ -273,7 +273,9 @@ def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
             "train_steps_share": round(training / wall, 3) if wall else None,
             # the training steps' own rate (train.py counts their batches' images; first steps left out)
             "train_step_images": summary.get("train_step_images"),
-            "train_steps_images_per_s": summary.get("train_steps_images_per_s"), "phases": phases}
+            "train_steps_images_per_s": summary.get("train_steps_images_per_s"), "phases": phases,
+            # train.py's own GPU samples placed in its phases: utilisation and energy while the steps ran, ...
+            "gpu_by_phase": (summary.get("gpu") or {}).get("phases")}
 
 
 def print_phases(phases: dict[str, float], wall: float) -> None:

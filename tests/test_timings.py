@@ -91,6 +91,47 @@ def test_phases_are_exclusive_and_add_up_to_the_wall():
     assert add_phases({"a": 1.0, OTHER: 2.0}, {"b": 0.5, "a": 1.0}) == {"a": 2.0, "b": 0.5, OTHER: 2.0}
 
 
+def test_gpu_samples_are_placed_in_the_phase_that_ran_when_they_were_taken():
+    """The timer's timeline (each stretch's end and phase, in order, a phase switched to itself one stretch) places
+    the GPU's samples: utilisation, power and energy per phase, printed beside the seconds."""
+    from landslide.gpu_monitor import GpuMonitor, by_phase
+    from landslide.training.cv import gpu_report
+    from landslide.training.summary import render, time_table
+
+    clock = Clock()
+    timer = PhaseTimer(clock=clock)
+    with timer.activate():
+        clock.sleep(2)  # other: 100-102
+        with phase("filter"):
+            clock.sleep(4)  # 102-106
+        with phase("train_steps"):
+            clock.sleep(3)  # 106-109
+            with phase("validation"):
+                clock.sleep(1)  # 109-110
+            clock.sleep(2)  # 110-112
+        timer.start("train_steps")
+        timer.stop("train_steps")  # an empty stretch: nothing to place
+        clock.sleep(1)  # other: 112-113
+    assert timer.timeline == [(102.0, OTHER), (106.0, "filter"), (109.0, "train_steps"), (110.0, "validation"),
+                              (112.0, "train_steps")]
+    # a sample every second from 100.5: (time, utilisation %, power W); the host phases idle, the steps busy
+    samples = [(100.5 + i, 100.0 if 106 <= 100.5 + i < 112 else 0.0, 500.0 if 106 <= 100.5 + i < 112 else 100.0)
+               for i in range(13)]  # the last (112.5) after the timeline: left out
+    placed = by_phase(samples, timer.timeline, interval=1.0)
+    assert placed["train_steps"] == {"seconds": 5.0, "gpu_util_mean_pct": 100.0, "gpu_power_mean_w": 500.0,
+                                     "gpu_energy_wh": round(5 * 500 / 3600, 4), "samples": 5}
+    assert placed["filter"]["gpu_util_mean_pct"] == 0.0 and placed["filter"]["seconds"] == 4.0
+    assert placed[OTHER]["samples"] == 2 and placed["validation"]["samples"] == 1
+    monitor = GpuMonitor(interval=1.0)
+    monitor.samples = samples
+    with timer.activate():
+        report = gpu_report(monitor, timer)
+    assert report["phases"]["train_steps"]["gpu_util_mean_pct"] == 100.0 and report["gpu_samples"] == 13
+    table = render(time_table(timer.report()["phases"], 13.0, report["phases"]))
+    assert "GPU util" in table and "100%" in table
+    assert gpu_report(GpuMonitor(), timer) == {}  # nothing sampled (no GPU to read): nothing reported
+
+
 def test_the_launch_before_a_timer_counts_in_its_wall_and_phases(monkeypatch):
     clock = Clock()
     timer = PhaseTimer(clock=clock)

@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import threading
 import time
+from bisect import bisect_left
+from collections.abc import Sequence
 from typing import Any
 
 
@@ -106,3 +108,28 @@ class GpuMonitor:
 
     def __exit__(self, *exc: Any) -> None:
         self.stop()
+
+
+def by_phase(samples: Sequence[tuple[float, float, float]], timeline: Sequence[tuple[float, str]],
+             interval: float) -> dict[str, dict[str, float]]:
+    """GPU samples ``(time, utilisation %, power W)`` grouped by the phase that ran when each was taken
+    (``timeline``: the ``(end, phase)`` of each stretch in order, :attr:`landslide.timing.PhaseTimer.timeline`, on
+    the samples' clock, started before the first sample): per phase the seconds sampled, mean utilisation, mean
+    power and the energy they imply (each sample standing for the time to the next one, the last for
+    ``interval``). Samples after the timeline's end are left out."""
+    ends = [end for end, _ in timeline]
+    sums: dict[str, list[float]] = {}
+    for i, (t, util, power) in enumerate(samples):
+        k = bisect_left(ends, t)
+        if k == len(ends):
+            continue
+        dt = samples[i + 1][0] - t if i + 1 < len(samples) else interval
+        acc = sums.setdefault(timeline[k][1], [0.0, 0.0, 0.0, 0.0])  # seconds, util x s, power x s, samples
+        acc[0] += dt
+        acc[1] += util * dt
+        acc[2] += power * dt
+        acc[3] += 1
+    return {name: {"seconds": round(sec, 2), "gpu_util_mean_pct": round(u / sec, 1) if sec else 0.0,
+                   "gpu_power_mean_w": round(p / sec, 1) if sec else 0.0, "gpu_energy_wh": round(p / 3600, 4),
+                   "samples": int(n)}
+            for name, (sec, u, p, n) in sums.items()}

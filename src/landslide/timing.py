@@ -34,6 +34,8 @@ class PhaseTimer:
         self.sync, self.clock = sync, clock
         self.seconds: dict[str, float] = {}
         self.counts: dict[str, int] = {}  # things counted beside the seconds (e.g. images through training steps)
+        # (end, phase) of every stretch in order, on ``clock``: which phase ran when (e.g. to place GPU samples)
+        self.timeline: list[tuple[float, str]] = []
         self._stack: list[str] = []
         self._owner = threading.get_ident()
         self._started = self._mark = clock()
@@ -44,6 +46,10 @@ class PhaseTimer:
         now = self.clock()
         current = self._stack[-1] if self._stack else OTHER
         self.seconds[current] = self.seconds.get(current, 0.0) + now - self._mark
+        if self.timeline and self.timeline[-1][1] == current:  # one stretch, however often it was switched
+            self.timeline[-1] = (now, current)
+        elif now > self._mark:  # an empty stretch places nothing
+            self.timeline.append((now, current))
         self._mark = now
 
     def _mine(self) -> bool:

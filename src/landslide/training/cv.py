@@ -29,6 +29,7 @@ from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError, RunError
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, read_json, write_json
+from landslide.gpu_monitor import GpuMonitor, by_phase
 from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
@@ -172,12 +173,17 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     manifest: RunManifest | None = None
     trained: list[int] = []
     finished = False
+    device = training_device(cfg)
     with phase(ENERGY):
         tracker.start()
+        # the GPU's utilisation and power, sampled and placed in the phases (cv_summary.json's gpu)
+        sample_secs = float(energy.get("gpu_sample_secs") or 0)
+        monitor = (GpuMonitor(sample_secs, device.index or 0).start()
+                   if lead and device.type == "cuda" and sample_secs > 0 else None)
     try:
         with phase(DATA):
             dm = build_datamodule(cfg)
-            dm.place(training_device(cfg))
+            dm.place(device)
             with option_errors("data"):
                 dm.folds()  # enough images of each class for the folds, checked before any training
         if cfg.get("init_weights") and cfg.stage == "all":
@@ -232,6 +238,8 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     finally:
         with phase(ENERGY):
             run_wh = tracker.stop()
+            if monitor is not None and not finished:
+                monitor.stop()
         if manifest is not None and not finished:  # a failed or interrupted invocation still counts
             report = timer.report()
             manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
@@ -246,6 +254,8 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
         write_json(out / "cv_summary.json", summary)
     with phase(LOGGERS):
         log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
+    if monitor is not None:
+        summary["gpu"] = gpu_report(monitor, timer)
     # the invocation recorded with every second up to here; the summary again, with its figures' seconds and size
     report = timer.report()
     manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
@@ -255,6 +265,16 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     manifest.keep_hydra_files()
     print_summary(summary)
     return summary
+
+
+def gpu_report(monitor: GpuMonitor, timer: PhaseTimer) -> dict:
+    """This invocation's GPU samples: over the whole run, and by phase (``phases``; e.g. the utilisation while the
+    training steps ran). Empty where the GPU could not be read."""
+    whole = monitor.stop()
+    if not whole:
+        return {}
+    timer.report()  # closes the stretch that is running, so the last samples have a phase
+    return {**whole, "phases": by_phase(monitor.samples, timer.timeline, monitor.interval)}
 
 
 def add_totals(summary: dict, manifest: RunManifest, out: Path, pending: dict | None = None,

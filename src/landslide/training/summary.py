@@ -210,12 +210,19 @@ def fold_table(summary: dict) -> Table:
     return table
 
 
-def time_table(phases: dict[str, float], wall: float) -> Table:
+def time_table(phases: dict[str, float], wall: float, gpu: dict[str, dict] | None = None) -> Table:
+    """Seconds per phase; with ``gpu`` (this invocation's GPU samples by phase) the GPU's mean utilisation and
+    energy in each."""
     table = Table(title=f"where the {wall:.0f} s went")
-    for col in ("phase", "seconds", "share"):
+    columns = ("phase", "seconds", "share") + (("GPU util", "GPU Wh") if gpu else ())
+    for col in columns:
         table.add_column(col, justify="left" if col == "phase" else "right")
     for name, seconds, share in phase_table(phases, wall):
-        table.add_row(name, f"{seconds:.1f}", f"{share:.1%}")
+        row = [name, f"{seconds:.1f}", f"{share:.1%}"]
+        if gpu:
+            used = gpu.get(name)
+            row += [f"{used['gpu_util_mean_pct']:.0f}%", f"{used['gpu_energy_wh']:.2f}"] if used else ["-", "-"]
+        table.add_row(*row)
     return table
 
 
@@ -234,7 +241,8 @@ def print_summary(summary: dict) -> None:
     job's log file (``train.log``) alike."""
     log.info("\n%s", render(fold_table(summary)))
     if summary.get("phases"):
-        log.info("\n%s", render(time_table(summary["phases"], summary["wall_seconds"])))
+        gpu = (summary.get("gpu") or {}).get("phases")
+        log.info("\n%s", render(time_table(summary["phases"], summary["wall_seconds"], gpu)))
     log.info("%s", result_line(summary))
     print_baseline(summary)
 
