@@ -153,6 +153,20 @@ def test_the_launch_before_a_timer_counts_in_its_wall_and_phases(monkeypatch):
     assert "launch" not in cli.command_timer().seconds
 
 
+def test_only_a_commands_own_process_skips_the_exit_collection(project_env):
+    """A command's process ends with it: its objects are moved out of the collector's reach so that the exit does
+    not walk them. A process that goes on (this test session, which runs commands in-process) keeps collecting."""
+    import gc
+
+    frozen = gc.get_freeze_count()
+    entry.run("train.py", "--cfg", "job", env=project_env)  # run_command, in this process
+    assert gc.get_freeze_count() == frozen
+    script = ("import gc, sys; sys.argv = ['train.py', '--cfg', 'job']; from landslide import cli; "
+              "cli._started_for_a_command = lambda: True; cli.train_entry(); print('frozen', gc.get_freeze_count())")
+    done = entry.run("-c", script, env=project_env, process=True)
+    assert int(done.stdout.split("frozen")[-1]) > 10_000  # torch, Hydra and the config: far more than a few
+
+
 def test_fit_phases_count_the_images_of_the_training_steps_after_the_first():
     """One fold's batches (n, c, h, w) and stacked folds' (folds, n, c, h, w): the first step's images go with its
     seconds to ``first_step``, the others are counted for ``train_steps``."""
