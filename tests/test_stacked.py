@@ -265,6 +265,22 @@ def test_stacked_scoring_setting():
         stacked_scoring(cfg("sometimes"), torch.device("cpu"))
 
 
+def test_scoring_runs_in_the_precision_the_folds_trained_in(monkeypatch):
+    """Out-of-fold scoring in bf16 only where the folds trained and validated in it (and the device runs it fast):
+    a 32-bit run on a bf16 GPU is scored in 32 bits, as validated (and its compiled validation graph is reused)."""
+    import landslide.training.fold as fold
+    from landslide.training.fold import scoring_bf16
+
+    def cfg(precision):
+        return OmegaConf.merge(train_config(), {"trainer": {"precision": precision}})
+
+    monkeypatch.setattr(fold, "bf16_supported", lambda device_type: device_type == "cuda")  # a bf16 GPU, a CPU without
+    assert scoring_bf16(cfg("bf16-mixed"), torch.device("cuda"))
+    assert not scoring_bf16(cfg("32-true"), torch.device("cuda")) and not scoring_bf16(cfg("16-mixed"),
+                                                                                        torch.device("cuda"))
+    assert not scoring_bf16(cfg("bf16-mixed"), torch.device("cpu"))
+
+
 TINY_NET = {"_target_": "landslide.models.plain.PlainCNN", "stages": [[4], [8]], "batch_norm": True}
 
 

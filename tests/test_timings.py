@@ -114,19 +114,24 @@ def test_gpu_samples_are_placed_in_the_phase_that_ran_when_they_were_taken():
         clock.sleep(1)  # other: 112-113
     assert timer.timeline == [(102.0, OTHER), (106.0, "filter"), (109.0, "train_steps"), (110.0, "validation"),
                               (112.0, "train_steps")]
-    # a sample every second from 100.5: (time, utilisation %, power W); the host phases idle, the steps busy
-    samples = [(100.5 + i, 100.0 if 106 <= 100.5 + i < 112 else 0.0, 500.0 if 106 <= 100.5 + i < 112 else 100.0)
-               for i in range(13)]  # the last (112.5) after the timeline: left out
-    placed = by_phase(samples, timer.timeline, interval=1.0)
+    # a sample every second from 100.5, each the average of the second before it: (time, utilisation %, power W);
+    # the GPU busy from 106 to 112 (training steps and validation), idle before
+    def busy(t: float) -> bool:
+        return 106 < t - 0.5 <= 112
+
+    samples = [(t, 100.0 if busy(t) else 0.0, 500.0 if busy(t) else 100.0) for t in np.arange(100.5, 114.0, 1.0)]
+    placed = by_phase(samples, timer.timeline, interval=1.0)  # the last sample (113.5) after the timeline: left out
     assert placed["train_steps"] == {"seconds": 5.0, "gpu_util_mean_pct": 100.0, "gpu_power_mean_w": 500.0,
                                      "gpu_energy_wh": round(5 * 500 / 3600, 4), "samples": 5}
-    assert placed["filter"]["gpu_util_mean_pct"] == 0.0 and placed["filter"]["seconds"] == 4.0
-    assert placed[OTHER]["samples"] == 2 and placed["validation"]["samples"] == 1
+    assert placed["filter"] == {"seconds": 4.0, "gpu_util_mean_pct": 0.0, "gpu_power_mean_w": 100.0,
+                                "gpu_energy_wh": round(4 * 100 / 3600, 4), "samples": 4}
+    assert placed[OTHER]["samples"] == 3 and placed["validation"]["gpu_util_mean_pct"] == 100.0
+    assert sum(p["samples"] for p in placed.values()) == len(samples) - 1
     monitor = GpuMonitor(interval=1.0)
     monitor.samples = samples
     with timer.activate():
         report = gpu_report(monitor, timer)
-    assert report["phases"]["train_steps"]["gpu_util_mean_pct"] == 100.0 and report["gpu_samples"] == 13
+    assert report["phases"]["train_steps"]["gpu_util_mean_pct"] == 100.0 and report["gpu_samples"] == 14
     table = render(time_table(timer.report()["phases"], 13.0, report["phases"]))
     assert "GPU util" in table and "100%" in table
     assert gpu_report(GpuMonitor(), timer) == {}  # nothing sampled (no GPU to read): nothing reported
@@ -153,17 +158,21 @@ def test_the_launch_before_a_timer_counts_in_its_wall_and_phases(monkeypatch):
     assert "launch" not in cli.command_timer().seconds
 
 
-def test_only_a_commands_own_process_skips_the_exit_collection(project_env):
-    """A command's process ends with it: its objects are moved out of the collector's reach so that the exit does
-    not walk them. A process that goes on (this test session, which runs commands in-process) keeps collecting."""
+def test_a_command_skips_the_exit_collection_only_when_the_interpreter_exits(project_env):
+    """A command's objects are moved out of the collector's reach at the interpreter's exit (atexit), so the exit
+    does not walk them; a process that goes on (this test session, which runs commands in-process) keeps
+    collecting until then."""
     import gc
 
     frozen = gc.get_freeze_count()
     entry.run("train.py", "--cfg", "job", env=project_env)  # run_command, in this process
     assert gc.get_freeze_count() == frozen
-    script = ("import gc, sys; sys.argv = ['train.py', '--cfg', 'job']; from landslide import cli; "
-              "cli._started_for_a_command = lambda: True; cli.train_entry(); print('frozen', gc.get_freeze_count())")
+    # a handler registered before the command's runs after its (last in, first out): the objects are frozen by then
+    script = ("import atexit, gc, sys; atexit.register(lambda: print('frozen', gc.get_freeze_count())); "
+              "sys.argv = ['train.py', '--cfg', 'job']; from landslide import cli; cli.train_entry(); "
+              "print('before exit', gc.get_freeze_count())")
     done = entry.run("-c", script, env=project_env, process=True)
+    assert "before exit 0" in done.stdout
     assert int(done.stdout.split("frozen")[-1]) > 10_000  # torch, Hydra and the config: far more than a few
 
 

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import atexit
 import difflib
 import gc
 import logging
@@ -258,6 +259,11 @@ def run_command(main: Callable[[], Any], config_name: str) -> None:
     group lacks, stops with one line that names what was meant (exit 2) instead of Hydra's report."""
     from hydra.errors import ConfigCompositionException, MissingConfigException
 
+    # when the interpreter exits (and only then: a notebook or test session goes on collecting), every object is
+    # moved out of the garbage collector's reach first, so the exit does not walk them all (about 1 s after a run on
+    # a CPU); what must happen at exit is explicit (files closed, loggers finished, atexit handlers) and still runs
+    atexit.unregister(gc.freeze)  # once a process, however many commands it runs
+    atexit.register(gc.freeze)
     full_error = os.environ.get("HYDRA_FULL_ERROR")
     if full_error == "1":  # the user asked for Hydra's own report
         main()
@@ -287,16 +293,7 @@ def run_command(main: Callable[[], Any], config_name: str) -> None:
             os.environ.pop("HYDRA_FULL_ERROR", None)
         else:
             os.environ["HYDRA_FULL_ERROR"] = full_error
-        _skip_the_exit_collection()
 
-
-def _skip_the_exit_collection() -> None:
-    """In a process started to run the command, which ends with it: move every object out of the garbage
-    collector's reach, so that the interpreter's exit does not walk them all (about 1 s after a run on a CPU). What
-    must happen at exit is explicit (files closed, loggers finished, ``atexit`` handlers) and still runs. Never in
-    a process that goes on (a test session, a notebook): it would stop collecting what it has made so far."""
-    if _started_for_a_command():
-        gc.freeze()
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

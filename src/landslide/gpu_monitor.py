@@ -11,13 +11,15 @@ from collections.abc import Sequence
 from typing import Any
 
 
-def _nvml_reader(index: int):
-    """A function returning (utilisation %, power W) of GPU ``index`` through NVML, or None without pynvml."""
+def _nvml_reader(index: int, uuid: str | None = None):
+    """A function returning (utilisation %, power W) of GPU ``uuid`` (else NVML's ``index``) through NVML, or None
+    without pynvml."""
     try:
         import pynvml
 
         pynvml.nvmlInit()
-        handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        handle = (pynvml.nvmlDeviceGetHandleByUUID(uuid) if uuid is not None
+                  else pynvml.nvmlDeviceGetHandleByIndex(index))
     except Exception:
         return None
 
@@ -28,14 +30,14 @@ def _nvml_reader(index: int):
     return read
 
 
-def _smi_reader(index: int):
+def _smi_reader(index: int, uuid: str | None = None):
     """The same through ``nvidia-smi`` (one process a sample), or None without it."""
     smi = shutil.which("nvidia-smi")
     if smi is None:
         return None
 
     def read() -> tuple[float, float]:
-        out = subprocess.run([smi, f"--id={index}", "--query-gpu=utilization.gpu,power.draw",
+        out = subprocess.run([smi, f"--id={uuid or index}", "--query-gpu=utilization.gpu,power.draw",
                               "--format=csv,noheader,nounits"], capture_output=True, text=True, timeout=10)
         util, power = out.stdout.strip().splitlines()[0].split(",")
         return float(util), float(power)
@@ -44,22 +46,24 @@ def _smi_reader(index: int):
 
 
 class GpuMonitor:
-    """Samples GPU ``index`` every ``interval`` seconds between :meth:`start` and :meth:`stop` (or as a context
-    manager). ``summary()`` gives mean utilisation, mean and peak power and the energy they imply; it is empty
-    where there is no GPU to read (a CPU machine), so callers report nothing rather than zeros."""
+    """Samples a GPU every ``interval`` seconds between :meth:`start` and :meth:`stop` (or as a context manager):
+    ``uuid`` (``GPU-...``, as :func:`cuda_uuid` gives: a process's CUDA index depends on ``CUDA_VISIBLE_DEVICES``)
+    or else the driver's ``index``. Sample times are ``time.perf_counter()``'s. ``summary()`` gives mean
+    utilisation, mean and peak power and the energy they imply; it is empty where there is no GPU to read (a CPU
+    machine), so callers report nothing rather than zeros."""
 
-    def __init__(self, interval: float = 0.5, index: int = 0) -> None:
-        self.interval, self.index = interval, index
+    def __init__(self, interval: float = 0.5, index: int = 0, uuid: str | None = None) -> None:
+        self.interval, self.index, self.uuid = interval, index, uuid
         self.samples: list[tuple[float, float, float]] = []  # (time, utilisation %, power W)
         self.source: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def start(self) -> GpuMonitor:
-        read = _nvml_reader(self.index)
+        read = _nvml_reader(self.index, self.uuid)
         self.source = "nvml" if read else None
         if read is None:
-            read = _smi_reader(self.index)
+            read = _smi_reader(self.index, self.uuid)
             self.source = "nvidia-smi" if read else None
         if read is None:
             return self
@@ -110,20 +114,33 @@ class GpuMonitor:
         self.stop()
 
 
+def cuda_uuid(index: int) -> str | None:
+    """The UUID (``GPU-...``) of the GPU that CUDA index ``index`` of this process is, as NVML and nvidia-smi name
+    it; None where torch does not say."""
+    try:
+        import torch
+
+        return f"GPU-{torch.cuda.get_device_properties(index).uuid}"
+    except Exception:
+        return None
+
+
 def by_phase(samples: Sequence[tuple[float, float, float]], timeline: Sequence[tuple[float, str]],
              interval: float) -> dict[str, dict[str, float]]:
-    """GPU samples ``(time, utilisation %, power W)`` grouped by the phase that ran when each was taken
+    """GPU samples ``(time, utilisation %, power W)`` grouped by the phase that ran while each was measured
     (``timeline``: the ``(end, phase)`` of each stretch in order, :attr:`landslide.timing.PhaseTimer.timeline`, on
-    the samples' clock, started before the first sample): per phase the seconds sampled, mean utilisation, mean
-    power and the energy they imply (each sample standing for the time to the next one, the last for
-    ``interval``). Samples after the timeline's end are left out."""
+    the samples' clock, ``time.perf_counter``). The driver averages a sample over the time before it is read, so
+    each stands for the time since the previous one (the first for ``interval``) and goes to the phase that ran in
+    the middle of it. Per phase: the seconds sampled, mean utilisation, mean power and the energy they imply
+    (rectangles, so their sum differs slightly from the whole run's trapezoids). Samples after the timeline's end
+    are left out."""
     ends = [end for end, _ in timeline]
     sums: dict[str, list[float]] = {}
     for i, (t, util, power) in enumerate(samples):
-        k = bisect_left(ends, t)
+        dt = t - samples[i - 1][0] if i else interval
+        k = bisect_left(ends, t - dt / 2)
         if k == len(ends):
             continue
-        dt = samples[i + 1][0] - t if i + 1 < len(samples) else interval
         acc = sums.setdefault(timeline[k][1], [0.0, 0.0, 0.0, 0.0])  # seconds, util x s, power x s, samples
         acc[0] += dt
         acc[1] += util * dt

@@ -29,10 +29,9 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int, tta:
     """(views, n) float32 probabilities: 8 views with ``tta``, else 1. ``images`` in physical units.
 
     ``batch_size`` bounds the images that pass through the network at once, views included (with ``tta`` each
-    chunk holds ``batch_size // 8`` images). Every chunk has one shape (the last of several padded with copies of its
-    first image, never returned), and bf16 autocast is entered as Lightning enters it, so a compiled network runs
-    one graph, the one compiled for validation batches of that size. ``bf16=None`` uses bf16 autocast where the
-    device runs it fast (see :func:`bf16_supported`)."""
+    chunk holds ``batch_size // 8`` images). The chunks run as Lightning's validation does (``no_grad``, bf16
+    autocast without a weight cache), so a compiled network reuses the graph compiled for validation.
+    ``bf16=None`` uses bf16 autocast where the device runs it fast (see :func:`bf16_supported`)."""
     device = torch.device(device)
     bf16 = bf16_supported(device.type) if bf16 is None else bf16
     module = module.to(device).eval()
@@ -41,13 +40,10 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int, tta:
     out = []
     for start in range(0, images.shape[0], chunk):
         x = images[start : start + chunk].to(device, non_blocking=True)
-        rows = x.shape[0]
-        if rows < chunk and start:  # the last of several chunks: the others' shape (a lone short chunk keeps its own)
-            x = torch.cat([x, x[:1].expand(chunk - rows, *x.shape[1:])])
         autocast = torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
         with autocast:
             probs = module.predict_proba(x, tta=tta)
-        out.append(probs.view(-1, x.shape[0])[:, :rows].float())
+        out.append(probs.view(-1, x.shape[0]).float())
     if not out:
         return np.zeros((views, 0), np.float32)
     return torch.cat(out, 1).cpu().numpy()

@@ -11,6 +11,8 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +31,7 @@ from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError, RunError
 from landslide.features.cached import split_features
 from landslide.files import atomic_output, read_json, write_json
-from landslide.gpu_monitor import GpuMonitor, by_phase
+from landslide.gpu_monitor import GpuMonitor, by_phase, cuda_uuid
 from landslide.hardware import cuda_sync
 from landslide.module import LandslideModule
 from landslide.run_record import RunManifest, defining_settings, prediction_settings
@@ -157,12 +159,26 @@ def run_cv(cfg: DictConfig) -> dict:
     starts one; without one the run times itself from here)."""
     timer = active_timer()
     if timer is None:
-        with PhaseTimer(sync=cuda_sync).activate() as timer:
-            return _run_cv(cfg, timer)
-    return _run_cv(cfg, timer)
+        with PhaseTimer(sync=cuda_sync).activate() as timer, sampled_gpu(cfg) as monitor:
+            return _run_cv(cfg, timer, monitor)
+    with sampled_gpu(cfg) as monitor:
+        return _run_cv(cfg, timer, monitor)
 
 
-def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
+@contextmanager
+def sampled_gpu(cfg: DictConfig) -> Iterator[GpuMonitor | None]:
+    """The training GPU's utilisation and power sampled every ``energy.gpu_sample_secs`` until the block ends,
+    however it ends (None on a CPU, on other ranks than zero, or with 0)."""
+    device, secs = training_device(cfg), float(cfg.energy.get("gpu_sample_secs") or 0)
+    if device.type != "cuda" or secs <= 0 or not is_rank_zero():
+        yield None
+        return
+    index = device.index or 0
+    with GpuMonitor(secs, index, cuda_uuid(index)) as monitor:
+        yield monitor
+
+
+def _run_cv(cfg: DictConfig, timer: PhaseTimer, monitor: GpuMonitor | None) -> dict:
     check_options(cfg)
     out = Path(cfg.paths.output_dir)
     started_at = time.time() - timer.wall()  # when the command's timer started
@@ -173,17 +189,12 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     manifest: RunManifest | None = None
     trained: list[int] = []
     finished = False
-    device = training_device(cfg)
     with phase(ENERGY):
         tracker.start()
-        # the GPU's utilisation and power, sampled and placed in the phases (cv_summary.json's gpu)
-        sample_secs = float(energy.get("gpu_sample_secs") or 0)
-        monitor = (GpuMonitor(sample_secs, device.index or 0).start()
-                   if lead and device.type == "cuda" and sample_secs > 0 else None)
     try:
         with phase(DATA):
             dm = build_datamodule(cfg)
-            dm.place(device)
+            dm.place(training_device(cfg))
             with option_errors("data"):
                 dm.folds()  # enough images of each class for the folds, checked before any training
         if cfg.get("init_weights") and cfg.stage == "all":
@@ -238,8 +249,6 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
     finally:
         with phase(ENERGY):
             run_wh = tracker.stop()
-            if monitor is not None and not finished:
-                monitor.stop()
         if manifest is not None and not finished:  # a failed or interrupted invocation still counts
             report = timer.report()
             manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
@@ -268,13 +277,14 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer) -> dict:
 
 
 def gpu_report(monitor: GpuMonitor, timer: PhaseTimer) -> dict:
-    """This invocation's GPU samples: over the whole run, and by phase (``phases``; e.g. the utilisation while the
-    training steps ran). Empty where the GPU could not be read."""
+    """This invocation's GPU samples (``invocation``: not summed over a resumed run's, unlike the seconds): over the
+    whole of it, and by phase (``phases``; e.g. the utilisation while the training steps ran). Empty where the GPU
+    could not be read."""
     whole = monitor.stop()
     if not whole:
         return {}
     timer.report()  # closes the stretch that is running, so the last samples have a phase
-    return {**whole, "phases": by_phase(monitor.samples, timer.timeline, monitor.interval)}
+    return {"invocation": "last", **whole, "phases": by_phase(monitor.samples, timer.timeline, monitor.interval)}
 
 
 def add_totals(summary: dict, manifest: RunManifest, out: Path, pending: dict | None = None,

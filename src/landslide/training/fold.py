@@ -31,6 +31,7 @@ from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError, RunError, first_line
 from landslide.files import atomic_output
 from landslide.filter.negative import filter_report, load_filter
+from landslide.hardware import bf16_supported
 from landslide.metrics import calibrate, f1_at, f1_optimal_threshold
 from landslide.models import import_network_module, trust_networks
 from landslide.module import LandslideModule
@@ -315,11 +316,18 @@ def fit_fold_network(cfg: DictConfig, dm: LandslideDataModule, fold: int, fold_d
     return module, trainer, callbacks
 
 
+def scoring_bf16(cfg: DictConfig, device: torch.device) -> bool:
+    """Whether out-of-fold scoring runs in bf16 autocast: as the folds trained and validated
+    (``trainer.precision``), where the device runs it fast (as prediction decides from a run's precision)."""
+    return str(cfg.trainer.precision).startswith("bf16") and bf16_supported(device.type)
+
+
 def network_probs(cfg: DictConfig, module: LandslideModule, dm: LandslideDataModule, index: np.ndarray,
                   device: torch.device) -> np.ndarray:
     """Mean probability over the test-time views of training rows ``index``."""
     images = dm.gather("train", index)
-    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.tta), device).mean(0)
+    return predict_probs(module, images, cfg.data.eval_batch_size, bool(cfg.tta), device,
+                         bf16=scoring_bf16(cfg, device)).mean(0)
 
 
 def train_fold(cfg: DictConfig, dm: LandslideDataModule, fold: int, feats: np.ndarray, fold_dir: Path,

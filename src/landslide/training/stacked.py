@@ -64,6 +64,7 @@ from landslide.training.fold import (
     resume_point,
     score_fold,
     score_probs,
+    scoring_bf16,
 )
 from landslide.training.loggers import build_loggers, finish_loggers, log_figure
 from landslide.training.stacked_module import StackedLandslideModule
@@ -293,12 +294,13 @@ def score_stacked(cfg: DictConfig, data: StackedFoldsData, stacked: StackedLands
     """Every fold's :func:`~landslide.training.fold.score_probs`, its network probabilities from one stacked
     test-time pass (``cv.stacked_scoring``)."""
     dm, parts = data.dm, data.parts
-    val = stacked_network_probs(stacked, dm, data.val_index, data.val_chunk, bool(cfg.tta), device)
+    bf16 = scoring_bf16(cfg, device)
+    val = stacked_network_probs(stacked, dm, data.val_index, data.val_chunk, bool(cfg.tta), device, bf16)
     holdout = dm.holdout_index
     hold = None
     if len(holdout):
         rows = torch.as_tensor(holdout, dtype=torch.long).expand(len(parts), -1)
-        hold = stacked_network_probs(stacked, dm, rows, data.val_chunk, bool(cfg.tta), device)
+        hold = stacked_network_probs(stacked, dm, rows, data.val_chunk, bool(cfg.tta), device, bf16)
     return {p.fold: score_probs(dm, p.filt, feats, p.val_index, p.keep_val, val[k, : len(p.val_index)],
                                 None if hold is None else hold[k])
             for k, p in enumerate(parts)}

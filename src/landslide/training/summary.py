@@ -241,7 +241,8 @@ def print_summary(summary: dict) -> None:
     job's log file (``train.log``) alike."""
     log.info("\n%s", render(fold_table(summary)))
     if summary.get("phases"):
-        gpu = (summary.get("gpu") or {}).get("phases")
+        # the GPU's samples are the last invocation's: beside the seconds only when those are its own too
+        gpu = (summary.get("gpu") or {}).get("phases") if summary.get("invocations", 1) == 1 else None
         log.info("\n%s", render(time_table(summary["phases"], summary["wall_seconds"], gpu)))
     log.info("%s", result_line(summary))
     print_baseline(summary)
