@@ -278,11 +278,14 @@ def full_recipe(root: Path, overrides: list[str], out: Path) -> dict:
             "gpu_by_phase": (summary.get("gpu") or {}).get("phases")}
 
 
-def print_phases(phases: dict[str, float], wall: float) -> None:
-    """The full recipe's seconds per phase, largest first (``other`` last), with their shares of the wall."""
-    print(f"full recipe: where the {wall:.1f} s went")
+def print_phases(phases: dict[str, float], wall: float, gpu: dict[str, dict] | None = None) -> None:
+    """The full recipe's seconds per phase, largest first (``other`` last), with their shares of the wall and, with
+    ``gpu`` (train.py's GPU samples by phase), the GPU's mean utilisation and energy in each."""
+    print(f"full recipe: where the {wall:.1f} s went" + ("  (GPU: mean utilisation, energy)" if gpu else ""))
     for name, seconds, share in phase_table(phases, wall):
-        print(f"  {name:14s} {seconds:9.2f} s {share:7.1%}")
+        used = (gpu or {}).get(name)
+        extra = f" {used['gpu_util_mean_pct']:6.0f}% {used['gpu_energy_wh']:7.2f} Wh" if used else ""
+        print(f"  {name:14s} {seconds:9.2f} s {share:7.1%}{extra}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -463,7 +466,8 @@ def main(argv: list[str] | None = None) -> dict:
     for key, value in result.items():
         print(f"{key:32s} {value}")
     if "full_recipe" in result:
-        print_phases(result["full_recipe"]["phases"], result["full_recipe"]["wall_s"])
+        full = result["full_recipe"]
+        print_phases(full["phases"], full["wall_s"], full.get("gpu_by_phase"))
     return result
 
 
