@@ -267,6 +267,8 @@ def test_the_gpu_trainer_where_there_is_no_gpu_is_one_line_and_no_folder(tmp_pat
     ("data.batch_size=2.5", "data.batch_size must be an integer >= 1, got 2.5"),
     ("data.eval_batch_size=0", "data.eval_batch_size must be an integer >= 1, got 0"),
     ("data.holdout_fraction=0.9", "data.holdout_fraction must be in [0, 0.5] (the folds need the rest), got 0.9"),
+    ("energy.gpu_sample_secs=often", "energy.gpu_sample_secs must be a number of seconds >= 0 (0: off), got 'often'"),
+    ("energy.gpu_sample_secs=-1", "energy.gpu_sample_secs must be a number of seconds >= 0 (0: off), got -1"),
 ])
 def test_training_options_out_of_range_are_refused(override, message):
     with initialize_config_dir(str(REPO / "configs"), version_base="1.3"):

@@ -89,6 +89,10 @@ def check_options(cfg: DictConfig) -> None:
     need(not (planned_processes(cfg) > 1 and _local_multirun()),
          "a multi-device trainer (DDP) cannot run inside a local multirun: its processes would start the sweep "
          "again; run one job per command, or on SLURM one job per node (hydra.launcher.tasks_per_node = GPUs)")
+    sample_secs = cfg.energy.get("gpu_sample_secs")
+    need(sample_secs is None or (isinstance(sample_secs, int | float) and not isinstance(sample_secs, bool)
+                                 and sample_secs >= 0),
+         f"energy.gpu_sample_secs must be a number of seconds >= 0 (0: off), got {sample_secs!r}")
     pixel_weight = cfg.model.pixel_weight
     need(isinstance(pixel_weight, int | float) and not isinstance(pixel_weight, bool) and pixel_weight >= 0,
          f"model.pixel_weight must be a number >= 0, got {pixel_weight!r}")
@@ -159,8 +163,10 @@ def run_cv(cfg: DictConfig) -> dict:
     starts one; without one the run times itself from here)."""
     timer = active_timer()
     if timer is None:
+        check_options(cfg)
         with PhaseTimer(sync=cuda_sync).activate() as timer, sampled_gpu(cfg) as monitor:
             return _run_cv(cfg, timer, monitor)
+    check_options(cfg)
     with sampled_gpu(cfg) as monitor:
         return _run_cv(cfg, timer, monitor)
 
@@ -179,7 +185,6 @@ def sampled_gpu(cfg: DictConfig) -> Iterator[GpuMonitor | None]:
 
 
 def _run_cv(cfg: DictConfig, timer: PhaseTimer, monitor: GpuMonitor | None) -> dict:
-    check_options(cfg)
     out = Path(cfg.paths.output_dir)
     started_at = time.time() - timer.wall()  # when the command's timer started
     energy = cfg.energy
