@@ -295,7 +295,6 @@ def run_command(main: Callable[[], Any], config_name: str) -> None:
             os.environ["HYDRA_FULL_ERROR"] = full_error
 
 
-
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def _train_main(cfg: DictConfig) -> float | None:
     return train(cfg)

@@ -162,11 +162,10 @@ def run_cv(cfg: DictConfig) -> dict:
     The seconds of the invocation go to the phases of the active :class:`~landslide.timing.PhaseTimer` (``train.py``
     starts one; without one the run times itself from here)."""
     timer = active_timer()
+    check_options(cfg)
     if timer is None:
-        check_options(cfg)
         with PhaseTimer(sync=cuda_sync).activate() as timer, sampled_gpu(cfg) as monitor:
             return _run_cv(cfg, timer, monitor)
-    check_options(cfg)
     with sampled_gpu(cfg) as monitor:
         return _run_cv(cfg, timer, monitor)
 
