@@ -155,7 +155,8 @@ def test_the_gpu_suite_keeps_what_it_measured_before_its_deadline(tmp_path):
     for name in ("generate", "stats", "full", "full_predict", "full_score"):
         assert f"== {name}: exit 0" in log
     # the loops (minutes on a CPU) do not fit what is left: cut or skipped, and the suite says so in its status
-    assert done.returncode == 1 and ("== loops: skipped" in log or "== loops: exit 124" in log)
+    # (exit 124: stopped by the deadline; 137: killed 5 s later, when it did not stop on SIGTERM)
+    assert done.returncode == 1 and any(f"== loops: {end}" in log for end in ("skipped", "exit 124", "exit 137"))
     assert "not every step succeeded" in log
     with tarfile.open(out / "figures.tar.gz") as tar:
         names = {Path(n).name for n in tar.getnames()}
