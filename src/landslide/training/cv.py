@@ -263,12 +263,12 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer, monitor: GpuMonitor | None) -> d
         summary = summarise(cfg, dm, results, 0.0, 0.0)
         if summary.get("oof_f1") is not None:
             write_oof(out / "oof_predictions.csv", dm, results)
+        if monitor is not None:  # the GPU's samples up to here, so that the loggers show them too
+            summary["gpu"] = gpu_report(monitor, timer)
         add_totals(summary, manifest, out, timer.report(), run_wh)  # this invocation so far, not yet recorded
         write_json(out / "cv_summary.json", summary)
     with phase(LOGGERS):
         log_run(cfg, out, dm)  # figures, the run's W&B run and TensorBoard session, from the summary written
-    if monitor is not None:
-        summary["gpu"] = gpu_report(monitor, timer)
     # the invocation recorded with every second up to here; the summary again, with its figures' seconds and size
     report = timer.report()
     manifest.add_invocation(started_at, report["wall_seconds"], run_wh, trained, report["phases"],
@@ -281,9 +281,9 @@ def _run_cv(cfg: DictConfig, timer: PhaseTimer, monitor: GpuMonitor | None) -> d
 
 
 def gpu_report(monitor: GpuMonitor, timer: PhaseTimer) -> dict:
-    """This invocation's GPU samples (``invocation``: not summed over a resumed run's, unlike the seconds): over the
-    whole of it, and by phase (``phases``; e.g. the utilisation while the training steps ran). Empty where the GPU
-    could not be read."""
+    """This invocation's GPU samples up to its summary (``invocation``: not summed over a resumed run's, unlike the
+    seconds): over the whole of it, and by phase (``phases``; e.g. the utilisation while the training steps ran).
+    Empty where the GPU could not be read."""
     whole = monitor.stop()
     if not whole:
         return {}
