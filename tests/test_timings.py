@@ -94,6 +94,7 @@ def test_phases_are_exclusive_and_add_up_to_the_wall():
 def test_gpu_samples_are_placed_in_the_phase_that_ran_when_they_were_taken():
     """The timer's timeline (each stretch's end and phase, in order, a phase switched to itself one stretch) places
     the GPU's samples: utilisation, power and energy per phase, printed beside the seconds."""
+    from landslide.cv_results import summary_metrics
     from landslide.gpu_monitor import GpuMonitor, by_phase
     from landslide.training.cv import gpu_report
     from landslide.training.summary import render, time_table
@@ -134,6 +135,8 @@ def test_gpu_samples_are_placed_in_the_phase_that_ran_when_they_were_taken():
     assert report["phases"]["train_steps"]["gpu_util_mean_pct"] == 100.0 and report["gpu_samples"] == 14
     table = render(time_table(timer.report()["phases"], 13.0, report["phases"]))
     assert "GPU util" in table and "100%" in table
+    # on W&B and TensorBoard (the summary's numbers, flattened)
+    assert summary_metrics({"gpu": report})["gpu/phases/train_steps/gpu_util_mean_pct"] == 100.0
     assert gpu_report(GpuMonitor(), timer) == {}  # nothing sampled (no GPU to read): nothing reported
 
 
