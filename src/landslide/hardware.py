@@ -6,6 +6,7 @@ import ctypes
 import logging
 import platform
 import sys
+from contextlib import AbstractContextManager, nullcontext
 from typing import Any
 
 import torch
@@ -26,6 +27,12 @@ def bf16_supported(device_type: str) -> bool:
         except (AttributeError, RuntimeError):
             return False
     return False
+
+
+def inference_autocast(device_type: str, bf16: bool) -> AbstractContextManager:
+    """bf16 autocast for a forward pass without gradients, entered as Lightning's precision plugin enters it
+    (no weight cache), or nothing: a graph compiled inside ``fit`` is then reused outside it."""
+    return torch.autocast(device_type, torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
 
 
 def device_type(accelerator: str) -> str:

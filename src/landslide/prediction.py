@@ -5,14 +5,12 @@ imports neither."""
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import numpy as np
 import torch
 from torch import Tensor
 
 from landslide.data.augment import TTA_VIEWS
-from landslide.hardware import bf16_supported
+from landslide.hardware import bf16_supported, inference_autocast
 from landslide.module import LandslideModule
 
 
@@ -40,8 +38,7 @@ def predict_probs(module: LandslideModule, images: Tensor, batch_size: int, tta:
     out = []
     for start in range(0, images.shape[0], chunk):
         x = images[start : start + chunk].to(device, non_blocking=True)
-        autocast = torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
-        with autocast:
+        with inference_autocast(device.type, bf16):
             probs = module.predict_proba(x, tta=tta)
         out.append(probs.view(-1, x.shape[0]).float())
     if not out:

@@ -84,17 +84,16 @@ def check_options(cfg: DictConfig) -> None:
     for key in ("batch_size", "eval_batch_size"):
         need(_integer(data[key]) and data[key] >= 1, f"data.{key} must be an integer >= 1, got {data[key]!r}")
     holdout = data.get("holdout_fraction")
-    need(isinstance(holdout, int | float) and not isinstance(holdout, bool) and 0 <= holdout <= MAX_HOLDOUT,
+    need(_number(holdout) and 0 <= holdout <= MAX_HOLDOUT,
          f"data.holdout_fraction must be in [0, {MAX_HOLDOUT}] (the folds need the rest), got {holdout!r}")
     need(not (planned_processes(cfg) > 1 and _local_multirun()),
          "a multi-device trainer (DDP) cannot run inside a local multirun: its processes would start the sweep "
          "again; run one job per command, or on SLURM one job per node (hydra.launcher.tasks_per_node = GPUs)")
     sample_secs = cfg.energy.get("gpu_sample_secs")
-    need(sample_secs is None or (isinstance(sample_secs, int | float) and not isinstance(sample_secs, bool)
-                                 and sample_secs >= 0),
+    need(sample_secs is None or (_number(sample_secs) and sample_secs >= 0),
          f"energy.gpu_sample_secs must be a number of seconds >= 0 (0: off), got {sample_secs!r}")
     pixel_weight = cfg.model.pixel_weight
-    need(isinstance(pixel_weight, int | float) and not isinstance(pixel_weight, bool) and pixel_weight >= 0,
+    need(_number(pixel_weight) and pixel_weight >= 0,
          f"model.pixel_weight must be a number >= 0, got {pixel_weight!r}")
     need(not pixel_weight or bool(data.get("masks")),
          f"model.pixel_weight={pixel_weight} needs the slide masks: set data.masks=true (a release with train_masks/, "
@@ -108,6 +107,10 @@ def check_options(cfg: DictConfig) -> None:
 
 def _integer(value: object) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _number(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _local_multirun() -> bool:

@@ -28,7 +28,6 @@ import copy
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,7 +47,7 @@ from landslide.data.batches import IndexBatches
 from landslide.data.datamodule import LandslideDataModule
 from landslide.errors import ConfigError
 from landslide.files import atomic_output
-from landslide.hardware import bf16_supported
+from landslide.hardware import bf16_supported, inference_autocast
 from landslide.module import LandslideModule
 from landslide.plots.curves import f1_curve_figure
 from landslide.timing import phase
@@ -273,8 +272,7 @@ def stacked_network_probs(stacked: StackedLandslideModule, dm: LandslideDataModu
             # built as the validation batches are (a view of the gathered images, contiguous, Lightning's autocast
             # without a weight cache, no_grad): the graph compiled for validation is reused, nothing recompiles
             viewed = dihedral_view(flat, view).contiguous() if tta else flat
-            autocast = torch.autocast(device.type, torch.bfloat16, cache_enabled=False) if bf16 else nullcontext()
-            with autocast:
+            with inference_autocast(device.type, bf16):
                 logits = stacked(viewed.view(k, rows.shape[1], *flat.shape[1:]))[0]
             out[view, :, start : start + rows.shape[1]] = torch.sigmoid(logits.float())
     return out[:, :, :n].cpu().numpy().mean(0)
